@@ -1,0 +1,5 @@
+"""`python -m proxy` is the `shardproxy` command."""
+
+from proxy.cli import main
+
+raise SystemExit(main())
