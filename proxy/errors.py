@@ -1,0 +1,92 @@
+"""Every error text a client can see from the proxy itself, in one place.
+
+Each function returns the encoded RESP error line. Backend errors (WRONGTYPE...) never pass
+through here: they are forwarded byte for byte.
+"""
+
+from __future__ import annotations
+
+
+def _err(text: str) -> bytes:
+    return b"-" + text.replace("\r", " ").replace("\n", " ").encode() + b"\r\n"
+
+
+def protocol_error(detail: str) -> bytes:
+    return _err(f"ERR Protocol error: {detail}")
+
+
+def backend_unavailable(name: str, addr: str, reason: str) -> bytes:
+    return _err(f"ERR backend {name} ({addr}) is unavailable: {reason}")
+
+
+def backend_timeout(name: str, addr: str, timeout_ms: int) -> bytes:
+    return _err(f"ERR backend {name} ({addr}) timed out after {timeout_ms} ms")
+
+
+def cross_backend(command: str) -> bytes:
+    return _err(
+        f"CROSSSLOT keys in '{command}' map to different backends; put them on one backend "
+        "with a hash tag, e.g. {user1}:a and {user1}:b"
+    )
+
+
+def denied(command: str) -> bytes:
+    return _err(f"ERR command '{command}' is not allowed through shardproxy")
+
+
+def not_supported_yet(command: str) -> bytes:
+    return _err(
+        f"ERR command '{command}' is not supported by shardproxy yet "
+        "(transactions, blocking commands and pub/sub need a pinned connection)"
+    )
+
+
+def flush_disabled(command: str) -> bytes:
+    return _err(f"ERR '{command}' is disabled; set allow_flush: true in the proxy config")
+
+
+def noauth() -> bytes:
+    return _err("NOAUTH Authentication required.")
+
+
+def wrongpass() -> bytes:
+    return _err("WRONGPASS invalid username-password pair or user is disabled.")
+
+
+def auth_not_configured() -> bytes:
+    return _err(
+        "ERR AUTH <password> called without any password configured for the default user. "
+        "Are you sure your configuration is correct?"
+    )
+
+
+def select_db() -> bytes:
+    return _err("ERR DB index is out of range (shardproxy serves db 0 only)")
+
+
+def syntax_error() -> bytes:
+    return _err("ERR syntax error")
+
+
+def not_integer() -> bytes:
+    return _err("ERR value is not an integer or out of range")
+
+
+def invalid_cursor() -> bytes:
+    return _err("ERR invalid cursor")
+
+
+def noproto() -> bytes:
+    return _err("NOPROTO unsupported protocol version")
+
+
+def max_clients() -> bytes:
+    return _err("ERR max number of clients reached")
+
+
+def blocking_option(command: str) -> bytes:
+    return _err(f"ERR '{command}' with BLOCK is not supported by shardproxy yet")
+
+
+def internal(detail: str) -> bytes:
+    return _err(f"ERR shardproxy internal error: {detail}")
