@@ -1,10 +1,14 @@
 """Every error text a client can see from the proxy itself, in one place.
 
 Each function returns the encoded RESP error line. Backend errors (WRONGTYPE...) never pass
-through here: they are forwarded byte for byte.
+through here: they are forwarded byte for byte. ConfigError, at the end, is what operators see
+when a config file is rejected.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
 
 
 def _err(text: str) -> bytes:
@@ -90,3 +94,19 @@ def blocking_option(command: str) -> bytes:
 
 def internal(detail: str) -> bytes:
     return _err(f"ERR shardproxy internal error: {detail}")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used. `errors` lists every problem, each "dotted.path: message"
+    (whole-file problems use the file name as the path); str() joins them with "; "."""
+
+    errors: tuple[str, ...]
+    source: str | None  # the file (or "<string>") the config came from, when known
+
+    def __init__(self, errors: Iterable[str] | str, source: str | None = None) -> None:
+        self.errors = (errors,) if isinstance(errors, str) else tuple(errors)
+        self.source = source
+        super().__init__("; ".join(self.errors))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.errors, self.source))
