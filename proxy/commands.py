@@ -64,7 +64,7 @@ LOCAL = frozenset(
     {
         "ping", "echo", "quit", "select", "hello", "auth", "reset", "info",
         "time",  # the proxy's clock is a server clock like any backend's
-        "client|setname", "client|getname", "client|id", "client|info",
+        "client|setname", "client|getname", "client|id", "client|info", "client|setinfo",
         "command", "command|count", "command|docs", "command|getkeys",
         "command|getkeysandflags", "command|help", "command|info", "command|list",
     }
@@ -307,7 +307,17 @@ def build_specs(rows: Iterable[CommandRow]) -> list[CommandSpec]:
     return [build_spec(row) for row in rows]
 
 
-_ALL: list[CommandSpec] = build_specs(command_table.COMMANDS)
+# Commands newer than the generated table that clients send on every connect: redis-py 8 sends
+# CLIENT SETINFO (Redis 7.2) and twemproxy's habit of closing such connections is what we avoid.
+EXTRA_ROWS: tuple[CommandRow, ...] = (
+    (
+        "client|setinfo", 4, ("loading", "noscript", "stale"), 0, 0, 0, (), "connection",
+        "Set client or connection specific info (answered by the proxy)",
+    ),
+)  # fmt: skip
+_ALL: list[CommandSpec] = sorted(
+    build_specs((*command_table.COMMANDS, *EXTRA_ROWS)), key=lambda s: s.name
+)
 REDIS_VERSION: str = command_table.REDIS_VERSION
 
 # Top-level commands (containers included) by uppercase name.

@@ -30,7 +30,15 @@ QUEUED = b"+QUEUED\r\n"
 
 
 class ProtocolError(Exception):
-    """Malformed input from a peer; the message is the text after `-ERR Protocol error: `."""
+    """Malformed input from a peer; the message is the text after `-ERR Protocol error: `.
+
+    `requests` holds the complete requests parsed before the malformed one: they are answered
+    before the error, as Redis does.
+    """
+
+    def __init__(self, message: str, requests: list[list[bytes]] | None = None) -> None:
+        super().__init__(message)
+        self.requests: list[list[bytes]] = requests or []
 
 
 class ReplyScanner:
@@ -104,14 +112,14 @@ def _scan(buf: bytes | bytearray, pos: int, pending: int) -> tuple[int, int, int
         if eol < 0:
             return -1, pos, pending
         t = buf[pos]
-        if t == _BULK or t == _VERBATIM or t == _BLOB_ERROR:
+        if t in (36, 61, 33):  # $ = ! : a length-prefixed string
             size = int(buf[pos + 1 : eol])
             nxt = eol + 4 + size if size >= 0 else eol + 2
             if nxt > n:
                 return -1, pos, pending
             pos = nxt
             pending -= 1
-        elif t == _ARRAY or t == _SET or t == _PUSH:
+        elif t in (42, 126, 62):  # * ~ > : an aggregate of `count` elements
             count = int(buf[pos + 1 : eol])
             pending += count - 1 if count > 0 else -1
             pos = eol + 2
@@ -190,12 +198,12 @@ class RequestReader:
                     if req:
                         out.append(req)
                 elif req is not None:
-                    raise ProtocolError(f"expected '*', got '{_first_char(req)}'")
+                    raise ProtocolError(f"expected '*', got '{_first_char(req)}'", out)
                 if not reader.has_data():
                     break
                 req = gets()
         except hiredis.ProtocolError as exc:
-            raise ProtocolError(_hiredis_message(str(exc))) from None
+            raise ProtocolError(_hiredis_message(str(exc)), out) from None
         return out
 
     def _feed_inline(self, data: bytes) -> list[list[bytes]]:
@@ -204,17 +212,23 @@ class RequestReader:
         while buf:
             if buf[:1] == b"*":
                 self._inline = b""
-                out.extend(self.feed(buf))
+                try:
+                    out.extend(self.feed(buf))
+                except ProtocolError as exc:
+                    raise ProtocolError(str(exc), out + exc.requests) from None
                 return out
             nl = buf.find(b"\n")
             if nl < 0:
                 if len(buf) > MAX_INLINE_BYTES:
-                    raise ProtocolError("too big inline request")
+                    raise ProtocolError("too big inline request", out)
                 self._inline = buf
                 return out
             line = buf[:nl]
             buf = buf[nl + 1 :]
-            args = parse_inline(line)
+            try:
+                args = parse_inline(line)
+            except ProtocolError as exc:
+                raise ProtocolError(str(exc), out) from None
             if args:
                 out.append(args)
         self._inline = b""
@@ -227,8 +241,15 @@ def _first_char(value: object) -> str:
     return "+"
 
 
+_HIREDIS_TO_REDIS = {
+    "Bad multi-bulk length": "invalid multibulk length",
+    "Bad bulk string length": "invalid bulk length",
+}
+
+
 def _hiredis_message(text: str) -> str:
-    return text.removeprefix("Protocol error, ").replace('got "', "got '").replace('" as', "' as")
+    text = text.removeprefix("Protocol error, ").replace('got "', "got '").replace('" as', "' as")
+    return _HIREDIS_TO_REDIS.get(text, text)
 
 
 def parse_inline(line: bytes) -> list[bytes]:
@@ -362,3 +383,35 @@ def encode_value(value: object, resp3: bool = False) -> bytes:
     if isinstance(value, list | tuple | set | frozenset):
         return encode_array_raw([encode_value(v, resp3) for v in value])
     raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def split_aggregate(raw: bytes) -> list[bytes] | None:
+    """The raw elements of an array/set/push reply (a map gives keys and values in turn).
+
+    None when `raw` is not an aggregate (an error, a null array...): the caller passes it on.
+    """
+    t = raw[0] if raw else 0
+    if t not in (_ARRAY, _SET, _PUSH, _MAP):
+        return None
+    eol = raw.find(b"\r\n")
+    count = int(raw[1:eol])
+    if count < 0:
+        return None
+    if t == _MAP:
+        count *= 2
+    out: list[bytes] = []
+    pos = eol + 2
+    for _ in range(count):
+        end = _scan(raw, pos, 1)[0]
+        if end < 0:
+            raise ProtocolError("truncated aggregate reply")
+        out.append(raw[pos:end])
+        pos = end
+    return out
+
+
+def parse_int_reply(raw: bytes) -> int | None:
+    """The value of a `:n` reply, else None."""
+    if raw[:1] == b":":
+        return int(raw[1:-2])
+    return None

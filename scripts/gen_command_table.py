@@ -268,7 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {opts.output}: {len(rows)} commands from redis {version}")
     if opts.readme:
         text = opts.readme.read_text()
-        opts.readme.write_text(replace_readme_block(text, render_readme_block(rows, version)))
+        from proxy.commands import EXTRA_ROWS
+
+        block = render_readme_block([*rows, *EXTRA_ROWS], version)
+        opts.readme.write_text(replace_readme_block(text, block))
         print(f"rewrote the command list in {opts.readme}")
     return 0
 

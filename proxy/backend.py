@@ -1,0 +1,403 @@
+"""Connections to one backend Redis: shared, pipelined, one protocol version each.
+
+Many clients' requests share a connection; replies are matched to requests by position (a FIFO
+of reply slots), so a connection that loses its place (timeout, reset) fails every pending slot
+with an error naming the backend and is replaced. Writes made during one event-loop iteration are
+coalesced into one send. A backend that cannot be reached is marked down and its keys fail fast
+until a reconnect (with exponential backoff) succeeds; its keys are never routed elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Protocol, cast
+
+from proxy import errors
+from proxy.config import BackendConfig
+from proxy.resp import ReplyScanner, encode_request
+
+log = logging.getLogger("shardproxy.backend")
+
+
+class SlotOwner(Protocol):
+    """Whoever waits for reply slots: a client connection or a multi-fragment gather."""
+
+    dirty: bool
+
+    def flush(self) -> None: ...
+
+
+class Slot:
+    """One expected reply. `reply` is set (raw RESP bytes) once, then the owner is flushed."""
+
+    __slots__ = ("owner", "reply")
+
+    def __init__(self, owner: SlotOwner) -> None:
+        self.owner = owner
+        self.reply: bytes | None = None
+
+
+class _Handshake:
+    """Owner of the connection's own HELLO/AUTH slots: checks their replies."""
+
+    __slots__ = ("conn", "dirty", "slots")
+
+    def __init__(self, conn: BackendConnection) -> None:
+        self.conn = conn
+        self.dirty = False
+        self.slots: list[Slot] = []
+
+    def flush(self) -> None:
+        self.dirty = False
+        for slot in self.slots:
+            reply = slot.reply
+            if reply is not None and reply[:1] in (b"-", b"!"):
+                text = reply[1:].strip().decode(errors="replace")
+                self.conn.fail(f"handshake refused: {text}")
+                return
+        if all(slot.reply is not None for slot in self.slots):
+            self.conn.on_ready()
+
+
+class BackendConnection(asyncio.Protocol):
+    """One TCP connection to a backend, speaking RESP `proto` (2 or 3)."""
+
+    def __init__(self, backend: Backend, proto: int) -> None:
+        self.backend = backend
+        self.proto = proto
+        self.transport: asyncio.Transport | None = None
+        self.pending: deque[Slot] = deque()  # reply slots in request order
+        self.out: list[bytes] = []  # requests written this loop iteration, not yet sent
+        self.scanner = ReplyScanner()
+        self.closed = False
+        self.ready = False
+        self._flush_scheduled = False
+        self._loop = asyncio.get_running_loop()
+        self._progress = 0  # data_received calls so far: a stall detector, not a count of replies
+        self._progress_seen = -1
+        self._stall_since = 0.0  # loop time since when no byte arrived while replies were owed
+        self._timer: asyncio.TimerHandle | None = None
+        self._queue_handshake()
+
+    # -- sending ---------------------------------------------------------------------------
+    def send(self, payload: bytes, slot: Slot) -> None:
+        if not self.pending:
+            self._stall_since = self._loop.time()
+            if self._timer is None:
+                self._arm_timer()
+        self.pending.append(slot)
+        self.out.append(payload)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_out)
+
+    def _flush_out(self) -> None:
+        self._flush_scheduled = False
+        transport = self.transport
+        if transport is None or self.closed or not self.out:
+            return
+        out = self.out
+        self.out = []
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _queue_handshake(self) -> None:
+        cfg = self.backend.config
+        commands: list[list[bytes]] = []
+        if self.proto == 3:
+            hello = [b"HELLO", b"3"]
+            if cfg.password is not None:
+                hello += [b"AUTH", (cfg.username or "default").encode(), cfg.password.encode()]
+            commands.append(hello)
+        elif cfg.password is not None:
+            auth = [b"AUTH", cfg.password.encode()]
+            if cfg.username:
+                auth.insert(1, cfg.username.encode())
+            commands.append(auth)
+        commands.append([b"CLIENT", b"SETNAME", b"shardproxy"])
+        owner = _Handshake(self)
+        for cmd in commands:
+            slot = Slot(owner)
+            owner.slots.append(slot)
+            self.pending.append(slot)
+            self.out.append(encode_request(cmd))
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self._stall_since = self._loop.time()
+        self._arm_timer()
+        self._flush_out()
+
+    def data_received(self, data: bytes) -> None:
+        self._progress += 1
+        try:
+            replies = self.scanner.feed(data)
+        except ValueError:
+            self.fail("protocol error in reply")
+            return
+        pending = self.pending
+        touched: list[SlotOwner] = []
+        for raw in replies:
+            if not pending:
+                self.fail("unexpected reply")
+                return
+            slot = pending.popleft()
+            slot.reply = raw
+            owner = slot.owner
+            if not owner.dirty:
+                owner.dirty = True
+                touched.append(owner)
+        for owner in touched:
+            owner.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(f"connection lost ({exc})" if exc else "connection closed by backend")
+
+    def pause_writing(self) -> None:  # the backend is slow to read: requests queue in the transport
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def on_ready(self) -> None:
+        self.ready = True
+        self.backend.on_connection_ready(self)
+
+    def fail(self, reason: str, reply: bytes | None = None) -> None:
+        """Close and answer every pending slot with an error naming the backend."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.abort()
+        backend = self.backend
+        if reply is None:
+            reply = errors.backend_unavailable(backend.name, backend.addr, reason)
+        pending, self.pending = self.pending, deque()
+        self.out = []
+        touched: list[SlotOwner] = []
+        for slot in pending:
+            slot.reply = reply
+            if not slot.owner.dirty:
+                slot.owner.dirty = True
+                touched.append(slot.owner)
+        backend.on_connection_failed(self, reason)
+        for owner in touched:
+            owner.flush()
+
+    def close(self) -> None:
+        self.fail("backend removed from the configuration")
+
+    def _arm_timer(self) -> None:
+        timeout_s = self.backend.config.command_timeout_ms / 1000
+        self._timer = self._loop.call_later(max(timeout_s / 4, 0.01), self._check_stall)
+
+    def _check_stall(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        if not self.pending and self.ready:
+            return  # idle: re-armed by the next send
+        now = self._loop.time()
+        if self._progress != self._progress_seen:
+            self._progress_seen = self._progress
+            self._stall_since = now
+        cfg = self.backend.config
+        limit_ms = cfg.command_timeout_ms if self.ready else cfg.connect_timeout_ms
+        if (now - self._stall_since) * 1000 >= limit_ms:
+            backend = self.backend
+            self.fail("timeout", errors.backend_timeout(backend.name, backend.addr, limit_ms))
+            return
+        self._arm_timer()
+
+
+class Backend:
+    """One backend Redis (an address), with its shared connections per protocol version."""
+
+    def __init__(self, addr: str, name: str, config: BackendConfig) -> None:
+        self.addr = addr
+        self.name = name
+        self.config = config
+        host, _, port = addr.rpartition(":")
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self.up = True  # optimistic until a connection fails
+        self.down_reason = ""
+        self.down_reply = b""
+        self.closed = False
+        self._conns: dict[int, list[BackendConnection | None]] = {
+            2: [None] * config.connections,
+            3: [None] * config.connections,
+        }
+        self._reconnect: asyncio.Task[None] | None = None
+        self._failures = 0  # consecutive failed health checks
+        self._connect_tasks: set[asyncio.Task[None]] = set()
+
+    def connection(self, proto: int, client_id: int) -> BackendConnection | None:
+        """The connection a client uses (stable per client, so its requests stay in order)."""
+        if not self.up:
+            return None
+        conns = self._conns[proto]
+        index = client_id % len(conns)
+        conn = conns[index]
+        if conn is None or conn.closed:
+            conn = conns[index] = self._open(proto)
+        return conn
+
+    def send(self, proto: int, client_id: int, payload: bytes, slot: Slot) -> None:
+        conn = self.connection(proto, client_id)
+        if conn is None:
+            slot.reply = self.down_reply
+            return
+        conn.send(payload, slot)
+
+    def _open(self, proto: int) -> BackendConnection:
+        conn = BackendConnection(self, proto)
+        task = asyncio.get_running_loop().create_task(self._connect(conn))
+        self._connect_tasks.add(task)
+        task.add_done_callback(self._connect_tasks.discard)
+        return conn
+
+    async def _connect(self, conn: BackendConnection) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.config.connect_timeout_ms / 1000):
+                await loop.create_connection(lambda: conn, self.host, self.port)
+        except (OSError, TimeoutError) as exc:
+            reason = "connect timeout" if isinstance(exc, TimeoutError) else _os_reason(exc)
+            conn.fail(reason)
+
+    def on_connection_ready(self, conn: BackendConnection) -> None:
+        if not self.up:
+            self._mark_up()
+
+    def on_connection_failed(self, conn: BackendConnection, reason: str) -> None:
+        for conns in self._conns.values():
+            for i, c in enumerate(conns):
+                if c is conn:
+                    conns[i] = None
+        if self.closed:
+            return
+        if self.up:
+            self._mark_down(reason)
+        if self._reconnect is None or self._reconnect.done():
+            self._reconnect = asyncio.get_running_loop().create_task(self._probe())
+
+    def _mark_up(self) -> None:
+        self.up = True
+        self._failures = 0
+        self.down_reason = ""
+        log.warning("backend %s (%s) up", self.name, self.addr)
+
+    async def _probe(self) -> None:
+        """Reconnect with exponential backoff until the backend answers PING."""
+        delay = self.config.retry_backoff_ms / 1000
+        while not self.closed:
+            await asyncio.sleep(delay)
+            if await self.ping():
+                self._mark_up()
+                return
+            delay = min(delay * 2, self.config.retry_backoff_max_ms / 1000)
+
+    async def ping(self) -> bool:
+        """One PING on a fresh connection (with the handshake); True when it answered."""
+        loop = asyncio.get_running_loop()
+        conn = _ProbeConnection(self)
+        try:
+            async with asyncio.timeout(self.config.connect_timeout_ms / 1000):
+                await loop.create_connection(lambda: conn, self.host, self.port)
+                return await conn.result
+        except (OSError, TimeoutError):
+            return False
+        finally:
+            conn.close_transport()
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._reconnect is not None:
+            self._reconnect.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconnect
+        for task in list(self._connect_tasks):
+            task.cancel()
+        for conns in self._conns.values():
+            for conn in conns:
+                if conn is not None:
+                    conn.close()
+
+    async def check_health(self) -> None:
+        """Active check: a PING on a fresh connection; down after `failure_threshold` misses."""
+        if self.closed:
+            return
+        if await self.ping():
+            self._failures = 0
+            if not self.up:
+                self._mark_up()
+            return
+        self._failures += 1
+        if self.up and self._failures >= self.config.failure_threshold:
+            self._mark_down("health check failed")
+
+    def _mark_down(self, reason: str) -> None:
+        self.up = False
+        self.down_reason = reason
+        self.down_reply = errors.backend_unavailable(self.name, self.addr, reason)
+        log.warning("backend %s (%s) down: %s", self.name, self.addr, reason)
+
+    def inflight(self) -> int:
+        return sum(len(c.pending) for cs in self._conns.values() for c in cs if c is not None)
+
+    def idle(self) -> bool:
+        return all(c is None or not c.pending for cs in self._conns.values() for c in cs)
+
+
+class _ProbeConnection(asyncio.Protocol):
+    """A throwaway connection that authenticates and PINGs, for the reconnect probe."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.result: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.scanner = ReplyScanner()
+        self.transport: asyncio.Transport | None = None
+        self.expected = 1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        cfg = self.backend.config
+        wire = b""
+        if cfg.password is not None:
+            auth = [b"AUTH", cfg.password.encode()]
+            if cfg.username:
+                auth.insert(1, cfg.username.encode())
+            wire += encode_request(auth)
+            self.expected += 1
+        transport.write(wire + encode_request([b"PING"]))
+
+    def data_received(self, data: bytes) -> None:
+        for raw in self.scanner.feed(data):
+            self.expected -= 1
+            if raw[:1] == b"-" and not self.result.done():
+                self.result.set_result(False)
+            if self.expected == 0 and not self.result.done():
+                self.result.set_result(True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.result.done():
+            self.result.set_result(False)
+
+    def close_transport(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return exc.strerror or str(exc)

@@ -1,0 +1,182 @@
+"""`shardproxy` command line: serve, check (and the migration tools as they land).
+
+Every subcommand prints one clear line and exits non-zero on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from proxy import __version__
+from proxy.config import ConfigError, ProxyConfig, load_config, parse_config
+from proxy.embedded import EmbeddedError, LocalBackends
+from proxy.topology import build_pool
+
+log = logging.getLogger("shardproxy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shardproxy", description="Redis sharding proxy")
+    parser.add_argument("--version", action="version", version=f"shardproxy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy")
+    src = serve.add_mutually_exclusive_group(required=True)
+    src.add_argument("-c", "--config", help="YAML config file")
+    src.add_argument("--local", type=int, metavar="N", help="spawn N local redis-server backends")
+    serve.add_argument("--watch", action="store_true", help="reload when the config file changes")
+    serve.add_argument("--listen", help="override listen address (host:port)")
+    serve.add_argument("--admin", help="override admin address (host:port)")
+    serve.add_argument("--log-format", choices=["text", "json"], default=None)
+    serve.add_argument("--log-level", default=None)
+    check = sub.add_parser("check", help="validate a config and show its rings")
+    check.add_argument("-c", "--config", required=True)
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return cmd_serve(args)
+        if args.command == "check":
+            return cmd_check(args)
+    except ConfigError as exc:
+        print(f"shardproxy: invalid config: {exc}", file=sys.stderr)
+        return 2
+    except EmbeddedError as exc:
+        print(f"shardproxy: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "ts": round(record.created, 3),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "msg": record.getMessage(),
+            }
+        )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    local: LocalBackends | None = None
+    try:
+        if args.local is not None:
+            if not 1 <= args.local <= 64:
+                print("shardproxy: --local takes 1..64 backends", file=sys.stderr)
+                return 2
+            local = LocalBackends(args.local)
+            if args.listen:
+                local.listen = args.listen
+            if args.admin:
+                local.admin = args.admin
+            local.start()
+            text = local.config_text()
+            config = parse_config(text, "<local>")
+            path = None
+        else:
+            config = load_config(args.config)
+            with open(args.config, encoding="utf-8") as f:
+                text = f.read()
+            path = args.config
+            if args.listen or args.admin:
+                print("shardproxy: --listen/--admin only go with --local", file=sys.stderr)
+                return 2
+        setup_logging(args.log_format or config.log_format, args.log_level or config.log_level)
+        if local is not None:
+            ports = ", ".join(str(p) for p in local.ports)
+            log.info("embedded backends: redis-server on 127.0.0.1 ports %s", ports)
+        return _run(config, text, path, args.watch)
+    finally:
+        if local is not None:
+            local.stop()
+
+
+def _run(config: ProxyConfig, text: str, path: str | None, watch: bool) -> int:
+    import uvloop
+
+    from proxy.server import ProxyServer
+
+    async def serve() -> None:
+        server = ProxyServer(config, text, path)
+        await server.start()
+        server.install_signal_handlers()
+        await server.serve_until_stopped()
+
+    try:
+        uvloop.run(serve())
+    except OSError as exc:
+        print(f"shardproxy: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.json:
+        print(json.dumps(describe(config), indent=2))
+        return 0
+    print(f"config {args.config}: ok")
+    print(f"listen {config.listen}  admin {config.admin or 'off'}")
+    migration = config.migration
+    phase = f"{migration.phase} -> pool {migration.to}" if migration else "none"
+    print(f"route pool: {config.route}   migration: {phase}")
+    for pool in describe(config)["pools"]:
+        print(f"\npool {pool['name']}: hash {pool['hash']}, {pool['distribution']}, ", end="")
+        print(f"hash_tag {pool['hash_tag']!r}")
+        for server in pool["servers"]:
+            bar = "#" * round(server["share"] * 40)
+            print(
+                f"  {server['name']:<12} {server['addr']:<22} w{server['weight']:<3} "
+                f"{server['share'] * 100:6.2f}%  {bar}"
+            )
+    return 0
+
+
+def describe(config: ProxyConfig) -> dict[str, Any]:
+    pools = []
+    for pool in config.pools.values():
+        shares = build_pool(pool).ring.shares()
+        pools.append(
+            {
+                "name": pool.name,
+                "hash": pool.hash,
+                "distribution": pool.distribution,
+                "hash_tag": pool.hash_tag,
+                "servers": [
+                    {"name": s.name or s.addr, "addr": s.addr, "weight": s.weight, "share": share}
+                    for s, share in zip(pool.servers, shares, strict=True)
+                ],
+            }
+        )
+    migration = config.migration
+    return {
+        "route": config.route,
+        "phase": migration.phase if migration else None,
+        "migration_to": migration.to if migration else None,
+        "pools": pools,
+    }

@@ -1,0 +1,255 @@
+"""One client connection: parse requests, route them, write replies back in request order.
+
+Request path (all synchronous callbacks, no task per request):
+
+    data_received --RequestReader--> [args, ...] --dispatch--> Slot appended to self.pending
+        single key : router.backend_for(key).send(...)            (the hot path)
+        multi/fan  : routing.plan_* -> forwarder.send_plan        (Gather merges into one slot)
+        local      : local.run_local -> slot filled at once
+    BackendConnection.data_received fills slots -> owner.flush() -> replies leave from the head
+    of self.pending while the head is answered, so pipelined replies keep request order.
+
+Back-pressure: reading from the client pauses while its transport's write buffer is above the
+high-water mark or it has more than max_pending_requests unanswered requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Protocol, cast
+
+from proxy import errors
+from proxy.backend import Slot
+from proxy.commands import COMMANDS, CommandSpec, Kind, arity_error, lookup, unknown_error
+from proxy.config import ClientConfig
+from proxy.forwarder import send_plan
+from proxy.local import ServerView, Session, run_local
+from proxy.pool import Router
+from proxy.resp import ProtocolError, RequestReader, encode_request
+from proxy.routing import plan_fanout, plan_multi, plan_same_backend
+
+log = logging.getLogger("shardproxy.client")
+
+_SINGLE = Kind.SINGLE
+_PRE_AUTH = frozenset({"auth", "hello", "quit", "reset"})
+
+
+class ClientHost(ServerView, Protocol):
+    """What a client connection needs from the server that accepted it."""
+
+    router: Router
+    client_config: ClientConfig
+    allow_flush: bool
+    clients: set[ClientConnection]
+
+    def next_client_id(self) -> int: ...
+
+    def count_command(self, spec: CommandSpec | None, rejected: bool) -> None: ...
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, host: ClientHost) -> None:
+        self.host = host
+        self.client_id = host.next_client_id()
+        self.pending: deque[Slot] = deque()
+        self.dirty = False
+        self.transport: asyncio.Transport | None = None
+        self.reader = RequestReader()
+        self.session = Session(self.client_id, "", host.client_config.password)
+        self.closed = False
+        self._write_paused = False
+        self._pending_paused = False
+        self._max_pending = host.client_config.max_pending_requests
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.session.peer = f"{peer[0]}:{peer[1]}"
+        limit = self.host.client_config.max_connections
+        if len(self.host.clients) >= limit:
+            transport.write(errors.max_clients())
+            transport.close()
+            self.closed = True
+            return
+        high = self.host.client_config.max_output_buffer_bytes
+        transport.set_write_buffer_limits(high=high, low=high // 2)
+        self.host.clients.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pending.clear()  # replies still owed by backends are dropped when they arrive
+        self.host.clients.discard(self)
+
+    def eof_received(self) -> bool:
+        """Half-close: answer what was asked, then close (as Redis does)."""
+        self.close()
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self.session.closing:
+            return
+        failure: ProtocolError | None = None
+        try:
+            requests = self.reader.feed(data)
+        except ProtocolError as exc:
+            failure = exc
+            requests = exc.requests
+        router = self.host.router
+        session = self.session
+        pending = self.pending
+        proto = session.proto
+        cid = self.client_id
+        for args in requests:
+            spec = COMMANDS.get(args[0])
+            if (
+                spec is not None
+                and spec.kind is _SINGLE
+                and not router.migrating
+                and session.authed
+                and (len(args) == spec.arity if spec.arity > 0 else len(args) >= -spec.arity)
+            ):
+                slot = Slot(self)
+                pending.append(slot)
+                backend = router.route_backends[router.node_for(args[spec.first_key])]
+                backend.send(proto, cid, encode_request(args), slot)
+            else:
+                self._dispatch(args, router)
+                if session.closing:
+                    break
+                proto = session.proto
+        if failure is not None and not session.closing:
+            self._fail_protocol(str(failure))
+            return
+        self.flush()
+        if len(pending) > self._max_pending and not self._pending_paused:
+            self._pending_paused = True
+            self._update_reading()
+
+    # -- dispatch (everything but the single-key fast path) ------------------------------
+    def _dispatch(self, args: list[bytes], router: Router) -> None:
+        spec = lookup(args)
+        slot: Slot
+        if spec is None:
+            self.host.count_command(None, True)
+            slot = self._answer(unknown_error(args))
+        elif not self.session.authed and spec.name not in _PRE_AUTH:
+            self.host.count_command(spec, True)
+            slot = self._answer(errors.noauth())
+        elif not spec.arity_ok(len(args)):
+            self.host.count_command(spec, True)
+            slot = self._answer(arity_error(spec))
+        else:
+            self.host.count_command(spec, False)
+            slot = self._route(spec, args, router)
+        self.pending.append(slot)
+
+    def _route(self, spec: CommandSpec, args: list[bytes], router: Router) -> Slot:
+        kind = spec.kind
+        proto = self.session.proto
+        if kind is Kind.SINGLE:
+            positions = spec.key_positions(args)
+            slot = Slot(self)
+            backend = router.backend_for(args[positions[0]] if positions else args[1])
+            backend.send(proto, self.client_id, encode_request(args), slot)
+            return slot
+        if kind is Kind.LOCAL:
+            if spec.name == "command" or spec.name.startswith("command|"):
+                slot = Slot(self)
+                router.route_backends[0].send(proto, self.client_id, encode_request(args), slot)
+                return slot
+            return self._answer(run_local(spec, args, self.session, self.host))
+        if kind is Kind.MULTI:
+            plan = plan_multi(spec, args, router.route)
+        elif kind is Kind.SAME_BACKEND:
+            if _has_block_option(spec, args):
+                return self._answer(errors.blocking_option(spec.name))
+            try:
+                plan = plan_same_backend(spec, args, [router.route])
+            except ValueError as exc:
+                return self._answer(errors_key_extraction(exc))
+        elif kind is Kind.FANOUT:
+            if spec.needs_flush_permission and not self.host.allow_flush:
+                return self._answer(errors.flush_disabled(spec.name))
+            plan = plan_fanout(spec, args, router.route)
+        elif kind is Kind.PINNED:
+            return self._answer(errors.not_supported_yet(spec.name))
+        else:
+            return self._answer(errors.denied(spec.name))
+        return send_plan(plan, router, self, proto, self.client_id)
+
+    def _answer(self, reply: bytes) -> Slot:
+        slot = Slot(self)
+        slot.reply = reply
+        return slot
+
+    # -- replies ---------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write every answered reply at the head of the queue, in order."""
+        self.dirty = False
+        pending = self.pending
+        if not pending or pending[0].reply is None:
+            return
+        if self.closed:
+            pending.clear()
+            return
+        out: list[bytes] = []
+        while pending:
+            reply = pending[0].reply
+            if reply is None:
+                break
+            out.append(reply)
+            pending.popleft()
+        transport = self.transport
+        assert transport is not None
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self.session.closing and not pending:
+            transport.close()
+            self.closed = True
+        elif self._pending_paused and len(pending) <= self._max_pending // 2:
+            self._pending_paused = False
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._write_paused or self._pending_paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _fail_protocol(self, detail: str) -> None:
+        self.host.count_command(None, True)
+        slot = self._answer(errors.protocol_error(detail))
+        self.pending.append(slot)
+        self.session.closing = True
+        self.flush()
+
+    def close(self) -> None:
+        """Close after writing the replies already owed (graceful drain)."""
+        self.session.closing = True
+        if not self.pending and self.transport is not None:
+            self.transport.close()
+            self.closed = True
+
+
+def errors_key_extraction(exc: Exception) -> bytes:
+    return b"-" + str(exc).encode() + b"\r\n"
+
+
+def _has_block_option(spec: CommandSpec, args: list[bytes]) -> bool:
+    if spec.name not in ("xread", "xreadgroup"):
+        return False
+    return any(a.upper() == b"BLOCK" for a in args[1:])

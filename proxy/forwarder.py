@@ -1,0 +1,61 @@
+"""Sending a plan's fragments to backends and gathering their replies into one reply slot.
+
+A `Gather` owns one child slot per fragment; when the last child is answered it merges the raw
+replies (routing.merge_replies) into the parent slot, which sits in the client's ordered queue.
+"""
+
+from __future__ import annotations
+
+from proxy.backend import Slot, SlotOwner
+from proxy.pool import Router
+from proxy.resp import encode_request
+from proxy.routing import Plan, merge_replies
+
+
+class Gather:
+    __slots__ = ("children", "dirty", "parent", "plan", "resp3")
+
+    def __init__(self, parent: Slot, plan: Plan, resp3: bool) -> None:
+        self.parent = parent
+        self.plan = plan
+        self.resp3 = resp3
+        self.dirty = False
+        self.children = [Slot(self) for _ in plan.fragments]
+
+    def flush(self) -> None:
+        self.dirty = False
+        if self.parent.reply is not None:
+            return
+        replies = [c.reply for c in self.children]
+        if any(r is None for r in replies):
+            return
+        self.parent.reply = merge_replies(self.plan, replies, self.resp3)  # type: ignore[arg-type]
+        owner = self.parent.owner
+        if not owner.dirty:
+            owner.dirty = True
+            owner.flush()
+
+
+def send_plan(plan: Plan, router: Router, owner: SlotOwner, proto: int, client_id: int) -> Slot:
+    """Send every fragment of `plan`; return the slot its (merged) reply will land in."""
+    slot = Slot(owner)
+    if plan.error is not None:
+        slot.reply = plan.error
+        return slot
+    backends = router.backends
+    fragments = plan.fragments
+    if len(fragments) == 1 and plan.merge is None:
+        fragment = fragments[0]
+        backends[fragment.addr].send(proto, client_id, encode_request(fragment.args), slot)
+        return slot
+    gather = Gather(slot, plan, proto == 3)
+    for fragment, child in zip(fragments, gather.children, strict=True):
+        backends[fragment.addr].send(proto, client_id, encode_request(fragment.args), child)
+    if all(c.reply is not None for c in gather.children):
+        # Every backend was down: answered already; merge now (the client flushes after).
+        gather.parent.reply = merge_replies(
+            plan,
+            [c.reply for c in gather.children],  # type: ignore[misc]
+            proto == 3,
+        )
+    return slot

@@ -1,0 +1,249 @@
+"""The composition root: wires config, topology, backends, client listener and admin HTTP; owns
+the lifecycle (start, reload, graceful drain on stop) and every background task.
+
+A reload validates the whole new config, builds a new immutable topology, resolves it against the
+backend registry and swaps `self.router` in one assignment; requests in flight keep the router
+they started with, and no client connection is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+from proxy import __version__
+from proxy.admin import AdminServer
+from proxy.client import ClientConnection
+from proxy.commands import CommandSpec
+from proxy.config import ConfigError, ProxyConfig, config_hash, load_config, parse_config
+from proxy.local import server_section
+from proxy.metrics import ProxyMetrics
+from proxy.pool import BackendPool, Router
+from proxy.topology import Topology, build_topology
+
+log = logging.getLogger("shardproxy.server")
+
+DRAIN_TIMEOUT_S = 5.0  # on stop, how long clients may take to receive replies already owed
+
+
+class ProxyServer:
+    def __init__(self, config: ProxyConfig, config_text: str, config_path: str | None) -> None:
+        self.config_path = config_path
+        self.metrics = ProxyMetrics()
+        self.pool = BackendPool()
+        self.clients: set[ClientConnection] = set()
+        self.started = time.monotonic()
+        self._config = config
+        self._config_text = config_text
+        self._next_client_id = 0
+        self._server: asyncio.Server | None = None
+        self._admin: AdminServer | None = None
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reload_lock = asyncio.Lock()
+        self.router: Router  # set by start()
+        self.client_config = config.client
+        self.allow_flush = config.allow_flush
+
+    # -- ClientHost ------------------------------------------------------------------------
+    def next_client_id(self) -> int:
+        self._next_client_id += 1
+        return self._next_client_id
+
+    def count_command(self, spec: CommandSpec | None, rejected: bool) -> None:
+        self.metrics.count_command(spec, rejected)
+
+    @property
+    def topology(self) -> Topology:
+        return self.router.topology
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        topology = build_topology(self._config, 1, config_hash(self._config_text))
+        self.router = self.pool.sync(topology)
+        self.metrics.config_generation.set(1)
+        self.metrics.add_live_collector(lambda: len(self.clients), self._backend_rows)
+        loop = asyncio.get_running_loop()
+        listen = self._config.listen
+        self._server = await loop.create_server(
+            self._new_client, listen.host, listen.port, reuse_address=True, backlog=1024
+        )
+        admin = self._config.admin
+        if admin is not None:
+            self._admin = AdminServer(self, admin.host, admin.port)
+            await self._admin.start()
+        self._spawn(self._health_loop())
+        log.info(
+            "serving on %s (admin %s), pool %s with %d backends",
+            listen,
+            admin or "off",
+            topology.route.name,
+            len(topology.route.addrs),
+        )
+
+    def _new_client(self) -> ClientConnection:
+        self.metrics.client_connections_total.inc()
+        return ClientConnection(self)
+
+    @property
+    def listen_port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload_from_file()))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def serve_until_stopped(self) -> None:
+        await self._stop.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for client in list(self.clients):
+            client.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_TIMEOUT_S
+        while self.clients and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for client in list(self.clients):
+            if client.transport is not None:
+                client.transport.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._admin is not None:
+            await self._admin.stop()
+        await self.pool.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- reload ----------------------------------------------------------------------------
+    async def reload_from_file(self) -> tuple[bool, str]:
+        if self.config_path is None:
+            return False, "no config file to reload (the proxy runs an embedded config)"
+        try:
+            with open(self.config_path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            return self._reload_refused(f"cannot read {self.config_path}: {exc.strerror}")
+        return await self.reload_text(text)
+
+    async def reload_text(self, text: str) -> tuple[bool, str]:
+        async with self._reload_lock:
+            try:
+                config = parse_config(text, self.config_path or "<reload>")
+            except ConfigError as exc:
+                return self._reload_refused(str(exc))
+            problem = self._reload_problem(config)
+            if problem:
+                return self._reload_refused(problem)
+            generation = self.router.topology.generation + 1
+            topology = build_topology(config, generation, config_hash(text))
+            self.router = self.pool.sync(topology)
+            self._config = config
+            self._config_text = text
+            self.client_config = config.client
+            self.allow_flush = config.allow_flush
+            self.metrics.config_generation.set(generation)
+            self.metrics.config_reloads_total.labels("ok").inc()
+            log.info("config reloaded: generation %d (%s)", generation, topology.config_hash)
+            return True, f"generation {generation}"
+
+    def _reload_problem(self, config: ProxyConfig) -> str:
+        old = self._config
+        if config.listen != old.listen:
+            return "listen cannot change on reload (restart the proxy)"
+        if config.admin != old.admin:
+            return "admin cannot change on reload (restart the proxy)"
+        return ""
+
+    def _reload_refused(self, reason: str) -> tuple[bool, str]:
+        self.metrics.config_reloads_total.labels("refused").inc()
+        log.error("config reload refused, the old config keeps serving: %s", reason)
+        return False, reason
+
+    # -- health ----------------------------------------------------------------------------
+    async def _health_loop(self) -> None:
+        while True:
+            interval_s = self._config.backend.health_check_interval_ms / 1000
+            backends = list(self.pool.backends.values())
+            await asyncio.gather(*(b.check_health() for b in backends))
+            await asyncio.sleep(interval_s)
+
+    # -- views -----------------------------------------------------------------------------
+    def _backend_rows(self) -> list[tuple[str, bool, int]]:
+        return [(b.name, b.up, b.inflight()) for b in self.pool.backends.values()]
+
+    def readiness(self) -> tuple[bool, str]:
+        down = [b for b in self.router.route_backends if not b.up]
+        if down:
+            return False, "backends down: " + ", ".join(f"{b.name} ({b.addr})" for b in down)
+        return True, "ok"
+
+    def info_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        topology = self.router.topology
+        return [
+            ("Server", server_section(self.started)),
+            ("Clients", [("connected_clients", str(len(self.clients)))]),
+            (
+                "Proxy",
+                [
+                    ("shardproxy_version", __version__),
+                    ("config_generation", str(topology.generation)),
+                    ("config_hash", topology.config_hash),
+                    ("route_pool", topology.route.name),
+                    ("phase", topology.phase or "none"),
+                    ("backends", str(len(topology.route.addrs))),
+                    ("backends_down", str(sum(not b.up for b in self.router.route_backends))),
+                ],
+            ),
+        ]
+
+    def status(self) -> dict[str, Any]:
+        topology = self.router.topology
+        migration = topology.config.migration
+        return {
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "generation": topology.generation,
+            "config_hash": topology.config_hash,
+            "route": topology.route.name,
+            "phase": topology.phase or "none",
+            "migration": {"to": migration.to, "phase": migration.phase} if migration else None,
+            "clients": len(self.clients),
+            "backends": [
+                {
+                    "name": b.name,
+                    "addr": b.addr,
+                    "up": b.up,
+                    "reason": b.down_reason,
+                    "inflight": b.inflight(),
+                }
+                for b in self.pool.backends.values()
+            ],
+        }
+
+
+def load_server(path: str) -> ProxyServer:
+    config = load_config(path)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return ProxyServer(config, text, path)
