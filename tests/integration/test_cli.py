@@ -1,0 +1,107 @@
+"""The `shardproxy` command line as an operator runs it: check, serve -c, serve --local."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import redis
+
+from tests.support import RedisServer, free_port, port_open, wait_until
+
+CLI = [sys.executable, "-m", "proxy"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=30)
+
+
+def test_check_prints_pools_and_shares(tmp_path: Path) -> None:
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(
+        "pools:\n  main:\n    servers: [127.0.0.1:7001:1 r1, 127.0.0.1:7002:1 r2, "
+        "127.0.0.1:7003:2 r3]\n"
+    )
+    out = run_cli("check", "-c", str(cfg))
+    assert out.returncode == 0, out.stderr
+    assert "pool main" in out.stdout and "r3" in out.stdout
+    data = json.loads(run_cli("check", "-c", str(cfg), "--json").stdout)
+    shares = [s["share"] for s in data["pools"][0]["servers"]]
+    assert abs(sum(shares) - 1) < 1e-9
+    assert shares[2] > shares[0] and shares[2] > shares[1]  # weight 2
+
+
+def test_check_rejects_bad_config_in_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("pools:\n  main:\n    servers: [127.0.0.1:99999]\nbogus: 1\n")
+    out = run_cli("check", "-c", str(cfg))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "pools.main.servers[0]" in lines[0] and "bogus: unknown key" in lines[0]
+    missing = run_cli("check", "-c", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+
+
+def test_bad_arguments_exit_nonzero() -> None:
+    assert run_cli("serve").returncode != 0
+    assert run_cli("frobnicate").returncode != 0
+    out = run_cli("serve", "--local", "0")
+    assert out.returncode == 2 and "--local" in out.stderr
+
+
+def _http_json(port: int, path: str) -> dict[str, object]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+        return json.loads(resp.read())  # type: ignore[no-any-return]
+
+
+def test_serve_local_spawns_and_stops_backends() -> None:
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--local", "2", "--listen", f"127.0.0.1:{port}", "--admin",
+         f"127.0.0.1:{admin}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: port_open(port), 20, "proxy listening")
+        r = redis.Redis(port=port)
+        for i in range(50):
+            r.set(f"k{i}", i)
+        assert r.dbsize() == 50
+        status = _http_json(admin, "/status")
+        backends = status["backends"]
+        assert isinstance(backends, list) and len(backends) == 2
+        backend_ports = [int(b["addr"].rsplit(":", 1)[1]) for b in backends]
+        assert all(port_open(p) for p in backend_ports)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    wait_until(lambda: not any(port_open(p) for p in backend_ports), 10, "backends stopped")
+
+
+def test_serve_config_file(backends3: list[RedisServer], tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "p.yaml"
+    servers = ", ".join(b.addr for b in backends3)
+    cfg.write_text(
+        f"listen: 127.0.0.1:{port}\nadmin: 127.0.0.1:{admin}\nlog_format: json\n"
+        f"pools:\n  main:\n    servers: [{servers}]\n"
+    )
+    proc = subprocess.Popen([*CLI, "serve", "-c", str(cfg)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: port_open(port), 20, "proxy listening")
+        assert redis.Redis(port=port).ping()
+        assert _http_json(admin, "/readyz")["ready"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    first = json.loads(err.splitlines()[0])
+    assert first["level"] == "info" and "serving on" in first["msg"]
+    assert os.path.exists(cfg)
