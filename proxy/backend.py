@@ -13,10 +13,12 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from time import perf_counter
 from typing import Protocol, cast
 
 from proxy import errors
 from proxy.config import BackendConfig
+from proxy.metrics import BackendStats, CommandStats
 from proxy.resp import ReplyScanner, encode_request
 
 log = logging.getLogger("shardproxy.backend")
@@ -31,13 +33,19 @@ class SlotOwner(Protocol):
 
 
 class Slot:
-    """One expected reply. `reply` is set (raw RESP bytes) once, then the owner is flushed."""
+    """One expected reply. `reply` is set (raw RESP bytes) once, then the owner is flushed.
 
-    __slots__ = ("owner", "reply")
+    `stats` and `start` (perf_counter seconds at dispatch) feed the latency histograms; slots
+    the proxy answers itself, and a gather's children, carry `stats` None.
+    """
 
-    def __init__(self, owner: SlotOwner) -> None:
+    __slots__ = ("owner", "reply", "start", "stats")
+
+    def __init__(self, owner: SlotOwner, stats: CommandStats | None, start: float) -> None:
         self.owner = owner
         self.reply: bytes | None = None
+        self.stats = stats
+        self.start = start
 
 
 class _Handshake:
@@ -119,7 +127,7 @@ class BackendConnection(asyncio.Protocol):
         commands.append([b"CLIENT", b"SETNAME", b"shardproxy"])
         owner = _Handshake(self)
         for cmd in commands:
-            slot = Slot(owner)
+            slot = Slot(owner, None, 0.0)
             owner.slots.append(slot)
             self.pending.append(slot)
             self.out.append(encode_request(cmd))
@@ -140,12 +148,19 @@ class BackendConnection(asyncio.Protocol):
             return
         pending = self.pending
         touched: list[SlotOwner] = []
+        stats = self.backend.stats
+        observe = stats.latency.observe
+        now = perf_counter()
         for raw in replies:
             if not pending:
                 self.fail("unexpected reply")
                 return
             slot = pending.popleft()
             slot.reply = raw
+            if slot.start:
+                observe(now - slot.start)
+            if raw[0] == 45:  # -
+                stats.reply += 1
             owner = slot.owner
             if not owner.dirty:
                 owner.dirty = True
@@ -180,6 +195,10 @@ class BackendConnection(asyncio.Protocol):
         backend = self.backend
         if reply is None:
             reply = errors.backend_unavailable(backend.name, backend.addr, reason)
+        if reason == "timeout":
+            backend.stats.timeout += 1
+        elif reason != "backend removed from the configuration":
+            backend.stats.connection += 1
         pending, self.pending = self.pending, deque()
         self.out = []
         touched: list[SlotOwner] = []
@@ -229,6 +248,7 @@ class Backend:
         self.host = host.strip("[]")
         self.port = int(port)
         self.up = True  # optimistic until a connection fails
+        self.stats = BackendStats.new()
         self.down_reason = ""
         self.down_reply = b""
         self.closed = False

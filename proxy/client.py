@@ -18,14 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from time import perf_counter
 from typing import Protocol, cast
 
 from proxy import errors
 from proxy.backend import Slot
-from proxy.commands import COMMANDS, CommandSpec, Kind, arity_error, lookup, unknown_error
+from proxy.commands import PLAIN, CommandSpec, Kind, arity_error, lookup, unknown_error
 from proxy.config import ClientConfig
 from proxy.forwarder import send_plan
 from proxy.local import ServerView, Session, run_local
+from proxy.metrics import CommandStats, ProxyMetrics
 from proxy.pool import Router
 from proxy.resp import ProtocolError, RequestReader, encode_request
 from proxy.routing import plan_fanout, plan_multi, plan_same_backend
@@ -44,9 +46,9 @@ class ClientHost(ServerView, Protocol):
     allow_flush: bool
     clients: set[ClientConnection]
 
-    def next_client_id(self) -> int: ...
+    metrics: ProxyMetrics
 
-    def count_command(self, spec: CommandSpec | None, rejected: bool) -> None: ...
+    def next_client_id(self) -> int: ...
 
 
 class ClientConnection(asyncio.Protocol):
@@ -62,6 +64,7 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         self._pending_paused = False
         self._max_pending = host.client_config.max_pending_requests
+        self._stats: dict[CommandSpec, CommandStats] = {}  # cache of host.metrics.command_stats
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -71,6 +74,7 @@ class ClientConnection(asyncio.Protocol):
             self.session.peer = f"{peer[0]}:{peer[1]}"
         limit = self.host.client_config.max_connections
         if len(self.host.clients) >= limit:
+            self.host.metrics.client_errors_total.labels("limit").inc()
             transport.write(errors.max_clients())
             transport.close()
             self.closed = True
@@ -111,16 +115,20 @@ class ClientConnection(asyncio.Protocol):
         pending = self.pending
         proto = session.proto
         cid = self.client_id
+        stats_for = self._stats
+        fast = router.fast and session.authed
         for args in requests:
-            spec = COMMANDS.get(args[0])
+            spec = PLAIN.get(args[0])
             if (
-                spec is not None
+                fast
+                and spec is not None
                 and spec.kind is _SINGLE
-                and not router.migrating
-                and session.authed
                 and (len(args) == spec.arity if spec.arity > 0 else len(args) >= -spec.arity)
             ):
-                slot = Slot(self)
+                stats = stats_for.get(spec)
+                if stats is None:
+                    stats = self._new_stats(spec)
+                slot = Slot(self, stats, perf_counter())
                 pending.append(slot)
                 backend = router.route_backends[router.node_for(args[spec.first_key])]
                 backend.send(proto, cid, encode_request(args), slot)
@@ -129,6 +137,7 @@ class ClientConnection(asyncio.Protocol):
                 if session.closing:
                     break
                 proto = session.proto
+                fast = router.fast and session.authed
         if failure is not None and not session.closing:
             self._fail_protocol(str(failure))
             return
@@ -137,62 +146,78 @@ class ClientConnection(asyncio.Protocol):
             self._pending_paused = True
             self._update_reading()
 
+    def _new_stats(self, spec: CommandSpec) -> CommandStats:
+        stats = self._stats[spec] = self.host.metrics.command_stats(spec.label)
+        return stats
+
     # -- dispatch (everything but the single-key fast path) ------------------------------
     def _dispatch(self, args: list[bytes], router: Router) -> None:
         spec = lookup(args)
-        slot: Slot
         if spec is None:
-            self.host.count_command(None, True)
-            slot = self._answer(unknown_error(args))
-        elif not self.session.authed and spec.name not in _PRE_AUTH:
-            self.host.count_command(spec, True)
-            slot = self._answer(errors.noauth())
-        elif not spec.arity_ok(len(args)):
-            self.host.count_command(spec, True)
-            slot = self._answer(arity_error(spec))
-        else:
-            self.host.count_command(spec, False)
-            slot = self._route(spec, args, router)
+            self._reject(unknown_error(args), "unknown")
+            return
+        if not self.session.authed and spec.name not in _PRE_AUTH:
+            self.host.metrics.client_errors_total.labels("auth").inc()
+            self._reject(errors.noauth(), spec.label)
+            return
+        if not spec.arity_ok(len(args)) or (
+            spec.kind is Kind.MULTI and (len(args) - 1) % spec.key_step
+        ):
+            self._reject(arity_error(spec), spec.label)
+            return
+        stats = self._stats.get(spec) or self._new_stats(spec)
+        slot = Slot(self, stats, perf_counter())
         self.pending.append(slot)
+        problem = self._route(spec, args, router, slot)
+        if problem is not None:
+            # Refused by the proxy: counted as rejected, not as a command that ran.
+            slot.reply = problem
+            slot.stats = None
+            stats.rejected += 1
 
-    def _route(self, spec: CommandSpec, args: list[bytes], router: Router) -> Slot:
+    def _route(
+        self, spec: CommandSpec, args: list[bytes], router: Router, slot: Slot
+    ) -> bytes | None:
+        """Send `args` on its way (the reply lands in `slot`), or return the refusal to answer."""
         kind = spec.kind
         proto = self.session.proto
         if kind is Kind.SINGLE:
             positions = spec.key_positions(args)
-            slot = Slot(self)
             backend = router.backend_for(args[positions[0]] if positions else args[1])
             backend.send(proto, self.client_id, encode_request(args), slot)
-            return slot
+            return None
         if kind is Kind.LOCAL:
             if spec.name == "command" or spec.name.startswith("command|"):
-                slot = Slot(self)
                 router.route_backends[0].send(proto, self.client_id, encode_request(args), slot)
-                return slot
-            return self._answer(run_local(spec, args, self.session, self.host))
+            else:
+                slot.reply = run_local(spec, args, self.session, self.host)
+                if slot.reply[:10] == b"-WRONGPASS":
+                    self.host.metrics.client_errors_total.labels("auth").inc()
+            return None
         if kind is Kind.MULTI:
             plan = plan_multi(spec, args, router.route)
         elif kind is Kind.SAME_BACKEND:
             if _has_block_option(spec, args):
-                return self._answer(errors.blocking_option(spec.name))
-            try:
-                plan = plan_same_backend(spec, args, [router.route])
-            except ValueError as exc:
-                return self._answer(errors_key_extraction(exc))
+                return errors.blocking_option(spec.name)
+            plan = plan_same_backend(spec, args, [router.route])
         elif kind is Kind.FANOUT:
             if spec.needs_flush_permission and not self.host.allow_flush:
-                return self._answer(errors.flush_disabled(spec.name))
+                return errors.flush_disabled(spec.name)
             plan = plan_fanout(spec, args, router.route)
         elif kind is Kind.PINNED:
-            return self._answer(errors.not_supported_yet(spec.name))
+            return errors.not_supported_yet(spec.name)
         else:
-            return self._answer(errors.denied(spec.name))
-        return send_plan(plan, router, self, proto, self.client_id)
+            return errors.denied(spec.name)
+        if plan.error is not None:
+            return plan.error
+        send_plan(plan, router, slot, proto, self.client_id)
+        return None
 
-    def _answer(self, reply: bytes) -> Slot:
-        slot = Slot(self)
+    def _reject(self, reply: bytes, label: str) -> None:
+        self.host.metrics.command_stats(label).rejected += 1
+        slot = Slot(self, None, 0.0)
         slot.reply = reply
-        return slot
+        self.pending.append(slot)
 
     # -- replies ---------------------------------------------------------------------------
     def flush(self) -> None:
@@ -205,12 +230,19 @@ class ClientConnection(asyncio.Protocol):
             pending.clear()
             return
         out: list[bytes] = []
+        now = perf_counter()
         while pending:
-            reply = pending[0].reply
+            slot = pending[0]
+            reply = slot.reply
             if reply is None:
                 break
             out.append(reply)
             pending.popleft()
+            stats = slot.stats
+            if stats is not None:
+                stats.observe(now - slot.start)
+                if reply[0] == 45:  # -
+                    stats.errors += 1
         transport = self.transport
         assert transport is not None
         transport.write(out[0] if len(out) == 1 else b"".join(out))
@@ -231,9 +263,8 @@ class ClientConnection(asyncio.Protocol):
             transport.resume_reading()
 
     def _fail_protocol(self, detail: str) -> None:
-        self.host.count_command(None, True)
-        slot = self._answer(errors.protocol_error(detail))
-        self.pending.append(slot)
+        self.host.metrics.client_errors_total.labels("protocol").inc()
+        self._reject(errors.protocol_error(detail), "unknown")
         self.session.closing = True
         self.flush()
 
@@ -243,10 +274,6 @@ class ClientConnection(asyncio.Protocol):
         if not self.pending and self.transport is not None:
             self.transport.close()
             self.closed = True
-
-
-def errors_key_extraction(exc: Exception) -> bytes:
-    return b"-" + str(exc).encode() + b"\r\n"
 
 
 def _has_block_option(spec: CommandSpec, args: list[bytes]) -> bool:

@@ -331,12 +331,16 @@ for _spec in _ALL:
     if _bar:
         _SUBCOMMANDS.setdefault(_container.encode(), {})[_sub.encode()] = _spec
 # The per-request fast path: plain (not container) commands, as typed in upper or lower case.
+PLAIN: Mapping[bytes, CommandSpec]
 _PLAIN: dict[bytes, CommandSpec] = {
     key: s
     for name, s in COMMANDS.items()
     if name not in _SUBCOMMANDS
     for key in (name, name.lower())
 }
+
+
+PLAIN = _PLAIN
 
 
 def lookup(args: Sequence[bytes]) -> CommandSpec | None:

@@ -6,7 +6,7 @@ replies (routing.merge_replies) into the parent slot, which sits in the client's
 
 from __future__ import annotations
 
-from proxy.backend import Slot, SlotOwner
+from proxy.backend import Slot
 from proxy.pool import Router
 from proxy.resp import encode_request
 from proxy.routing import Plan, merge_replies
@@ -20,7 +20,7 @@ class Gather:
         self.plan = plan
         self.resp3 = resp3
         self.dirty = False
-        self.children = [Slot(self) for _ in plan.fragments]
+        self.children = [Slot(self, None, parent.start) for _ in plan.fragments]
 
     def flush(self) -> None:
         self.dirty = False
@@ -36,18 +36,17 @@ class Gather:
             owner.flush()
 
 
-def send_plan(plan: Plan, router: Router, owner: SlotOwner, proto: int, client_id: int) -> Slot:
-    """Send every fragment of `plan`; return the slot its (merged) reply will land in."""
-    slot = Slot(owner)
+def send_plan(plan: Plan, router: Router, slot: Slot, proto: int, client_id: int) -> None:
+    """Send every fragment of `plan`; its (merged) reply lands in `slot`."""
     if plan.error is not None:
         slot.reply = plan.error
-        return slot
+        return
     backends = router.backends
     fragments = plan.fragments
     if len(fragments) == 1 and plan.merge is None:
         fragment = fragments[0]
         backends[fragment.addr].send(proto, client_id, encode_request(fragment.args), slot)
-        return slot
+        return
     gather = Gather(slot, plan, proto == 3)
     for fragment, child in zip(fragments, gather.children, strict=True):
         backends[fragment.addr].send(proto, client_id, encode_request(fragment.args), child)
@@ -58,4 +57,3 @@ def send_plan(plan: Plan, router: Router, owner: SlotOwner, proto: int, client_i
             [c.reply for c in gather.children],  # type: ignore[misc]
             proto == 3,
         )
-    return slot

@@ -1,19 +1,97 @@
 """Every Prometheus metric, declared once. Labels come from bounded sets only (command names from
-the command table, backend names from the config, phases), never from keys.
+the command table, backend names from the config, phases, fixed outcome kinds), never from keys.
 
-Hot-path counts are kept in plain dicts by the server and exported by a collector at scrape time,
-so a request costs one dict update, not a prometheus-client label lookup.
+The hot path updates plain Python counters and histograms (`CommandStats`, `BackendStats`: a list
+index and two additions per observation); a collector turns them into Prometheus families at
+scrape time, so a request never pays for a prometheus-client label lookup or lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-from proxy.commands import CommandSpec
+# Seconds; fine below a millisecond, where a healthy proxy hop lives.
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+CLIENT_ERROR_KINDS = ("protocol", "auth", "limit")
+BACKEND_ERROR_KINDS = ("timeout", "connection", "reply")
+
+
+class FastHistogram:
+    """A histogram for one thread: observe() is a bisect and three additions."""
+
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)  # last: above the largest bound
+        self.count = 0
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*LATENCY_BUCKETS_S, float("inf")), self.buckets, strict=True):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
+
+    def quantile(self, q: float) -> float:
+        """Upper bound of the bucket holding quantile q (0 when empty): for /status, not SLOs."""
+        if not self.count:
+            return 0.0
+        rank = q * self.count
+        running = 0
+        for bound, n in zip((*LATENCY_BUCKETS_S, float("inf")), self.buckets, strict=True):
+            running += n
+            if running >= rank:
+                return bound
+        return float("inf")
+
+
+class CommandStats(FastHistogram):
+    """Per command: latency as the client sees it inside the proxy, and outcomes."""
+
+    __slots__ = ("errors", "rejected")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors = 0  # error replies (from a backend, or a backend unavailable/timeout)
+        self.rejected = 0  # refused by the proxy before forwarding (unknown, arity, auth...)
+
+
+@dataclass
+class BackendStats:
+    """Per backend: reply latency from request dispatch, and errors by kind."""
+
+    latency: FastHistogram
+    timeout: int = 0
+    connection: int = 0
+    reply: int = 0  # error replies (-ERR, -WRONGTYPE...) the backend sent
+
+    @classmethod
+    def new(cls) -> BackendStats:
+        return cls(FastHistogram())
+
+
+BackendRow = tuple[str, bool, int, BackendStats]  # name, up, in flight, stats
 
 
 class ProxyMetrics:
@@ -29,56 +107,97 @@ class ProxyMetrics:
             ["kind"],
             registry=r,
         )
+        for kind in CLIENT_ERROR_KINDS:
+            self.client_errors_total.labels(kind)
         self.config_generation = Gauge(
             "shardproxy_config_generation", "Generation of the config in use", registry=r
         )
         self.config_reloads_total = Counter(
             "shardproxy_config_reloads_total", "Config reloads by outcome", ["outcome"], registry=r
         )
-        # Plain counters the hot path updates; exported by _HotCollector.
-        self.commands: dict[str, list[int]] = {}  # label -> [ok, rejected]
+        for outcome in ("ok", "refused"):
+            self.config_reloads_total.labels(outcome)
+        self.config_info = Info(
+            "shardproxy_config", "The config in use (hash, route pool, phase)", registry=r
+        )
+        self.commands: dict[str, CommandStats] = {}  # command label -> stats
 
-    def count_command(self, spec: CommandSpec | None, rejected: bool) -> None:
-        label = spec.label if spec is not None else "unknown"
-        counts = self.commands.get(label)
-        if counts is None:
-            counts = self.commands[label] = [0, 0]
-        counts[1 if rejected else 0] += 1
+    def command_stats(self, label: str) -> CommandStats:
+        stats = self.commands.get(label)
+        if stats is None:
+            stats = self.commands[label] = CommandStats()
+        return stats
 
     def add_live_collector(
-        self, clients: Callable[[], int], backends: Callable[[], list[tuple[str, bool, int]]]
+        self,
+        clients: Callable[[], int],
+        backends: Callable[[], Iterable[BackendRow]],
+        extra: Callable[[], Iterable[Metric]] | None = None,
     ) -> None:
-        self.registry.register(_HotCollector(self, clients, backends))
+        self.registry.register(_LiveCollector(self, clients, backends, extra))
 
 
-class _HotCollector(Collector):
+class _LiveCollector(Collector):
     def __init__(
         self,
         metrics: ProxyMetrics,
         clients: Callable[[], int],
-        backends: Callable[[], list[tuple[str, bool, int]]],
+        backends: Callable[[], Iterable[BackendRow]],
+        extra: Callable[[], Iterable[Metric]] | None,
     ) -> None:
         self.metrics = metrics
         self.clients = clients
         self.backends = backends
+        self.extra = extra
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        commands = CounterMetricFamily(
-            "shardproxy_commands", "Commands by name and outcome", labels=["command", "outcome"]
-        )
-        for label, (forwarded, rejected) in sorted(self.metrics.commands.items()):
-            commands.add_metric([label, "forwarded"], forwarded)
-            commands.add_metric([label, "rejected"], rejected)
-        yield commands
+    def collect(self) -> Iterator[Metric]:
+        yield from self._commands()
         yield GaugeMetricFamily(
             "shardproxy_client_connections", "Open client connections", value=self.clients()
         )
+        yield from self._backends()
+        if self.extra is not None:
+            yield from self.extra()
+
+    def _commands(self) -> Iterator[Metric]:
+        total = CounterMetricFamily(
+            "shardproxy_commands",
+            "Commands by name and outcome (ok, error, rejected)",
+            labels=["command", "outcome"],
+        )
+        duration = HistogramMetricFamily(
+            "shardproxy_command_duration_seconds",
+            "Command latency inside the proxy, from request parsed to reply written",
+            labels=["command"],
+        )
+        for label, s in sorted(self.metrics.commands.items()):
+            total.add_metric([label, "ok"], s.count - s.errors)
+            total.add_metric([label, "error"], s.errors)
+            total.add_metric([label, "rejected"], s.rejected)
+            if s.count:
+                duration.add_metric([label], s.cumulative(), s.total)
+        yield total
+        yield duration
+
+    def _backends(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("shardproxy_backend_up", "Backend reachable", labels=["backend"])
         inflight = GaugeMetricFamily(
             "shardproxy_backend_inflight", "Requests awaiting a backend reply", labels=["backend"]
         )
-        for name, is_up, pending in self.backends():
+        latency = HistogramMetricFamily(
+            "shardproxy_backend_request_duration_seconds",
+            "Backend reply latency, from request dispatch to reply parsed",
+            labels=["backend"],
+        )
+        errors = CounterMetricFamily(
+            "shardproxy_backend_errors",
+            "Backend errors by kind (timeout, connection, reply)",
+            labels=["backend", "kind"],
+        )
+        for name, is_up, pending, stats in self.backends():
             up.add_metric([name], 1 if is_up else 0)
             inflight.add_metric([name], pending)
-        yield up
-        yield inflight
+            latency.add_metric([name], stats.latency.cumulative(), stats.latency.total)
+            for kind in BACKEND_ERROR_KINDS:
+                errors.add_metric([name, kind], getattr(stats, kind))
+        yield from (up, inflight, latency, errors)

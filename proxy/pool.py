@@ -25,7 +25,7 @@ DRAIN_LIMIT_S = 30.0  # a removed backend is closed after this even if replies a
 class Router:
     """What a client needs per request: ring lookups that return Backend objects."""
 
-    __slots__ = ("backends", "migrating", "node_for", "route", "route_backends", "topology")
+    __slots__ = ("backends", "fast", "node_for", "route", "route_backends", "topology")
 
     def __init__(self, topology: Topology, backends: dict[str, Backend]) -> None:
         self.topology = topology
@@ -33,7 +33,9 @@ class Router:
         self.node_for: Callable[[bytes], int] = topology.route.ring.node_for
         self.route_backends: tuple[Backend, ...] = tuple(backends[a] for a in topology.route.addrs)
         self.backends: dict[str, Backend] = {a: backends[a] for a in topology.all_addrs()}
-        self.migrating = topology.phase is not None
+        # Single-key requests may take the client's fast path (one ring, one backend) only when
+        # no migration phase asks for a second ring.
+        self.fast = topology.phase is None
 
     def backend_for(self, key: bytes) -> Backend:
         return self.route_backends[self.node_for(key)]

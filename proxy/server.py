@@ -18,10 +18,9 @@ from typing import Any
 from proxy import __version__
 from proxy.admin import AdminServer
 from proxy.client import ClientConnection
-from proxy.commands import CommandSpec
 from proxy.config import ConfigError, ProxyConfig, config_hash, load_config, parse_config
 from proxy.local import server_section
-from proxy.metrics import ProxyMetrics
+from proxy.metrics import BackendRow, ProxyMetrics
 from proxy.pool import BackendPool, Router
 from proxy.topology import Topology, build_topology
 
@@ -53,9 +52,6 @@ class ProxyServer:
     def next_client_id(self) -> int:
         self._next_client_id += 1
         return self._next_client_id
-
-    def count_command(self, spec: CommandSpec | None, rejected: bool) -> None:
-        self.metrics.count_command(spec, rejected)
 
     @property
     def topology(self) -> Topology:
@@ -189,8 +185,8 @@ class ProxyServer:
             await asyncio.sleep(interval_s)
 
     # -- views -----------------------------------------------------------------------------
-    def _backend_rows(self) -> list[tuple[str, bool, int]]:
-        return [(b.name, b.up, b.inflight()) for b in self.pool.backends.values()]
+    def _backend_rows(self) -> list[BackendRow]:
+        return [(b.name, b.up, b.inflight(), b.stats) for b in self.pool.backends.values()]
 
     def readiness(self) -> tuple[bool, str]:
         down = [b for b in self.router.route_backends if not b.up]

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
 export PATH="$PWD/.venv/bin:$PATH:/usr/sbin"
-echo "== ruff"; ruff check proxy tests benchmarks scripts; ruff format --check proxy tests benchmarks scripts
+echo "== ruff"; ruff check .; ruff format --check .
 echo "== mypy"; mypy
 echo "== import-linter"; lint-imports
 echo "== pytest"
