@@ -70,6 +70,22 @@ class _Handshake:
             self.conn.on_ready()
 
 
+class _FutureOwner:
+    """Owner of a slot whose reply resolves an asyncio future (background jobs' requests)."""
+
+    __slots__ = ("dirty", "future", "slot")
+
+    def __init__(self, future: asyncio.Future[bytes]) -> None:
+        self.dirty = False
+        self.future = future
+        self.slot = Slot(self, None, 0.0)
+
+    def flush(self) -> None:
+        self.dirty = False
+        if self.slot.reply is not None and not self.future.done():
+            self.future.set_result(self.slot.reply)
+
+
 class BackendConnection(asyncio.Protocol):
     """One TCP connection to a backend, speaking RESP `proto` (2 or 3)."""
 
@@ -277,6 +293,33 @@ class Backend:
             slot.reply = self.down_reply
             return
         conn.send(payload, slot)
+
+    def call(self, args: list[bytes], conn_index: int = 0) -> asyncio.Future[bytes]:
+        """Send one request now (RESP2, connection `conn_index`); the future gets the raw reply.
+
+        The request is queued synchronously, so requests made one after another from the same
+        task reach the backend in that order, interleaved with client traffic on that connection.
+        Errors (including this backend being down) come back as raw `-ERR ...` replies.
+        """
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        owner = _FutureOwner(future)
+        self.send(2, conn_index, encode_request(args), owner.slot)
+        if owner.slot.reply is not None:
+            future.set_result(owner.slot.reply)
+        return future
+
+    async def barrier(self) -> None:
+        """Return once every request sent so far on any open connection has been answered."""
+        futures = []
+        for conns in self._conns.values():
+            for conn in conns:
+                if conn is not None and not conn.closed:
+                    future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+                    owner = _FutureOwner(future)
+                    conn.send(encode_request([b"PING"]), owner.slot)
+                    futures.append(future)
+        if futures:
+            await asyncio.gather(*futures)
 
     def _open(self, proto: int) -> BackendConnection:
         conn = BackendConnection(self, proto)

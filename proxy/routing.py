@@ -165,3 +165,79 @@ def _merge_scan(plan: Plan, raw: bytes) -> bytes:
 
 def kind_needs_plan(kind: Kind) -> bool:
     return kind in (Kind.MULTI, Kind.SAME_BACKEND, Kind.FANOUT)
+
+
+# -- migration: a read pool and, for writes, a second pool -----------------------------------
+
+_SCRIPTS = frozenset({"eval", "evalsha", "fcall"})
+
+
+def mutates(spec: CommandSpec) -> bool:
+    """Does the command (possibly) write? Scripts are assumed to."""
+    return spec.write or spec.name in _SCRIPTS
+
+
+@dataclass(frozen=True, slots=True)
+class DualPlan:
+    primary: Plan  # answers the client
+    secondary: Plan | None  # also applied to the other pool; its replies are only checked
+    keys: tuple[bytes, ...]  # every key the request touches (for the per-key fence)
+
+
+def plan_migrating(
+    spec: CommandSpec,
+    args: list[bytes],
+    read: PoolTopology,
+    other: PoolTopology,
+    writes_to_other: bool,
+) -> DualPlan:
+    """Plan a request during a migration phase.
+
+    Reads go to `read`. Writes are answered by `read` and, when `writes_to_other`, also applied
+    to `other`, except for keys both rings place on the same address (written once). Commands
+    that need their keys together must have them together in both rings.
+    """
+    kind = spec.kind
+    write = writes_to_other and mutates(spec)
+    if kind is Kind.FANOUT:
+        return DualPlan(_fanout_migrating(spec, args, read, other, write), None, ())
+    positions = spec.key_positions(args)
+    keys = tuple(args[p] for p in positions)
+    if kind is Kind.MULTI:
+        primary = plan_multi(spec, args, read)
+        secondary = _multi_secondary(spec, args, read, other) if write else None
+        return DualPlan(primary, secondary, keys)
+    pools = [read, other] if write else [read]
+    if kind is Kind.SAME_BACKEND:
+        primary = plan_same_backend(spec, args, pools)
+    else:
+        primary = Plan((Fragment(read.addr_for(keys[0] if keys else args[1]), args),), None)
+    secondary = None
+    if write and primary.error is None and keys:
+        addr = other.addr_for(keys[0])
+        if addr != primary.fragments[0].addr:
+            secondary = Plan((Fragment(addr, args),), None)
+    return DualPlan(primary, secondary, keys)
+
+
+def _multi_secondary(
+    spec: CommandSpec, args: list[bytes], read: PoolTopology, other: PoolTopology
+) -> Plan | None:
+    step = spec.key_step
+    moved: list[bytes] = [args[0]]
+    for i in range(1, len(args), step):
+        if read.addr_for(args[i]) != other.addr_for(args[i]):
+            moved.extend(args[i : i + step])
+    if len(moved) == 1:
+        return None
+    return plan_multi(spec, moved, other)
+
+
+def _fanout_migrating(
+    spec: CommandSpec, args: list[bytes], read: PoolTopology, other: PoolTopology, write: bool
+) -> Plan:
+    if not write and not spec.name.startswith("script|"):
+        return plan_fanout(spec, args, read)  # DBSIZE KEYS SCAN: the pool that answers reads
+    # FLUSH* and SCRIPT LOAD/EXISTS/FLUSH: every server of both pools, so EVALSHA works on both.
+    addrs = dict.fromkeys((*read.addrs, *other.addrs))
+    return Plan(tuple(Fragment(a, args) for a in addrs), spec.merge)
