@@ -25,14 +25,15 @@ from proxy import errors
 from proxy.backend import Slot
 from proxy.commands import PLAIN, CommandSpec, Kind, arity_error, lookup, unknown_error
 from proxy.config import ClientConfig
-from proxy.forwarder import send_plan
-from proxy.local import ServerView, Session, run_local
+from proxy.forwarder import send_info, send_plan
+from proxy.local import ServerView, Session, run_local, wants_keyspace
 from proxy.metrics import CommandStats, ProxyMetrics
 from proxy.pool import Router
 from proxy.resp import ProtocolError, RequestReader, encode_request
 from proxy.routing import plan_fanout, plan_multi, plan_same_backend
 
 log = logging.getLogger("shardproxy.client")
+slow_log = logging.getLogger("shardproxy.slowlog")
 
 _SINGLE = Kind.SINGLE
 _PRE_AUTH = frozenset({"auth", "hello", "quit", "reset"})
@@ -44,6 +45,7 @@ class ClientHost(ServerView, Protocol):
     router: Router
     client_config: ClientConfig
     allow_flush: bool
+    slowlog_ms: float
     clients: set[ClientConnection]
 
     metrics: ProxyMetrics
@@ -65,6 +67,8 @@ class ClientConnection(asyncio.Protocol):
         self._pending_paused = False
         self._max_pending = host.client_config.max_pending_requests
         self._stats: dict[CommandSpec, CommandStats] = {}  # cache of host.metrics.command_stats
+        slow_ms = host.slowlog_ms
+        self._slow_s = slow_ms / 1000 if slow_ms > 0 else float("inf")
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -189,6 +193,8 @@ class ClientConnection(asyncio.Protocol):
         if kind is Kind.LOCAL:
             if spec.name == "command" or spec.name.startswith("command|"):
                 router.route_backends[0].send(proto, self.client_id, encode_request(args), slot)
+            elif spec.name == "info" and wants_keyspace(args):
+                send_info(args, router, slot, self.host, proto)
             else:
                 slot.reply = run_local(spec, args, self.session, self.host)
                 if slot.reply[:10] == b"-WRONGPASS":
@@ -240,9 +246,12 @@ class ClientConnection(asyncio.Protocol):
             pending.popleft()
             stats = slot.stats
             if stats is not None:
-                stats.observe(now - slot.start)
+                elapsed = now - slot.start
+                stats.observe(elapsed)
                 if reply[0] == 45:  # -
                     stats.errors += 1
+                if elapsed >= self._slow_s:
+                    self._log_slow(stats.label, elapsed)
         transport = self.transport
         assert transport is not None
         transport.write(out[0] if len(out) == 1 else b"".join(out))
@@ -252,6 +261,15 @@ class ClientConnection(asyncio.Protocol):
         elif self._pending_paused and len(pending) <= self._max_pending // 2:
             self._pending_paused = False
             self._update_reading()
+
+    def _log_slow(self, label: str, elapsed_s: float) -> None:
+        slow_log.warning(
+            "slow command: %s took %.1f ms (client %d %s)",
+            label,
+            elapsed_s * 1000,
+            self.client_id,
+            self.session.peer,
+        )
 
     def _update_reading(self) -> None:
         transport = self.transport

@@ -7,8 +7,9 @@ replies (routing.merge_replies) into the parent slot, which sits in the client's
 from __future__ import annotations
 
 from proxy.backend import Slot
+from proxy.local import ServerView, encode_info, info_body, sum_keyspace
 from proxy.pool import Router
-from proxy.resp import encode_request
+from proxy.resp import decode_reply, encode_request
 from proxy.routing import Plan, merge_replies
 
 
@@ -57,3 +58,42 @@ def send_plan(plan: Plan, router: Router, slot: Slot, proto: int, client_id: int
             [c.reply for c in gather.children],  # type: ignore[misc]
             proto == 3,
         )
+
+
+class InfoGather:
+    """INFO: the proxy's own sections plus `# Keyspace` summed over the route backends."""
+
+    __slots__ = ("args", "children", "dirty", "parent", "proto", "view")
+
+    def __init__(self, parent: Slot, args: list[bytes], view: ServerView, proto: int, n: int):
+        self.parent = parent
+        self.args = args
+        self.view = view
+        self.proto = proto
+        self.dirty = False
+        self.children = [Slot(self, None, parent.start) for _ in range(n)]
+
+    def flush(self) -> None:
+        self.dirty = False
+        if self.parent.reply is not None or any(c.reply is None for c in self.children):
+            return
+        texts = []
+        for child in self.children:
+            value = decode_reply(child.reply or b"")
+            if isinstance(value, bytes):
+                texts.append(value)
+        body = info_body(self.args, self.view, sum_keyspace(texts))
+        self.parent.reply = encode_info(body, self.proto)
+        owner = self.parent.owner
+        if not owner.dirty:
+            owner.dirty = True
+            owner.flush()
+
+
+def send_info(args: list[bytes], router: Router, slot: Slot, view: ServerView, proto: int) -> None:
+    addrs = list(dict.fromkeys(router.topology.route.addrs))
+    gather = InfoGather(slot, args, view, proto, len(addrs))
+    payload = encode_request([b"INFO", b"keyspace"])
+    for addr, child in zip(addrs, gather.children, strict=True):
+        router.backends[addr].send(2, 0, payload, child)
+    gather.flush()

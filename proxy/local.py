@@ -212,7 +212,14 @@ def _time(args: list[bytes], session: Session, view: ServerView) -> bytes:
     return b"*2\r\n" + encode_bulk(b"%d" % sec) + encode_bulk(b"%d" % usec)
 
 
-def _info(args: list[bytes], session: Session, view: ServerView) -> bytes:
+def wants_keyspace(args: list[bytes]) -> bool:
+    """Does INFO with these arguments include the # Keyspace section (summed over backends)?"""
+    wanted = {a.lower() for a in args[1:]}
+    return not wanted or bool(wanted & {b"all", b"everything", b"default", b"keyspace"})
+
+
+def info_body(args: list[bytes], view: ServerView, keyspace: bytes = b"") -> bytes:
+    """The INFO text of the proxy's own sections that `args` asks for, then `keyspace`."""
     wanted = {a.lower().decode(errors="replace") for a in args[1:]}
     everything = not wanted or wanted & {"all", "everything", "default"}
     lines: list[str] = []
@@ -224,9 +231,39 @@ def _info(args: list[bytes], session: Session, view: ServerView) -> bytes:
         lines.append(f"# {title}")
         lines.extend(f"{k}:{v}" for k, v in fields)
     body = ("\r\n".join(lines) + "\r\n").encode() if lines else b""
-    if session.proto == 3:
+    if keyspace:
+        body += (b"\r\n" if body else b"") + keyspace
+    return body
+
+
+def encode_info(body: bytes, proto: int) -> bytes:
+    if proto == 3:
         return b"=%d\r\ntxt:%s\r\n" % (len(body) + 4, body)
     return encode_bulk(body)
+
+
+def _info(args: list[bytes], session: Session, view: ServerView) -> bytes:
+    return encode_info(info_body(args, view), session.proto)
+
+
+def sum_keyspace(replies: list[bytes]) -> bytes:
+    """`# Keyspace` summed over the backends' `INFO keyspace` texts (db0 only: the proxy's db)."""
+    keys = expires = 0
+    ttl_weighted = 0
+    for raw in replies:
+        for line in raw.splitlines():
+            if not line.startswith(b"db0:"):
+                continue
+            fields = dict(f.split(b"=", 1) for f in line[4:].split(b",") if b"=" in f)
+            k, e = int(fields.get(b"keys", 0)), int(fields.get(b"expires", 0))
+            keys += k
+            expires += e
+            ttl_weighted += int(fields.get(b"avg_ttl", 0)) * e
+    out = b"# Keyspace\r\n"
+    if keys:
+        avg_ttl = ttl_weighted // expires if expires else 0
+        out += b"db0:keys=%d,expires=%d,avg_ttl=%d\r\n" % (keys, expires, avg_ttl)
+    return out
 
 
 def server_section(started_monotonic: float) -> list[tuple[str, str]]:

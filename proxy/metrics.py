@@ -62,17 +62,18 @@ class FastHistogram:
         for bound, n in zip((*LATENCY_BUCKETS_S, float("inf")), self.buckets, strict=True):
             running += n
             if running >= rank:
-                return bound
-        return float("inf")
+                return min(bound, LATENCY_BUCKETS_S[-1])
+        return LATENCY_BUCKETS_S[-1]
 
 
 class CommandStats(FastHistogram):
     """Per command: latency as the client sees it inside the proxy, and outcomes."""
 
-    __slots__ = ("errors", "rejected")
+    __slots__ = ("errors", "label", "rejected")
 
-    def __init__(self) -> None:
+    def __init__(self, label: str) -> None:
         super().__init__()
+        self.label = label
         self.errors = 0  # error replies (from a backend, or a backend unavailable/timeout)
         self.rejected = 0  # refused by the proxy before forwarding (unknown, arity, auth...)
 
@@ -125,7 +126,7 @@ class ProxyMetrics:
     def command_stats(self, label: str) -> CommandStats:
         stats = self.commands.get(label)
         if stats is None:
-            stats = self.commands[label] = CommandStats()
+            stats = self.commands[label] = CommandStats(label)
         return stats
 
     def add_live_collector(

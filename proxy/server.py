@@ -47,6 +47,7 @@ class ProxyServer:
         self.router: Router  # set by start()
         self.client_config = config.client
         self.allow_flush = config.allow_flush
+        self.slowlog_ms = config.slowlog_ms
 
     # -- ClientHost ------------------------------------------------------------------------
     def next_client_id(self) -> int:
@@ -62,6 +63,7 @@ class ProxyServer:
         topology = build_topology(self._config, 1, config_hash(self._config_text))
         self.router = self.pool.sync(topology)
         self.metrics.config_generation.set(1)
+        self._apply_config_info()
         self.metrics.add_live_collector(lambda: len(self.clients), self._backend_rows)
         loop = asyncio.get_running_loop()
         listen = self._config.listen
@@ -158,8 +160,10 @@ class ProxyServer:
             self._config_text = text
             self.client_config = config.client
             self.allow_flush = config.allow_flush
+            self.slowlog_ms = config.slowlog_ms
             self.metrics.config_generation.set(generation)
             self.metrics.config_reloads_total.labels("ok").inc()
+            self._apply_config_info()
             log.info("config reloaded: generation %d (%s)", generation, topology.config_hash)
             return True, f"generation {generation}"
 
@@ -175,6 +179,17 @@ class ProxyServer:
         self.metrics.config_reloads_total.labels("refused").inc()
         log.error("config reload refused, the old config keeps serving: %s", reason)
         return False, reason
+
+    def _apply_config_info(self) -> None:
+        topology = self.router.topology
+        self.metrics.config_info.info(
+            {
+                "hash": topology.config_hash,
+                "route": topology.route.name,
+                "phase": topology.phase or "none",
+                "generation": str(topology.generation),
+            }
+        )
 
     # -- health ----------------------------------------------------------------------------
     async def _health_loop(self) -> None:
@@ -232,6 +247,14 @@ class ProxyServer:
                     "up": b.up,
                     "reason": b.down_reason,
                     "inflight": b.inflight(),
+                    "requests": b.stats.latency.count,
+                    "p50_ms": b.stats.latency.quantile(0.5) * 1000,
+                    "p99_ms": b.stats.latency.quantile(0.99) * 1000,
+                    "errors": {
+                        "timeout": b.stats.timeout,
+                        "connection": b.stats.connection,
+                        "reply": b.stats.reply,
+                    },
                 }
                 for b in self.pool.backends.values()
             ],

@@ -1,0 +1,82 @@
+"""`shardproxy status`: one table for a fleet of proxies, from each one's admin `/status`.
+
+Flags proxies whose config hash differs from the fleet's most common one, and proxies that do not
+answer, so a half-rolled config or a stuck reload shows at a glance.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+FETCH_TIMEOUT_S = 3.0
+
+
+def fetch_status(addr: str, timeout_s: float = FETCH_TIMEOUT_S) -> dict[str, Any]:
+    url = addr if addr.startswith("http") else f"http://{addr}"
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/status", timeout=timeout_s) as resp:
+            data = json.loads(resp.read())
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        return {"admin": addr, "error": str(reason)}
+    if not isinstance(data, dict):
+        return {"admin": addr, "error": "not a shardproxy /status reply"}
+    data["admin"] = addr
+    return data
+
+
+def fleet_status(addrs: list[str]) -> list[dict[str, Any]]:
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(addrs)))) as pool:
+        return list(pool.map(fetch_status, addrs))
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    hashes = Counter(r.get("config_hash") for r in rows if "error" not in r)
+    common = hashes.most_common(1)[0][0] if hashes else None
+    header = ("admin", "gen", "config", "phase", "backfill", "backends", "clients", "note")
+    lines = [header]
+    for r in rows:
+        if "error" in r:
+            lines.append((r["admin"], "-", "-", "-", "-", "-", "-", f"UNREACHABLE: {r['error']}"))
+            continue
+        backends = r.get("backends", [])
+        up = sum(1 for b in backends if b.get("up"))
+        backfill = r.get("backfill") or {}
+        progress = (
+            f"{backfill.get('state', 'idle')} {100 * float(backfill.get('progress', 0)):.0f}%"
+        )
+        note = "" if r.get("config_hash") == common else "CONFIG DIFFERS"
+        down = [b["name"] for b in backends if not b.get("up")]
+        if down:
+            note = (note + " down: " + ",".join(down)).strip()
+        lines.append(
+            (
+                r["admin"],
+                str(r.get("generation", "?")),
+                str(r.get("config_hash", "?")),
+                str(r.get("phase", "?")),
+                progress,
+                f"{up}/{len(backends)} up",
+                str(r.get("clients", "?")),
+                note,
+            )
+        )
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in lines
+    )
+
+
+def fleet_ok(rows: list[dict[str, Any]]) -> bool:
+    """True when every proxy answered, all on one config, with every backend up."""
+    if any("error" in r for r in rows):
+        return False
+    if len({r.get("config_hash") for r in rows}) > 1:
+        return False
+    return all(b.get("up") for r in rows for b in r.get("backends", []))
