@@ -9,7 +9,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy import __version__
@@ -36,7 +36,59 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config and show its rings")
     check.add_argument("-c", "--config", required=True)
     check.add_argument("--json", action="store_true", help="machine-readable output")
+    add_migration_parsers(sub)
     return parser
+
+
+def add_migration_parsers(sub: Any) -> None:
+    """plan, backfill, verify, cleanup: the migration jobs in the foreground (proxy/console.py)."""
+    plan = sub.add_parser(
+        "plan",
+        help="show which share of the keys moves, per source and target server",
+        description="Needs a migration block. Prints the share of the hash space that changes"
+        " owner per source -> target server (exact ring arithmetic), then samples real keys"
+        " when the source servers answer.",
+    )
+    plan.add_argument("-c", "--config", required=True)
+    plan.add_argument(
+        "--sample", type=int, default=1000, metavar="N", help="keys sampled per source server"
+    )
+    backfill = sub.add_parser(
+        "backfill",
+        help="copy the moved keys to the target pool now, with a progress bar",
+        description="The backfill the proxy runs in phase backfill: same lease (one runner per"
+        " fleet), checkpoints (an interrupted run resumes) and gate. Exit 1 if it fails, if"
+        " another process holds the lease, or if the final verify leaves mismatches. Run from"
+        " here it has no per-key write fence: prefer phase backfill when the proxies take writes.",
+    )
+    backfill.add_argument("-c", "--config", required=True)
+    backfill.add_argument(
+        "--restart", action="store_true", help="forget checkpoints and the gate; start over"
+    )
+    verify = sub.add_parser(
+        "verify",
+        help="compare every moved key between its source and target owner",
+        description="Compares by content (not encoding) and TTL within"
+        " migration.verify_ttl_tolerance_ms. Exit 1 when it finds a difference (with --repair:"
+        " when one is left).",
+    )
+    verify.add_argument("-c", "--config", required=True)
+    verify.add_argument(
+        "--repair",
+        action="store_true",
+        help="copy differing keys from the pool that answers reads in the phase"
+        " (source before cut-read, target from cut-read on); delete keys that came back",
+    )
+    cleanup = sub.add_parser(
+        "cleanup",
+        help="delete keys a server kept from the old layout but no longer owns",
+        description="Runs only in phase retire (cleans the target pool), or with no migration"
+        " block and --from-pool OLD naming the pool the keys came from, still defined in the"
+        " file (cleans the route pool). Keys under the reserved prefix __shardproxy: are kept.",
+    )
+    cleanup.add_argument("-c", "--config", required=True)
+    cleanup.add_argument("--dry-run", action="store_true", help="only count, per server")
+    cleanup.add_argument("--from-pool", metavar="OLD", help="after the migration block is gone")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "check":
             return cmd_check(args)
+        if args.command in MIGRATION_COMMANDS:
+            return MIGRATION_COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"shardproxy: invalid config: {exc}", file=sys.stderr)
         return 2
@@ -180,3 +234,38 @@ def describe(config: ProxyConfig) -> dict[str, Any]:
         "migration_to": migration.to if migration else None,
         "pools": pools,
     }
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from proxy import console
+
+    if args.sample < 0:
+        print("shardproxy plan: --sample must be >= 0", file=sys.stderr)
+        return 2
+    return console.run_plan(load_config(args.config), args.sample)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from proxy import console
+
+    return console.run_backfill(load_config(args.config), args.restart)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from proxy import console
+
+    return console.run_verify(load_config(args.config), args.repair)
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from proxy import console
+
+    return console.run_cleanup(load_config(args.config), args.dry_run, args.from_pool)
+
+
+MIGRATION_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "plan": cmd_plan,
+    "backfill": cmd_backfill,
+    "verify": cmd_verify,
+    "cleanup": cmd_cleanup,
+}

@@ -1,0 +1,300 @@
+"""proxy.migration: the phase table, every legal and illegal reload step with its reason, the gate,
+migration ids and state keys, and moved_shares against ring arithmetic and brute-force samples."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+import pytest
+
+from proxy.config import PHASES, ProxyConfig, parse_config
+from proxy.migration import (
+    RESERVED_PREFIX,
+    RULES,
+    active_migration,
+    check_step,
+    gate_reason,
+    is_reserved,
+    migration_id,
+    moved_shares,
+    needs_gate,
+    share_method,
+    state_key,
+    state_owner,
+)
+from proxy.topology import PoolTopology, build_pool
+
+OLD = ["127.0.0.1:7001:1 r1", "127.0.0.1:7002:1 r2", "127.0.0.1:7003:1 r3"]
+NEW = [*OLD, "127.0.0.1:7004:1 r4", "127.0.0.1:7005:1 r5"]
+ALL_PHASES: list[str | None] = [None, *PHASES]
+LEGAL: dict[str | None, set[str | None]] = {
+    None: {None, "double-write"},
+    "double-write": {"double-write", "backfill"},
+    "backfill": {"backfill", "double-write", "cut-read"},
+    "cut-read": {"cut-read", "backfill", "double-write", "retire"},
+    "retire": {"retire", None},
+}
+
+
+def config(
+    phase: str | None = None,
+    *,
+    route: str = "old",
+    old: list[str] = OLD,
+    new: list[str] = NEW,
+    extra_pool: str = "",
+    migration: str = "",
+    top: str = "",
+) -> ProxyConfig:
+    block = f"migration:\n  to: new\n  phase: {phase}\n{migration}" if phase else ""
+    text = (
+        f"pools:\n  old: {{servers: {old}}}\n  new: {{servers: {new}}}\n{extra_pool}"
+        f"route: {route}\n{block}{top}"
+    )
+    return parse_config(text, env={})
+
+
+def default_route(phase: str | None, before: str | None) -> str:
+    """The route a legal config in `phase` has: the target once a migration has retired."""
+    return "new" if phase is None and before == "retire" else "old"
+
+
+# --- the phase table ---
+
+
+def test_rules_per_phase() -> None:
+    assert RULES[None] == RULES[None].__class__(False, False, False, False)
+    assert RULES["double-write"].secondary_writes and not RULES["double-write"].reads_target
+    assert RULES["double-write"].shadow_compare and not RULES["double-write"].runs_backfill
+    assert RULES["backfill"].runs_backfill and RULES["backfill"].secondary_writes
+    assert RULES["cut-read"].reads_target and RULES["cut-read"].secondary_writes
+    assert RULES["retire"].reads_target and not RULES["retire"].secondary_writes
+    assert not RULES["retire"].shadow_compare
+    assert set(RULES) == set(ALL_PHASES)
+
+
+@pytest.mark.parametrize("before", ALL_PHASES)
+@pytest.mark.parametrize("after", ALL_PHASES)
+def test_every_phase_step(before: str | None, after: str | None) -> None:
+    old = config(before)
+    new = config(after, route=default_route(after, before))
+    reason = check_step(old, new)
+    if after in LEGAL[before]:
+        assert reason is None
+        return
+    name = {None: "none"}
+    b, a = name.get(before, before), name.get(after, after)  # type: ignore[arg-type]
+    assert reason is not None and reason.startswith(
+        f"illegal phase step {b} -> {a} (legal from {b}: "
+    )
+    listed = reason.split(": ", 1)[1].rstrip(")").split(", ")
+    assert {None if p == "none" else p for p in listed} == LEGAL[before] - {before}
+
+
+def test_reason_text_names_both_phases() -> None:
+    assert check_step(config("backfill"), config("retire")) == (
+        "illegal phase step backfill -> retire (legal from backfill: double-write, cut-read)"
+    )
+    assert check_step(config(None), config("cut-read")) == (
+        "illegal phase step none -> cut-read (legal from none: double-write)"
+    )
+
+
+def test_leaving_retire_needs_the_target_as_route() -> None:
+    reason = check_step(config("retire"), config(None, route="old"))
+    assert reason is not None and "route: new" in reason
+    assert check_step(config("retire"), config(None, route="new")) is None
+    changed = config(None, route="new", new=[*NEW, "127.0.0.1:7006:1 r6"])
+    assert "keys would move" in (check_step(config("retire"), changed) or "")
+
+
+def test_no_migration_route_may_move_only_to_an_identical_ring() -> None:
+    twin = "  twin: {servers: [127.0.0.1:7003:1 r3, 127.0.0.1:7001:1 r1, 127.0.0.1:7002:1 r2]}\n"
+    assert check_step(config(extra_pool=twin), config(route="twin", extra_pool=twin)) is None
+    reason = check_step(config(), config(route="new"))
+    assert reason is not None and "place keys differently" in reason
+    # Same route: a none -> none reload may change the pool (e.g. replace a server).
+    moved = ["127.0.0.1:7001:1 r1", "127.0.0.1:7002:1 r2", "127.0.0.1:7009:1 r3"]
+    assert check_step(config(), config(old=moved)) is None
+    starting = check_step(config(), config("double-write", old=moved))
+    assert starting is not None and "while starting a migration" in starting
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_migration_keeps_its_pools_and_route(phase: str) -> None:
+    base = config(phase)
+    other = "  other: {servers: [127.0.0.1:7008]}\n"
+    to_other = parse_config(
+        f"pools:\n  old: {{servers: {OLD}}}\n  new: {{servers: {NEW}}}\n{other}"
+        f"route: old\nmigration: {{to: other, phase: {phase}}}\n",
+        env={},
+    )
+    assert "cannot change migration.to" in (check_step(base, to_other) or "")
+    grown = config(phase, old=[*OLD, "127.0.0.1:7009:1 r9"])
+    assert "source pool 'old'" in (check_step(base, grown) or "")
+    md5 = parse_config(
+        f"pools:\n  old: {{servers: {OLD}}}\n  new: {{hash: md5, servers: {NEW}}}\n"
+        f"route: old\nmigration: {{to: new, phase: {phase}}}\n",
+        env={},
+    )
+    assert "target pool 'new'" in (check_step(base, md5) or "")
+    untagged = parse_config(
+        f"pools:\n  old: {{servers: {OLD}}}\n  new: {{hash_tag: '', servers: {NEW}}}\n"
+        f"route: old\nmigration: {{to: new, phase: {phase}}}\n",
+        env={},
+    )
+    assert "target pool 'new'" in (check_step(base, untagged) or "")
+    # Settings that do not move keys may change; so may the order servers are listed in.
+    tuned = config(
+        phase,
+        old=list(reversed(OLD)),
+        migration="  force: true\n  backfill: {rate_keys_per_s: 10}\n  shadow_sample_ratio: 0.5\n",
+        top="listen: 127.0.0.1:6399\n",
+    )
+    assert check_step(base, tuned) is None
+
+
+def test_route_cannot_change_during_a_migration() -> None:
+    twin = "  twin: {servers: [127.0.0.1:7001:1 r1, 127.0.0.1:7002:1 r2, 127.0.0.1:7003:1 r3]}\n"
+    reason = check_step(
+        config("double-write", extra_pool=twin),
+        config("double-write", route="twin", extra_pool=twin),
+    )
+    assert reason is not None and "cannot change route during a migration" in reason
+
+
+def test_needs_gate_only_backfill_to_cut_read_without_force() -> None:
+    assert needs_gate(config("backfill"), config("cut-read"))
+    assert not needs_gate(config("backfill"), config("cut-read", migration="  force: true\n"))
+    for before, after in [("double-write", "backfill"), ("cut-read", "cut-read"), (None, None)]:
+        assert not needs_gate(config(before), config(after))
+    assert not needs_gate(config("cut-read"), config("retire"))
+
+
+def test_gate_reason() -> None:
+    assert gate_reason({"backfill": "done", "mismatches_after_repair": 0}) is None
+    assert "not finished" in (gate_reason(None) or "")
+    assert "3 mismatches" in (gate_reason({"backfill": "done", "mismatches_after_repair": 3}) or "")
+    assert "not done" in (gate_reason({"backfill": "running"}) or "")
+
+
+# --- identity and state keys ---
+
+
+def test_migration_id_names_the_two_rings() -> None:
+    c = config("backfill")
+    mid = migration_id(c.pool("old"), c.pool("new"))
+    assert re.fullmatch(r"[0-9a-f]{12}", mid)
+    assert mid == migration_id(config("double-write").pool("old"), c.pool("new"))
+    reordered = config("backfill", old=list(reversed(OLD)))
+    assert migration_id(reordered.pool("old"), reordered.pool("new")) == mid
+    grown = config("backfill", new=[*NEW, "127.0.0.1:7006:1 r6"])
+    assert migration_id(grown.pool("old"), grown.pool("new")) != mid
+    assert migration_id(c.pool("new"), c.pool("old")) != mid
+    active = active_migration(c)
+    assert active is not None and active.mid == mid and active.phase == "backfill"
+    assert active.source.name == "old" and active.target.name == "new"
+    assert active_migration(config()) is None
+
+
+def test_state_keys_are_reserved_and_live_on_one_target_server() -> None:
+    assert (
+        state_key("abc123", "cursor", "127.0.0.1:7001")
+        == b"__shardproxy:abc123:cursor:127.0.0.1:7001"
+    )
+    assert state_key("abc123", "gate").startswith(RESERVED_PREFIX)
+    assert is_reserved(state_key("x", "lease")) and not is_reserved(b"user:1")
+    assert not is_reserved(b"_shardproxy:x")
+    target = build_pool(config("backfill").pool("new"))
+    owner = state_owner(target, "abc123")
+    assert owner in target.addrs and owner == target.addr_for(b"__shardproxy:abc123:state")
+
+
+# --- moved_shares ---
+
+
+def pool(servers: list[str], distribution: str = "ketama", hash_name: str = "murmur3",
+         tag: str = "{}") -> PoolTopology:  # fmt: skip
+    text = (
+        f"pools: {{p: {{distribution: {distribution}, hash: {hash_name}, hash_tag: '{tag}',"
+        f" servers: {servers}}}}}"
+    )
+    return build_pool(parse_config(text, env={}).pool("p"))
+
+
+def sampled(
+    source: PoolTopology, target: PoolTopology, n: int = 60_000
+) -> dict[tuple[str, str], float]:
+    rnd = random.Random(7)
+    counts: Counter[tuple[str, str]] = Counter()
+    for _ in range(n):
+        key = b"key:%d" % rnd.getrandbits(64)
+        pair = (source.addr_for(key), target.addr_for(key))
+        if pair[0] != pair[1]:
+            counts[pair] += 1
+    return {pair: c / n for pair, c in counts.items()}
+
+
+def test_ketama_three_to_five_moves_only_to_the_new_servers() -> None:
+    source, target = pool(OLD), pool(NEW)
+    shares = moved_shares(source, target)
+    assert share_method(source, target) == "exact"
+    assert {dst for _, dst in shares} == {"127.0.0.1:7004", "127.0.0.1:7005"}
+    assert {src for src, _ in shares} == set(source.addrs)
+    new_share = sum(target.ring.shares()[3:])
+    assert sum(shares.values()) == pytest.approx(new_share, abs=1e-12)
+    assert 0.35 < sum(shares.values()) < 0.45  # ~2/5
+
+
+def test_modula_doubling_moves_half_each_old_server_to_one_new_one() -> None:
+    two = ["127.0.0.1:7001:1 r1", "127.0.0.1:7002:1 r2"]
+    four = [*two, "127.0.0.1:7003:1 r3", "127.0.0.1:7004:1 r4"]
+    shares = moved_shares(pool(two, "modula"), pool(four, "modula"))
+    assert shares == {
+        ("127.0.0.1:7001", "127.0.0.1:7003"): 0.25,
+        ("127.0.0.1:7002", "127.0.0.1:7004"): 0.25,
+    }
+
+
+@pytest.mark.parametrize("distribution", ["ketama", "modula"])
+def test_identical_rings_move_nothing(distribution: str) -> None:
+    assert moved_shares(pool(OLD, distribution), pool(list(reversed(OLD)), distribution)) == {}
+
+
+def test_a_named_server_at_a_new_address_moves_only_its_own_keys() -> None:
+    by_name = ["127.0.0.1:7001:1 r1", "127.0.0.1:7002:1 r2", "127.0.0.1:7009:1 r3"]
+    shares = moved_shares(pool(OLD), pool(by_name))  # r3's keys go to its new address
+    assert set(shares) == {("127.0.0.1:7003", "127.0.0.1:7009")}
+    assert shares[("127.0.0.1:7003", "127.0.0.1:7009")] == pytest.approx(pool(OLD).ring.shares()[2])
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "method"),
+    [
+        (pool(OLD), pool(NEW), "exact"),
+        (pool(OLD), pool(["127.0.0.1:7001:3 r1", "127.0.0.1:7006:1 r6"]), "exact"),
+        (pool(OLD, "modula"), pool(NEW, "modula"), "exact"),
+        (pool(OLD), pool(NEW, "modula"), "exact"),
+        (pool(OLD, "modula"), pool(NEW), "exact"),
+        (pool(OLD), pool(NEW, hash_name="md5"), "independent"),
+        (pool(OLD, "modula"), pool(NEW, "modula", tag=""), "independent"),
+    ],
+)
+def test_moved_shares_match_a_brute_force_sample(
+    source: PoolTopology, target: PoolTopology, method: str
+) -> None:
+    assert share_method(source, target) == method
+    exact, sample = moved_shares(source, target), sampled(source, target)
+    assert set(sample) <= set(exact)
+    for pair, share in exact.items():
+        assert sample.get(pair, 0.0) == pytest.approx(share, abs=0.01), pair
+    assert sum(sample.values()) == pytest.approx(sum(exact.values()), abs=0.01)
+
+
+def test_huge_modula_weights_fall_back_to_a_uniform_sample() -> None:
+    a = pool(["127.0.0.1:7001:1000003 r1", "127.0.0.1:7002:1 r2"], "modula")
+    b = pool(["127.0.0.1:7001:999983 r1", "127.0.0.1:7002:1 r2"], "modula")
+    assert share_method(a, b) == "uniform sample"
+    assert sum(moved_shares(a, b).values()) < 0.01
