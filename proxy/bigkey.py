@@ -37,7 +37,7 @@ def _temp_key() -> bytes:
 async def copy_big_key(ex: Executor, fence: Fence, key: bytes, src: str, dst: str) -> str:
     """Like copy_key ("copied" | "skipped" | "failed"), streaming the value in chunks."""
     snap, temp = _temp_key(), _temp_key()
-    fence.hold(key)
+    await fence.hold(key)
     released = False
     try:
         type_f = ex.call(src, [b"TYPE", key])

@@ -25,6 +25,7 @@ from proxy import errors
 from proxy.backend import Slot
 from proxy.commands import PLAIN, CommandSpec, Kind, arity_error, lookup, unknown_error
 from proxy.config import ClientConfig
+from proxy.dualwrite import dispatch_migrating
 from proxy.forwarder import send_info, send_plan
 from proxy.local import ServerView, Session, run_local, wants_keyspace
 from proxy.metrics import CommandStats, ProxyMetrics
@@ -185,11 +186,6 @@ class ClientConnection(asyncio.Protocol):
         """Send `args` on its way (the reply lands in `slot`), or return the refusal to answer."""
         kind = spec.kind
         proto = self.session.proto
-        if kind is Kind.SINGLE:
-            positions = spec.key_positions(args)
-            backend = router.backend_for(args[positions[0]] if positions else args[1])
-            backend.send(proto, self.client_id, encode_request(args), slot)
-            return None
         if kind is Kind.LOCAL:
             if spec.name == "command" or spec.name.startswith("command|"):
                 router.route_backends[0].send(proto, self.client_id, encode_request(args), slot)
@@ -200,20 +196,27 @@ class ClientConnection(asyncio.Protocol):
                 if slot.reply[:10] == b"-WRONGPASS":
                     self.host.metrics.client_errors_total.labels("auth").inc()
             return None
+        if kind is Kind.PINNED:
+            return errors.not_supported_yet(spec.name)
+        if kind is Kind.DENIED:
+            return errors.denied(spec.name)
+        if kind is Kind.SAME_BACKEND and _has_block_option(spec, args):
+            return errors.blocking_option(spec.name)
+        if spec.needs_flush_permission and not self.host.allow_flush:
+            return errors.flush_disabled(spec.name)
+        if not router.fast:
+            return dispatch_migrating(spec, args, router, slot, proto)
+        if kind is Kind.SINGLE:
+            positions = spec.key_positions(args)
+            backend = router.backend_for(args[positions[0]] if positions else args[1])
+            backend.send(proto, self.client_id, encode_request(args), slot)
+            return None
         if kind is Kind.MULTI:
             plan = plan_multi(spec, args, router.route)
         elif kind is Kind.SAME_BACKEND:
-            if _has_block_option(spec, args):
-                return errors.blocking_option(spec.name)
             plan = plan_same_backend(spec, args, [router.route])
-        elif kind is Kind.FANOUT:
-            if spec.needs_flush_permission and not self.host.allow_flush:
-                return errors.flush_disabled(spec.name)
-            plan = plan_fanout(spec, args, router.route)
-        elif kind is Kind.PINNED:
-            return errors.not_supported_yet(spec.name)
         else:
-            return errors.denied(spec.name)
+            plan = plan_fanout(spec, args, router.route)
         if plan.error is not None:
             return plan.error
         send_plan(plan, router, slot, proto, self.client_id)

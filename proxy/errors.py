@@ -53,6 +53,14 @@ def noauth() -> bytes:
     return _err("NOAUTH Authentication required.")
 
 
+def hello_noauth() -> bytes:
+    return _err(
+        "NOAUTH HELLO must be called with the client already authenticated, otherwise the "
+        "HELLO AUTH <user> <pass> option can be used to authenticate the client and "
+        "select the RESP protocol version at the same time"
+    )
+
+
 def wrongpass() -> bytes:
     return _err("WRONGPASS invalid username-password pair or user is disabled.")
 

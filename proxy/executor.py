@@ -42,10 +42,11 @@ class JobError(Exception):
 
 
 class Fence(Protocol):
-    """The proxy's per-key fence: while held, secondary writes for the key are queued;
-    release() sends them (after the job's RESTORE, on the same backend connection)."""
+    """The proxy's per-key fence: while held, requests touching the key are deferred; hold()
+    returns once the requests sent before it were answered; release() sends the deferred ones
+    (after the job's RESTORE, on the same backend connection)."""
 
-    def hold(self, key: bytes) -> None: ...
+    async def hold(self, key: bytes) -> None: ...
 
     def release(self, key: bytes) -> None: ...
 
@@ -53,7 +54,7 @@ class Fence(Protocol):
 class _NoFence:
     """For the CLI, where no proxy writes pass through this process."""
 
-    def hold(self, key: bytes) -> None:
+    async def hold(self, key: bytes) -> None:
         pass
 
     def release(self, key: bytes) -> None:
@@ -154,7 +155,7 @@ async def copy_key(ex: Executor, fence: Fence, key: bytes, src: str, dst: str) -
     Returns "copied", "skipped" (gone on src: it is deleted on dst too, so a deleted key never
     comes back) or "failed" (an error reply; the key is left for the verifier to repair).
     """
-    fence.hold(key)
+    await fence.hold(key)
     released = False
     try:
         dump_f = ex.call(src, [b"DUMP", key])

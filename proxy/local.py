@@ -127,7 +127,7 @@ def _hello(args: list[bytes], session: Session, view: ServerView) -> bytes:
         else:
             return errors.syntax_error()
     if not session.authed:
-        return errors.noauth()
+        return errors.hello_noauth()
     if name is not None:
         if _bad_name(name):
             return _bad_name_error()

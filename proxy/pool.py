@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from proxy.backend import Backend
 from proxy.config import BackendConfig
+from proxy.fence import MigrationState
+from proxy.migration import RULES
 from proxy.topology import PoolTopology, Topology
 
 log = logging.getLogger("shardproxy.pool")
@@ -23,11 +25,17 @@ DRAIN_LIMIT_S = 30.0  # a removed backend is closed after this even if replies a
 
 
 class Router:
-    """What a client needs per request: ring lookups that return Backend objects."""
+    """What a client needs per request: ring lookups that return Backend objects, and during a
+    migration the pool that answers reads, the other pool, and what the phase sends where."""
 
-    __slots__ = ("backends", "fast", "node_for", "route", "route_backends", "topology")
+    __slots__ = (
+        "backends", "fast", "migration", "node_for", "other", "read", "route",
+        "route_backends", "secondary_writes", "shadow", "shadow_ratio", "topology",
+    )  # fmt: skip
 
-    def __init__(self, topology: Topology, backends: dict[str, Backend]) -> None:
+    def __init__(
+        self, topology: Topology, backends: dict[str, Backend], migration: MigrationState
+    ) -> None:
         self.topology = topology
         self.route: PoolTopology = topology.route
         self.node_for: Callable[[bytes], int] = topology.route.ring.node_for
@@ -36,6 +44,21 @@ class Router:
         # Single-key requests may take the client's fast path (one ring, one backend) only when
         # no migration phase asks for a second ring.
         self.fast = topology.phase is None
+        self.migration = migration
+        rules = RULES[topology.phase]
+        target = topology.target or topology.route
+        self.read, self.other = (
+            (target, topology.route)
+            if rules.reads_target
+            else (
+                topology.route,
+                target,
+            )
+        )
+        self.secondary_writes = rules.secondary_writes
+        cfg = topology.config.migration
+        self.shadow_ratio = cfg.shadow_sample_ratio if cfg is not None else 0.0
+        self.shadow = rules.shadow_compare and self.shadow_ratio > 0
 
     def backend_for(self, key: bytes) -> Backend:
         return self.route_backends[self.node_for(key)]
@@ -47,7 +70,7 @@ class BackendPool:
         self._config: BackendConfig | None = None
         self._draining: set[asyncio.Task[None]] = set()
 
-    def sync(self, topology: Topology) -> Router:
+    def sync(self, topology: Topology, migration: MigrationState) -> Router:
         """Create backends the topology adds, drain the ones it drops; return its router."""
         config = topology.config.backend
         wanted = topology.all_addrs()
@@ -63,7 +86,7 @@ class BackendPool:
                 self.backends[addr].name = topology.names[addr]
         for addr in [a for a in self.backends if a not in wanted]:
             self._drain(self.backends.pop(addr))
-        return Router(topology, self.backends)
+        return Router(topology, self.backends, migration)
 
     def _drain(self, backend: Backend) -> None:
         task = asyncio.get_running_loop().create_task(self._drain_then_close(backend))

@@ -171,85 +171,149 @@ def decode_reply(raw: bytes) -> object:
     return reader.gets()
 
 
+MAX_MULTIBULK = 1024 * 1024  # elements in one request (Redis: INT_MAX; hiredis would preallocate)
+MAX_BULK_BYTES = 512 * 1024 * 1024  # Redis's proto-max-bulk-len default
+
+
 class RequestReader:
-    """Parses client requests: RESP multibulk via hiredis, and inline commands.
+    """Parses client requests, RESP multibulk and inline, with an explicit state machine.
 
     `feed` returns the complete requests as lists of bytes arguments; raises ProtocolError with
-    Redis's wording on malformed input (the caller answers it and closes the connection).
+    Redis's wording on malformed input (the caller answers it and closes the connection), with
+    the requests parsed before it in `ProtocolError.requests`.
+
+    A pure-Python parser (not hiredis) because the proxy must know exactly where each request
+    ends: to tell an inline command from the rest of a split request, and to refuse a huge
+    `*N` header before anything is allocated for it. A large bulk arriving in many chunks is
+    not re-parsed per chunk: `_need` says how many bytes must be buffered before trying again.
     """
 
-    __slots__ = ("_inline", "_reader")
+    __slots__ = ("_buf", "_need")
 
     def __init__(self) -> None:
-        self._reader = hiredis.Reader()
-        self._inline = b""
+        self._buf = bytearray()  # the start of an incomplete request
+        self._need = 0  # do not parse again before _buf holds this many bytes
 
     def feed(self, data: bytes) -> list[list[bytes]]:
-        reader = self._reader
-        if self._inline or (data[:1] != b"*" and not reader.has_data()):
-            return self._feed_inline(data)
-        reader.feed(data)
+        buf = self._buf
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return []
+            data = bytes(buf)
+            buf.clear()
         out: list[list[bytes]] = []
-        gets = reader.gets
         try:
-            req = gets()
-            while req is not False:
-                if type(req) is list:
-                    if req:
-                        out.append(req)
-                elif req is not None:
-                    raise ProtocolError(f"expected '*', got '{_first_char(req)}'", out)
-                if not reader.has_data():
-                    break
-                req = gets()
-        except hiredis.ProtocolError as exc:
-            raise ProtocolError(_hiredis_message(str(exc)), out) from None
+            pos = _parse_requests(data, out)
+        except _Incomplete as inc:
+            pos = inc.pos
+            self._need = inc.need - pos
+        except ProtocolError as exc:
+            exc.requests = out
+            raise
+        else:
+            self._need = 0
+        if pos < len(data):
+            self._buf = bytearray(memoryview(data)[pos:])
         return out
 
-    def _feed_inline(self, data: bytes) -> list[list[bytes]]:
-        buf = self._inline + data
-        out: list[list[bytes]] = []
-        while buf:
-            if buf[:1] == b"*":
-                self._inline = b""
-                try:
-                    out.extend(self.feed(buf))
-                except ProtocolError as exc:
-                    raise ProtocolError(str(exc), out + exc.requests) from None
-                return out
-            nl = buf.find(b"\n")
+
+class _Incomplete(Exception):
+    """The request starting at `pos` needs at least `need` bytes (absolute) of the chunk."""
+
+    def __init__(self, pos: int, need: int) -> None:
+        self.pos = pos
+        self.need = need
+
+
+def _parse_simple(data: bytes, out: list[list[bytes]]) -> int:
+    """The fast path: split on CRLF once, take requests while each `$len` header matches the
+    token after it (a value holding CRLF, an inline command, a partial or bad request: stop and
+    return where; the careful parser goes on from there)."""
+    parts = data.split(b"\r\n")
+    last = len(parts) - 1  # parts[last] follows the final CRLF: never a whole token
+    i = 0
+    pos = 0
+    append = out.append
+    while i < last:
+        head = parts[i]
+        if head[:1] != b"*" or len(head) > 8:
+            return pos
+        count = int(head[1:]) if head[1:].isdigit() else 0
+        end = i + 1 + 2 * count
+        if count <= 0 or end > last:
+            return pos
+        args = parts[i + 2 : end : 2]
+        size = len(head) + 2
+        for h, a in zip(parts[i + 1 : end : 2], args):  # noqa: B905 - equal by construction
+            if h != b"$%d" % len(a):
+                return pos
+            size += len(h) + len(a) + 4
+        append(args)
+        pos += size
+        i = end
+    return pos
+
+
+def _parse_requests(data: bytes, out: list[list[bytes]]) -> int:
+    """Append every complete request of `data` to `out`; return where the unparsed rest starts."""
+    pos = _parse_simple(data, out)
+    n = len(data)
+    find = data.find
+    while pos < n:
+        if data[pos] != 42:  # not '*': an inline command line
+            nl = find(b"\n", pos)
             if nl < 0:
-                if len(buf) > MAX_INLINE_BYTES:
-                    raise ProtocolError("too big inline request", out)
-                self._inline = buf
-                return out
-            line = buf[:nl]
-            buf = buf[nl + 1 :]
-            try:
-                args = parse_inline(line)
-            except ProtocolError as exc:
-                raise ProtocolError(str(exc), out) from None
+                if n - pos > MAX_INLINE_BYTES:
+                    raise ProtocolError("too big inline request")
+                raise _Incomplete(pos, n + 1)
+            args = parse_inline(data[pos:nl])
             if args:
                 out.append(args)
-        self._inline = b""
-        return out
-
-
-def _first_char(value: object) -> str:
-    if isinstance(value, int):
-        return ":"
-    return "+"
-
-
-_HIREDIS_TO_REDIS = {
-    "Bad multi-bulk length": "invalid multibulk length",
-    "Bad bulk string length": "invalid bulk length",
-}
-
-
-def _hiredis_message(text: str) -> str:
-    text = text.removeprefix("Protocol error, ").replace('got "', "got '").replace('" as', "' as")
-    return _HIREDIS_TO_REDIS.get(text, text)
+            pos = nl + 1
+            continue
+        eol = find(b"\r\n", pos)
+        if eol < 0:
+            if n - pos > 32:
+                raise ProtocolError("too big mbulk count string")
+            raise _Incomplete(pos, n + 1)
+        try:
+            count = int(data[pos + 1 : eol])
+        except ValueError:
+            raise ProtocolError("invalid multibulk length") from None
+        if count > MAX_MULTIBULK:
+            raise ProtocolError("invalid multibulk length")
+        p = eol + 2
+        if count <= 0:
+            pos = p  # Redis ignores *0 and *-1
+            continue
+        args = []
+        append = args.append
+        for _ in range(count):
+            if p >= n:
+                raise _Incomplete(pos, p + 1)
+            if data[p] != 36:  # '$'
+                raise ProtocolError(f"expected '$', got '{chr(data[p])}'")
+            eol = find(b"\r\n", p)
+            if eol < 0:
+                if n - p > 32:
+                    raise ProtocolError("too big bulk count string")
+                raise _Incomplete(pos, n + 1)
+            try:
+                size = int(data[p + 1 : eol])
+            except ValueError:
+                raise ProtocolError("invalid bulk length") from None
+            if size < 0 or size > MAX_BULK_BYTES:
+                raise ProtocolError("invalid bulk length")
+            start = eol + 2
+            end = start + size
+            if end + 2 > n:
+                raise _Incomplete(pos, end + 2)
+            append(data[start:end])
+            p = end + 2
+        out.append(args)
+        pos = p
+    return pos
 
 
 def parse_inline(line: bytes) -> list[bytes]:

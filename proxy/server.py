@@ -18,10 +18,13 @@ from typing import Any
 from proxy import __version__
 from proxy.admin import AdminServer
 from proxy.client import ClientConnection
-from proxy.config import ConfigError, ProxyConfig, config_hash, load_config, parse_config
+from proxy.config import ProxyConfig, config_hash, load_config
+from proxy.fence import MigrationState
 from proxy.local import server_section
 from proxy.metrics import BackendRow, ProxyMetrics
+from proxy.phaserunner import PhaseRunner
 from proxy.pool import BackendPool, Router
+from proxy.reload import validate_reload, watch_config
 from proxy.topology import Topology, build_topology
 
 log = logging.getLogger("shardproxy.server")
@@ -34,6 +37,9 @@ class ProxyServer:
         self.config_path = config_path
         self.metrics = ProxyMetrics()
         self.pool = BackendPool()
+        self.migration = MigrationState()
+        self.phases = PhaseRunner(self.pool, self.migration)
+        self.watch = False  # reload when the config file changes (serve --watch)
         self.clients: set[ClientConnection] = set()
         self.started = time.monotonic()
         self._config = config
@@ -61,10 +67,12 @@ class ProxyServer:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         topology = build_topology(self._config, 1, config_hash(self._config_text))
-        self.router = self.pool.sync(topology)
+        self.router = self.pool.sync(topology, self.migration)
         self.metrics.config_generation.set(1)
         self._apply_config_info()
-        self.metrics.add_live_collector(lambda: len(self.clients), self._backend_rows)
+        self.metrics.add_live_collector(
+            lambda: len(self.clients), self._backend_rows, self.phases.collect
+        )
         loop = asyncio.get_running_loop()
         listen = self._config.listen
         self._server = await loop.create_server(
@@ -75,6 +83,9 @@ class ProxyServer:
             self._admin = AdminServer(self, admin.host, admin.port)
             await self._admin.start()
         self._spawn(self._health_loop())
+        self._on_topology()
+        if self.watch and self.config_path is not None:
+            self._spawn(watch_config(self.config_path, self.current_hash, self.reload_from_file))
         log.info(
             "serving on %s (admin %s), pool %s with %d backends",
             listen,
@@ -124,6 +135,7 @@ class ProxyServer:
                 await task
         if self._admin is not None:
             await self._admin.stop()
+        await self.phases.close()
         await self.pool.close()
         if self._server is not None:
             await self._server.wait_closed()
@@ -146,16 +158,15 @@ class ProxyServer:
 
     async def reload_text(self, text: str) -> tuple[bool, str]:
         async with self._reload_lock:
-            try:
-                config = parse_config(text, self.config_path or "<reload>")
-            except ConfigError as exc:
-                return self._reload_refused(str(exc))
-            problem = self._reload_problem(config)
-            if problem:
-                return self._reload_refused(problem)
+            source = self.config_path or "<reload>"
+            result = await validate_reload(self._config, text, source, self.pool)
+            if isinstance(result, str):
+                return self._reload_refused(result)
+            config = result.config
+            old_phase = self.router.topology.phase
             generation = self.router.topology.generation + 1
             topology = build_topology(config, generation, config_hash(text))
-            self.router = self.pool.sync(topology)
+            self.router = self.pool.sync(topology, self.migration)
             self._config = config
             self._config_text = text
             self.client_config = config.client
@@ -165,20 +176,15 @@ class ProxyServer:
             self.metrics.config_reloads_total.labels("ok").inc()
             self._apply_config_info()
             log.info("config reloaded: generation %d (%s)", generation, topology.config_hash)
+            if topology.phase != old_phase:
+                log.warning(
+                    "migration phase %s -> %s", old_phase or "none", topology.phase or "none"
+                )
+            self._on_topology()
             return True, f"generation {generation}"
 
-    def _reload_problem(self, config: ProxyConfig) -> str:
-        old = self._config
-        if config.listen != old.listen:
-            return "listen cannot change on reload (restart the proxy)"
-        if config.admin != old.admin:
-            return "admin cannot change on reload (restart the proxy)"
-        return ""
-
-    def _reload_refused(self, reason: str) -> tuple[bool, str]:
-        self.metrics.config_reloads_total.labels("refused").inc()
-        log.error("config reload refused, the old config keeps serving: %s", reason)
-        return False, reason
+    def current_hash(self) -> str:
+        return self.router.topology.config_hash
 
     def _apply_config_info(self) -> None:
         topology = self.router.topology
@@ -190,6 +196,15 @@ class ProxyServer:
                 "generation": str(topology.generation),
             }
         )
+
+    def _on_topology(self) -> None:
+        """Start or stop the phase's background work (backfill, repairs) for the new router."""
+        self.phases.apply(self.router)
+
+    def _reload_refused(self, reason: str) -> tuple[bool, str]:
+        self.metrics.config_reloads_total.labels("refused").inc()
+        log.error("config reload refused, the old config keeps serving: %s", reason)
+        return False, reason
 
     # -- health ----------------------------------------------------------------------------
     async def _health_loop(self) -> None:
@@ -239,6 +254,7 @@ class ProxyServer:
             "route": topology.route.name,
             "phase": topology.phase or "none",
             "migration": {"to": migration.to, "phase": migration.phase} if migration else None,
+            "backfill": self.phases.backfill_status(),
             "clients": len(self.clients),
             "backends": [
                 {

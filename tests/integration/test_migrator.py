@@ -217,7 +217,7 @@ def test_copy_key_releases_the_fence_right_after_the_restore_is_sent(
             return super().call(addr, args)
 
     class Fence:
-        def hold(self, key: bytes) -> None:
+        async def hold(self, key: bytes) -> None:
             events.append(f"hold {key.decode()}")
 
         def release(self, key: bytes) -> None:

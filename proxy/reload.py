@@ -1,0 +1,83 @@
+"""Config reload: validate the whole new file, check the phase step and its gate, or refuse.
+
+A refused reload changes nothing: the old topology keeps serving and the reason is returned (and
+logged and counted by the caller). `watch_config` turns file changes into reloads, including the
+symlink swap Kubernetes does for a ConfigMap (it watches the directory, not the file, and compares
+content hashes, so a touch without change is not a reload).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import watchfiles
+
+from proxy.config import ConfigError, ProxyConfig, config_hash, parse_config
+from proxy.migration import active_migration, check_step, gate_reason, needs_gate
+from proxy.migrator import Executor, read_gate
+from proxy.pool import BackendPool
+
+log = logging.getLogger("shardproxy.reload")
+
+
+@dataclass(frozen=True)
+class Accepted:
+    config: ProxyConfig
+    text: str
+
+
+async def validate_reload(
+    old: ProxyConfig, text: str, source: str, pool: BackendPool
+) -> Accepted | str:
+    """The new config when it may replace `old`, else the reason it may not."""
+    try:
+        new = parse_config(text, source)
+    except ConfigError as exc:
+        return str(exc)
+    if new.listen != old.listen:
+        return "listen cannot change on reload (restart the proxy)"
+    if new.admin != old.admin:
+        return "admin cannot change on reload (restart the proxy)"
+    if new.workers != old.workers:
+        return "workers cannot change on reload (restart the proxy)"
+    reason = check_step(old, new)
+    if reason:
+        return reason
+    if needs_gate(old, new):
+        reason = await _gate_problem(new, pool)
+        if reason:
+            return reason
+    return Accepted(new, text)
+
+
+async def _gate_problem(new: ProxyConfig, pool: BackendPool) -> str:
+    migration = active_migration(new)
+    assert migration is not None
+    try:
+        gate = await read_gate(Executor(pool.backends), migration.target, migration.mid)
+    except Exception as exc:  # the gate's home is down or unreadable: refuse, explain
+        return f"backfill -> cut-read is gated and the gate could not be read: {exc}"
+    reason = gate_reason(gate)
+    if reason:
+        return f"backfill -> cut-read is gated: {reason} (set migration.force: true to override)"
+    return ""
+
+
+async def watch_config(
+    path: str, current_hash: Callable[[], str], reload: Callable[[], Awaitable[object]]
+) -> None:
+    """Reload whenever the file's content changes (runs until cancelled)."""
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    async for _changes in watchfiles.awatch(directory, debounce=200, step=50):
+        with contextlib.suppress(OSError):
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            if config_hash(text) != current_hash():
+                log.info("config file changed: reloading")
+                await reload()
+        await asyncio.sleep(0)
