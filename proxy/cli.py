@@ -15,6 +15,7 @@ from typing import Any
 from proxy import __version__
 from proxy.config import ConfigError, ProxyConfig, load_config, parse_config
 from proxy.embedded import EmbeddedError, LocalBackends
+from proxy.fleet import fleet_ok, fleet_status, render_table
 from proxy.topology import build_pool
 
 log = logging.getLogger("shardproxy")
@@ -89,6 +90,19 @@ def add_migration_parsers(sub: Any) -> None:
     cleanup.add_argument("-c", "--config", required=True)
     cleanup.add_argument("--dry-run", action="store_true", help="only count, per server")
     cleanup.add_argument("--from-pool", metavar="OLD", help="after the migration block is gone")
+    status = sub.add_parser(
+        "status",
+        help="one table for a fleet of running proxies (from each admin /status)",
+        description="Exit status 1 when a proxy does not answer, the fleet runs more than one"
+        " config, or a backend is down.",
+    )
+    status.add_argument(
+        "--admin",
+        action="append",
+        metavar="ADDR",
+        help="admin address host:port of a proxy (repeat for a fleet; default 127.0.0.1:9380)",
+    )
+    status.add_argument("--json", action="store_true", help="the raw /status of every proxy")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "check":
             return cmd_check(args)
+        if args.command == "status":
+            return cmd_status(args)
         if args.command in MIGRATION_COMMANDS:
             return MIGRATION_COMMANDS[args.command](args)
     except ConfigError as exc:
@@ -111,6 +127,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    rows = fleet_status(args.admin or ["127.0.0.1:9380"])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(render_table(rows))
+    return 0 if fleet_ok(rows) else 1
 
 
 def setup_logging(fmt: str, level: str) -> None:
@@ -177,6 +202,7 @@ def _run(config: ProxyConfig, text: str, path: str | None, watch: bool) -> int:
 
     async def serve() -> None:
         server = ProxyServer(config, text, path)
+        server.watch = watch
         await server.start()
         server.install_signal_handlers()
         await server.serve_until_stopped()

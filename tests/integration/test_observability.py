@@ -127,3 +127,43 @@ def test_status_json_fields(cluster: tuple[ProxyThread, list[RedisServer]]) -> N
     backend = status["backends"][0]
     for field in ("name", "addr", "up", "inflight", "p50_ms", "p99_ms", "errors"):
         assert field in backend
+
+
+def test_fleet_status_cli_flags_config_drift(backends3: list[RedisServer]) -> None:
+    import subprocess
+    import sys
+
+    addrs = [b.addr for b in backends3]
+    with proxy_for(addrs) as p1, proxy_for(addrs, "slowlog_ms: 5\n") as p2:
+        a1, a2 = f"127.0.0.1:{admin_port(p1)}", f"127.0.0.1:{admin_port(p2)}"
+        cmd = [sys.executable, "-m", "proxy", "status"]
+        same = subprocess.run([*cmd, "--admin", a1], capture_output=True, text=True, timeout=30)
+        assert same.returncode == 0, same.stdout + same.stderr
+        assert "3/3 up" in same.stdout
+        mixed = subprocess.run(
+            [*cmd, "--admin", a1, "--admin", a2], capture_output=True, text=True, timeout=30
+        )
+        assert mixed.returncode == 1 and "CONFIG DIFFERS" in mixed.stdout
+        gone = subprocess.run(
+            [*cmd, "--admin", a1, "--admin", "127.0.0.1:1"], capture_output=True, text=True,
+            timeout=30,
+        )  # fmt: skip
+        assert gone.returncode == 1 and "UNREACHABLE" in gone.stdout
+
+
+def test_dashboard_uses_only_exported_metrics(
+    cluster: tuple[ProxyThread, list[RedisServer]],
+) -> None:
+    import re
+    from pathlib import Path
+
+    proxy, _ = cluster
+    redis.Redis(port=proxy.port).get("warm")  # so per-command families have samples
+    _, body = http_get(admin_port(proxy), "/metrics")
+    families = re.findall(r"^# TYPE (\S+) (\w+)", body.decode(), re.M)
+    exported = {name for name, _ in families}
+    exported |= {f"{n}_{s}" for n, t in families if t == "histogram" for s in ("bucket", "count")}
+    dashboard = (Path(__file__).parents[2] / "config" / "grafana-dashboard.json").read_text()
+    used = set(re.findall(r"shardproxy_[a-z_]+", dashboard))
+    assert used, "the dashboard queries no metric"
+    assert sorted(used - exported) == []
