@@ -67,7 +67,8 @@ class ClientConnection(asyncio.Protocol):
         self._write_paused = False
         self._pending_paused = False
         self._max_pending = host.client_config.max_pending_requests
-        self._stats: dict[CommandSpec, CommandStats] = {}  # cache of host.metrics.command_stats
+        # Cache of host.metrics.command_stats by command name (CommandSpec's own hash is slow).
+        self._stats: dict[str, CommandStats] = {}
         slow_ms = host.slowlog_ms
         self._slow_s = slow_ms / 1000 if slow_ms > 0 else float("inf")
 
@@ -122,7 +123,8 @@ class ClientConnection(asyncio.Protocol):
         cid = self.client_id
         stats_for = self._stats
         fast = router.fast and session.authed
-        for args in requests:
+        raws = self.reader.raws
+        for i, args in enumerate(requests):
             spec = PLAIN.get(args[0])
             if (
                 fast
@@ -130,13 +132,13 @@ class ClientConnection(asyncio.Protocol):
                 and spec.kind is _SINGLE
                 and (len(args) == spec.arity if spec.arity > 0 else len(args) >= -spec.arity)
             ):
-                stats = stats_for.get(spec)
+                stats = stats_for.get(spec.name)
                 if stats is None:
                     stats = self._new_stats(spec)
                 slot = Slot(self, stats, perf_counter())
                 pending.append(slot)
                 backend = router.route_backends[router.node_for(args[spec.first_key])]
-                backend.send(proto, cid, encode_request(args), slot)
+                backend.send(proto, cid, raws[i], slot)
             else:
                 self._dispatch(args, router)
                 if session.closing:
@@ -152,7 +154,7 @@ class ClientConnection(asyncio.Protocol):
             self._update_reading()
 
     def _new_stats(self, spec: CommandSpec) -> CommandStats:
-        stats = self._stats[spec] = self.host.metrics.command_stats(spec.label)
+        stats = self._stats[spec.name] = self.host.metrics.command_stats(spec.label)
         return stats
 
     # -- dispatch (everything but the single-key fast path) ------------------------------
@@ -170,7 +172,7 @@ class ClientConnection(asyncio.Protocol):
         ):
             self._reject(arity_error(spec), spec.label)
             return
-        stats = self._stats.get(spec) or self._new_stats(spec)
+        stats = self._stats.get(spec.name) or self._new_stats(spec)
         slot = Slot(self, stats, perf_counter())
         self.pending.append(slot)
         problem = self._route(spec, args, router, slot)

@@ -188,11 +188,14 @@ class RequestReader:
     not re-parsed per chunk: `_need` says how many bytes must be buffered before trying again.
     """
 
-    __slots__ = ("_buf", "_need")
+    __slots__ = ("_buf", "_need", "raws")
 
     def __init__(self) -> None:
         self._buf = bytearray()  # the start of an incomplete request
         self._need = 0  # do not parse again before _buf holds this many bytes
+        # The RESP bytes of each request the last feed() returned, in the same order, so a
+        # request bound for one backend is forwarded as received, not re-encoded.
+        self.raws: list[bytes] = []
 
     def feed(self, data: bytes) -> list[list[bytes]]:
         buf = self._buf
@@ -203,8 +206,10 @@ class RequestReader:
             data = bytes(buf)
             buf.clear()
         out: list[list[bytes]] = []
+        raws: list[bytes] = []
+        self.raws = raws
         try:
-            pos = _parse_requests(data, out)
+            pos = _parse_requests(data, out, raws)
         except _Incomplete as inc:
             pos = inc.pos
             self._need = inc.need - pos
@@ -226,7 +231,7 @@ class _Incomplete(Exception):
         self.need = need
 
 
-def _parse_simple(data: bytes, out: list[list[bytes]]) -> int:
+def _parse_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int:
     """The fast path: split on CRLF once, take requests while each `$len` header matches the
     token after it (a value holding CRLF, an inline command, a partial or bad request: stop and
     return where; the careful parser goes on from there)."""
@@ -250,14 +255,16 @@ def _parse_simple(data: bytes, out: list[list[bytes]]) -> int:
                 return pos
             size += len(h) + len(a) + 4
         append(args)
+        raws.append(data[pos : pos + size])
         pos += size
         i = end
     return pos
 
 
-def _parse_requests(data: bytes, out: list[list[bytes]]) -> int:
-    """Append every complete request of `data` to `out`; return where the unparsed rest starts."""
-    pos = _parse_simple(data, out)
+def _parse_requests(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int:
+    """Append every complete request of `data` to `out` (its bytes to `raws`); return where the
+    unparsed rest starts."""
+    pos = _parse_simple(data, out, raws)
     n = len(data)
     find = data.find
     while pos < n:
@@ -270,6 +277,7 @@ def _parse_requests(data: bytes, out: list[list[bytes]]) -> int:
             args = parse_inline(data[pos:nl])
             if args:
                 out.append(args)
+                raws.append(encode_request(args))
             pos = nl + 1
             continue
         eol = find(b"\r\n", pos)
@@ -312,6 +320,7 @@ def _parse_requests(data: bytes, out: list[list[bytes]]) -> int:
             append(data[start:end])
             p = end + 2
         out.append(args)
+        raws.append(data[pos:p])
         pos = p
     return pos
 
