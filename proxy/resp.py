@@ -231,6 +231,10 @@ class _Incomplete(Exception):
         self.need = need
 
 
+_BULK_HEADS_N = 4096
+_BULK_HEADS = tuple(b"$%d" % n for n in range(_BULK_HEADS_N))  # bulk headers by value length
+
+
 def _parse_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int:
     """The fast path: split on CRLF once, take requests while each `$len` header matches the
     token after it (a value holding CRLF, an inline command, a partial or bad request: stop and
@@ -249,11 +253,11 @@ def _parse_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int
         if count <= 0 or end > last:
             return pos
         args = parts[i + 2 : end : 2]
-        size = len(head) + 2
         for h, a in zip(parts[i + 1 : end : 2], args):  # noqa: B905 - equal by construction
-            if h != b"$%d" % len(a):
+            size = len(a)
+            if h != (_BULK_HEADS[size] if size < _BULK_HEADS_N else b"$%d" % size):
                 return pos
-            size += len(h) + len(a) + 4
+        size = sum(map(len, parts[i:end])) + 2 * (end - i)
         append(args)
         raws.append(data[pos : pos + size])
         pos += size
