@@ -27,6 +27,7 @@ from proxy.pool import BackendPool, Router
 log = logging.getLogger("shardproxy.migration")
 
 REPAIR_IDLE_S = 0.1  # how often an empty repair queue is looked at again
+PROGRESS_LOG_S = 10.0  # how often a running backfill logs its progress
 
 
 class RouterFence:
@@ -77,12 +78,33 @@ class PhaseRunner:
             self._repair_task = None
 
     async def _run_job(self, job: BackfillJob) -> None:
+        reporter = asyncio.get_running_loop().create_task(self._report(job))
         try:
+            log.info("backfill %s starting", job.mid)
             await job.run()
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("backfill failed")
+        finally:
+            reporter.cancel()
+
+    @staticmethod
+    async def _report(job: BackfillJob) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_LOG_S)
+            snap = job.snapshot()
+            log.info(
+                "backfill %s %s%s: %.1f%% scanned=%d copied=%d skipped=%d failed=%d",
+                job.mid,
+                snap.state,
+                " (elsewhere)" if snap.elsewhere else "",
+                100 * snap.progress,
+                snap.scanned,
+                snap.copied,
+                snap.skipped,
+                snap.failed,
+            )
 
     def _stop_job(self) -> None:
         if self._job_task is not None:
