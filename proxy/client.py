@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import Protocol, cast
 
 from proxy import errors
@@ -69,6 +69,10 @@ class ClientConnection(asyncio.Protocol):
         self._max_pending = host.client_config.max_pending_requests
         # Cache of host.metrics.command_stats by command name (CommandSpec's own hash is slow).
         self._stats: dict[str, CommandStats] = {}
+        # Requests parsed but not yet dispatched (over max_pending_requests): resumed by flush.
+        self._backlog: tuple[list[list[bytes]], list[bytes], int, ProtocolError | None] | None
+        self._backlog = None
+        self.last_active = monotonic()
         slow_ms = host.slowlog_ms
         self._slow_s = slow_ms / 1000 if slow_ms > 0 else float("inf")
 
@@ -105,17 +109,32 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        self._update_reading()
+        if self._backlog is not None:
+            asyncio.get_running_loop().call_soon(self._resume_backlog)
+        else:
+            self._update_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.closed or self.session.closing:
             return
+        self.last_active = monotonic()
         failure: ProtocolError | None = None
         try:
             requests = self.reader.feed(data)
         except ProtocolError as exc:
             failure = exc
             requests = exc.requests
+        self._process(requests, self.reader.raws, 0, failure)
+
+    def _process(
+        self,
+        requests: list[list[bytes]],
+        raws: list[bytes],
+        start: int,
+        failure: ProtocolError | None,
+    ) -> None:
+        """Dispatch requests[start:]; past max_pending_requests unanswered, keep the rest as a
+        backlog and stop reading until the client has taken half of its replies."""
         router = self.host.router
         session = self.session
         pending = self.pending
@@ -123,8 +142,15 @@ class ClientConnection(asyncio.Protocol):
         cid = self.client_id
         stats_for = self._stats
         fast = router.fast and session.authed
-        raws = self.reader.raws
-        for i, args in enumerate(requests):
+        limit = self._max_pending
+        for i in range(start, len(requests)):
+            if len(pending) >= limit or self._write_paused:
+                self._backlog = (requests, raws, i, failure)
+                self._pending_paused = True
+                self._update_reading()
+                self.flush()
+                return
+            args = requests[i]
             spec = PLAIN.get(args[0])
             if (
                 fast
@@ -145,13 +171,11 @@ class ClientConnection(asyncio.Protocol):
                     break
                 proto = session.proto
                 fast = router.fast and session.authed
+        self._backlog = None
         if failure is not None and not session.closing:
             self._fail_protocol(str(failure))
             return
         self.flush()
-        if len(pending) > self._max_pending and not self._pending_paused:
-            self._pending_paused = True
-            self._update_reading()
 
     def _new_stats(self, spec: CommandSpec) -> CommandStats:
         stats = self._stats[spec.name] = self.host.metrics.command_stats(spec.label)
@@ -202,8 +226,12 @@ class ClientConnection(asyncio.Protocol):
             return errors.not_supported_yet(spec.name)
         if kind is Kind.DENIED:
             return errors.denied(spec.name)
-        if kind is Kind.SAME_BACKEND and _has_block_option(spec, args):
-            return errors.blocking_option(spec.name)
+        if kind is Kind.SAME_BACKEND:
+            if _has_block_option(spec, args):
+                return errors.blocking_option(spec.name)
+            problem = _cross_database_option(spec, args)
+            if problem is not None:
+                return problem
         if spec.needs_flush_permission and not self.host.allow_flush:
             return errors.flush_disabled(spec.name)
         if not router.fast:
@@ -260,11 +288,28 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         transport.write(out[0] if len(out) == 1 else b"".join(out))
-        if self.session.closing and not pending:
+        if self.session.closing and not pending and self._backlog is None:
             transport.close()
             self.closed = True
-        elif self._pending_paused and len(pending) <= self._max_pending // 2:
-            self._pending_paused = False
+        elif (
+            self._pending_paused
+            and not self._write_paused
+            and len(pending) <= self._max_pending // 2
+        ):
+            if self._backlog is not None:
+                # Next loop iteration: no recursion however long the backlog of local replies.
+                asyncio.get_running_loop().call_soon(self._resume_backlog)
+            else:
+                self._pending_paused = False
+                self._update_reading()
+
+    def _resume_backlog(self) -> None:
+        backlog = self._backlog
+        if self.closed or backlog is None:
+            return
+        self._pending_paused = False
+        self._process(*backlog)  # may pause again
+        if not self._pending_paused:
             self._update_reading()
 
     def _log_slow(self, label: str, elapsed_s: float) -> None:
@@ -280,7 +325,7 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self._write_paused or self._pending_paused:
+        if self._write_paused or self._pending_paused or self._backlog is not None:
             transport.pause_reading()
         else:
             transport.resume_reading()
@@ -294,9 +339,27 @@ class ClientConnection(asyncio.Protocol):
     def close(self) -> None:
         """Close after writing the replies already owed (graceful drain)."""
         self.session.closing = True
-        if not self.pending and self.transport is not None:
+        if not self.pending and self._backlog is None and self.transport is not None:
             self.transport.close()
             self.closed = True
+
+
+def _cross_database_option(spec: CommandSpec, args: list[bytes]) -> bytes | None:
+    """COPY ... DB n reaches another database; SORT BY/GET patterns read keys that may live on
+    other backends (Redis Cluster refuses them too)."""
+    name = spec.name
+    if name == "copy":
+        if any(a.upper() == b"DB" for a in args[3:]):
+            return errors.select_db()
+    elif name in ("sort", "sort_ro"):
+        upper = [a.upper() for a in args[2:]]
+        for i, word in enumerate(upper[:-1]):
+            pattern = args[i + 3]
+            if (word == b"BY" and pattern.upper() != b"NOSORT" and b"*" in pattern) or (
+                word == b"GET" and pattern != b"#"
+            ):
+                return errors.sort_pattern()
+    return None
 
 
 def _has_block_option(spec: CommandSpec, args: list[bytes]) -> bool:

@@ -118,3 +118,10 @@ class ConfigError(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.errors, self.source))
+
+
+def sort_pattern() -> bytes:
+    return _err(
+        "ERR SORT with BY or GET patterns is not supported by shardproxy: the pattern's keys "
+        "may live on other backends (BY NOSORT and GET # are fine)"
+    )

@@ -58,6 +58,8 @@ def run_local(spec: CommandSpec, args: list[bytes], session: Session, view: Serv
 
 
 def _ping(args: list[bytes], session: Session, view: ServerView) -> bytes:
+    if len(args) > 2:
+        return b"-ERR wrong number of arguments for 'ping' command\r\n"
     if len(args) == 1:
         return b"+PONG\r\n"
     return encode_bulk(args[1])

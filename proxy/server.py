@@ -29,6 +29,7 @@ from proxy.topology import Topology, build_topology
 
 log = logging.getLogger("shardproxy.server")
 
+IDLE_SWEEP_S = 1.0  # how often idle clients are looked for
 DRAIN_TIMEOUT_S = 5.0  # on stop, how long clients may take to receive replies already owed
 
 
@@ -83,6 +84,7 @@ class ProxyServer:
             self._admin = AdminServer(self, admin.host, admin.port)
             await self._admin.start()
         self._spawn(self._health_loop())
+        self._spawn(self._idle_loop())
         self._on_topology()
         if self.watch and self.config_path is not None:
             self._spawn(watch_config(self.config_path, self.current_hash, self.reload_from_file))
@@ -213,6 +215,18 @@ class ProxyServer:
             backends = list(self.pool.backends.values())
             await asyncio.gather(*(b.check_health() for b in backends))
             await asyncio.sleep(interval_s)
+
+    async def _idle_loop(self) -> None:
+        """Close clients idle for longer than client.idle_timeout_s (0: never)."""
+        while True:
+            await asyncio.sleep(IDLE_SWEEP_S)
+            timeout_s = self.client_config.idle_timeout_s
+            if timeout_s <= 0:
+                continue
+            now = time.monotonic()
+            for client in list(self.clients):
+                if not client.pending and now - client.last_active > timeout_s:
+                    client.close()
 
     # -- views -----------------------------------------------------------------------------
     def _backend_rows(self) -> list[BackendRow]:

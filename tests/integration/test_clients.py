@@ -333,13 +333,6 @@ def test_slow_reader_is_paused_and_bounded(backends3: list[RedisServer]) -> None
         assert redis.Redis(port=proxy.port).get(SLOW_KEY) == b"v" * VALUE_BYTES
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: max_pending_requests / max_output_buffer_bytes are checked only after a whole "
-    "read is dispatched: one 64 KB read of 1024 GETs forwards them all, so a client limited to "
-    "100 pending and 1 MB of output has ~6.5 MB held in the proxy for it (a 256 KB read of short "
-    "GETs: ~15k requests; and it is not closed, as config/proxy.example.yaml says it would be)",
-)
 def test_pending_limit_bounds_what_a_client_holds(backends3: list[RedisServer]) -> None:
     limits = "client:\n  max_pending_requests: 100\n  max_output_buffer_bytes: 1048576\n"
     config = simple_config([b.addr for b in backends3], free_port(), free_port(), limits)

@@ -673,20 +673,11 @@ def test_hello_matches_redis(proxy: ProxyThread, reference: RedisServer) -> None
 
 
 # -- known differences that are bugs -------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True, reason="BUG: PING with two arguments answers the first; Redis: arity error"
-)
 def test_ping_arity_like_redis(proxy: ProxyThread, reference: RedisServer) -> None:
     with RespConn(proxy.port) as pc, RespConn(reference.port) as rc:
         assert pc.call("PING", "a", "b")[0] == rc.call("PING", "a", "b")[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SORT ... BY/GET patterns read keys the proxy never routed: the backend that owns "
-    "the list looks the pattern keys up locally and silently answers nil/unsorted for those on "
-    "other backends (Redis Cluster refuses such patterns; the proxy should too, or match Redis)",
-)
 def test_sort_by_and_get_patterns(fresh: None, proxy: ProxyThread, reference: RedisServer) -> None:
     setup: list[Args] = [[b"RPUSH", b"ids", *(b"%d" % i for i in range(1, 31))]]
     for i in range(1, 31):
@@ -704,11 +695,6 @@ def test_sort_by_and_get_patterns(fresh: None, proxy: ProxyThread, reference: Re
         assert g == r or g.startswith(b"-"), describe(queries, queries.index(args), r, g)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: COPY ... DB n reaches another database of the backend, which the proxy otherwise "
-    "refuses (SELECT n, MOVE, SWAPDB): the copy lands where no proxy client can see it",
-)
 def test_copy_to_another_db_is_refused(
     fresh: None, proxy: ProxyThread, backends3: list[RedisServer]
 ) -> None:
