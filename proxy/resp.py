@@ -265,6 +265,19 @@ def _parse_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int
     return pos
 
 
+def _header(data: bytes, at: int, start: int, what: str, length: str) -> tuple[int, int]:
+    """The number in the `*N` / `$N` line at `at` and where that line ends; Redis's errors."""
+    eol = data.find(b"\r\n", at)
+    if eol < 0:
+        if len(data) - at > 32:
+            raise ProtocolError(f"too big {what}")
+        raise _Incomplete(start, len(data) + 1)
+    try:
+        return int(data[at + 1 : eol]), eol
+    except ValueError:
+        raise ProtocolError(f"invalid {length}") from None
+
+
 def _parse_requests(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int:
     """Append every complete request of `data` to `out` (its bytes to `raws`); return where the
     unparsed rest starts."""
@@ -284,15 +297,7 @@ def _parse_requests(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> i
                 raws.append(encode_request(args))
             pos = nl + 1
             continue
-        eol = find(b"\r\n", pos)
-        if eol < 0:
-            if n - pos > 32:
-                raise ProtocolError("too big mbulk count string")
-            raise _Incomplete(pos, n + 1)
-        try:
-            count = int(data[pos + 1 : eol])
-        except ValueError:
-            raise ProtocolError("invalid multibulk length") from None
+        count, eol = _header(data, pos, pos, "mbulk count string", "multibulk length")
         if count > MAX_MULTIBULK:
             raise ProtocolError("invalid multibulk length")
         p = eol + 2
@@ -306,15 +311,7 @@ def _parse_requests(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> i
                 raise _Incomplete(pos, p + 1)
             if data[p] != 36:  # '$'
                 raise ProtocolError(f"expected '$', got '{chr(data[p])}'")
-            eol = find(b"\r\n", p)
-            if eol < 0:
-                if n - p > 32:
-                    raise ProtocolError("too big bulk count string")
-                raise _Incomplete(pos, n + 1)
-            try:
-                size = int(data[p + 1 : eol])
-            except ValueError:
-                raise ProtocolError("invalid bulk length") from None
+            size, eol = _header(data, p, pos, "bulk count string", "bulk length")
             if size < 0 or size > MAX_BULK_BYTES:
                 raise ProtocolError("invalid bulk length")
             start = eol + 2
