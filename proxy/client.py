@@ -235,7 +235,7 @@ class ClientConnection(asyncio.Protocol):
         if spec.needs_flush_permission and not self.host.allow_flush:
             return errors.flush_disabled(spec.name)
         if not router.fast:
-            return dispatch_migrating(spec, args, router, slot, proto)
+            return dispatch_migrating(spec, args, router, slot, proto, self.client_id)
         if kind is Kind.SINGLE:
             positions = spec.key_positions(args)
             backend = router.backend_for(args[positions[0]] if positions else args[1])

@@ -10,11 +10,12 @@ A request touching a key the backfill is copying waits behind the fence (proxy/f
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable
 
 from proxy.backend import Slot
 from proxy.commands import CommandSpec
-from proxy.fence import MigrationState
+from proxy.fence import Deferred, MigrationState
 from proxy.forwarder import send_plan
 from proxy.pool import Router
 from proxy.resp import encode_request
@@ -72,34 +73,65 @@ class _ShadowSink:
 
 
 def dispatch_migrating(
-    spec: CommandSpec, args: list[bytes], router: Router, slot: Slot, proto: int
+    spec: CommandSpec, args: list[bytes], router: Router, slot: Slot, proto: int, client_id: int
 ) -> bytes | None:
-    """Route one request in a migration phase; return a refusal, or None when under way."""
+    """Route one request in a migration phase; return a refusal, or None when under way.
+
+    Once a request of a client waits behind the fence, the client's later requests wait behind
+    it (whatever their keys), so none overtakes it: `DEL k1 k2` then `SET k2 v` keep their order.
+    """
+    state = router.migration
+    queue = state.waiting.get(client_id)
+    if queue is not None:
+        queue.append(Deferred(spec, args, slot, proto))
+        return None
     dual = plan_migrating(spec, args, router.read, router.other, router.secondary_writes)
     if dual.primary.error is not None:
         return dual.primary.error
-    state = router.migration
-    if dual.keys and state.held and state.defer(dual.keys, _resumer(dual, router, slot, proto)):
-        return None
+    if dual.keys and state.held:
+        key = state.held_key(dual.keys)
+        if key is not None:
+            state.waiting[client_id] = deque([Deferred(spec, args, slot, proto)])
+            state.held[key].append(_drainer(state, client_id))
+            return None
     _send(dual, router, slot, proto)
     if router.shadow and not mutates(spec) and spec.name in SHADOW_SAFE and dual.keys:
         _shadow(args, dual, router, proto)
     return None
 
 
-def _resumer(dual: DualPlan, router: Router, slot: Slot, proto: int) -> Callable[[], None]:
-    return lambda: _resume(dual, router, slot, proto)
+def _drainer(state: MigrationState, client_id: int) -> Callable[[], None]:
+    return lambda: _drain(state, client_id)
 
 
-def _resume(dual: DualPlan, router: Router, slot: Slot, proto: int) -> None:
-    if router.migration.defer(dual.keys, _resumer(dual, router, slot, proto)):
-        return
-    _send(dual, router, slot, proto)
-    if slot.reply is not None:  # answered at once (a backend down): let the client write it
-        owner = slot.owner
-        if not owner.dirty:
-            owner.dirty = True
-            owner.flush()
+def _drain(state: MigrationState, client_id: int) -> None:
+    """Send a client's deferred requests in order, with the router in use NOW (a reload may
+    have replaced the backends since they arrived), until one waits behind the fence again."""
+    queue = state.waiting.get(client_id)
+    while queue:
+        item = queue[0]
+        router = state.router
+        assert router is not None
+        dual = plan_migrating(
+            item.spec, item.args, router.read, router.other, router.secondary_writes
+        )
+        if dual.primary.error is None and dual.keys and state.held:
+            key = state.held_key(dual.keys)
+            if key is not None:
+                state.held[key].append(_drainer(state, client_id))
+                return
+        queue.popleft()
+        slot = item.slot
+        if dual.primary.error is not None:
+            slot.reply = dual.primary.error
+        else:
+            _send(dual, router, slot, item.proto)
+        if slot.reply is not None:  # answered at once (an error, a backend down)
+            owner = slot.owner
+            if not owner.dirty:
+                owner.dirty = True
+                owner.flush()
+    state.waiting.pop(client_id, None)
 
 
 def _send(dual: DualPlan, router: Router, slot: Slot, proto: int) -> None:

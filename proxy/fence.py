@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
-from proxy.backend import Backend
+from proxy.backend import Backend, Slot
+from proxy.commands import CommandSpec
 
 log = logging.getLogger("shardproxy.migration")
 
@@ -23,11 +26,23 @@ REPAIR_QUEUE_MAX = 100_000  # keys waiting for a repair copy; beyond this the ol
 LOG_INTERVAL_S = 5.0  # at most one log line per kind of problem per interval
 
 
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A request waiting behind the fence: re-planned with the current router when it goes."""
+
+    spec: CommandSpec
+    args: list[bytes]
+    slot: Slot
+    proto: int
+
+
 class MigrationState:
     """What outlives a reload during a migration: fences, the repair queue, counters."""
 
     def __init__(self) -> None:
-        self.held: dict[bytes, list[Callable[[], None]]] = {}
+        self.held: dict[bytes, list[Callable[[], None]]] = {}  # key -> resumes on release
+        self.waiting: dict[int, deque[Deferred]] = {}  # client id -> its deferred requests
+        self.router: Any = None  # the Router in use now (set by BackendPool.sync)
         self.repair: OrderedDict[bytes, None] = OrderedDict()
         self.double_write_errors: dict[str, int] = {}  # backend name -> failed secondary writes
         self.shadow_compared = 0
@@ -49,14 +64,13 @@ class MigrationState:
         for resume in self.held.pop(key, ()):
             resume()
 
-    def defer(self, keys: tuple[bytes, ...], resume: Callable[[], None]) -> bool:
+    def held_key(self, keys: tuple[bytes, ...]) -> bytes | None:
+        """The first of `keys` behind the fence, if any."""
         held = self.held
         for key in keys:
-            waiting = held.get(key)
-            if waiting is not None:
-                waiting.append(resume)
-                return True
-        return False
+            if key in held:
+                return key
+        return None
 
     # -- problems --------------------------------------------------------------------------
     def on_secondary_error(self, backend: str, keys: tuple[bytes, ...], reply: bytes) -> None:

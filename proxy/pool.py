@@ -86,7 +86,9 @@ class BackendPool:
                 self.backends[addr].name = topology.names[addr]
         for addr in [a for a in self.backends if a not in wanted]:
             self._drain(self.backends.pop(addr))
-        return Router(topology, self.backends, migration)
+        router = Router(topology, self.backends, migration)
+        migration.router = router  # requests deferred by the fence resume with this one
+        return router
 
     def _drain(self, backend: Backend) -> None:
         task = asyncio.get_running_loop().create_task(self._drain_then_close(backend))
