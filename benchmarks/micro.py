@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `proxy` importable from this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy import commands, resp, routing
+from proxy import commands, request, resp, routing
 from proxy.config import PoolConfig, ServerConfig
 from proxy.hashing import Ring
 from proxy.topology import build_pool
@@ -47,7 +47,7 @@ def _resp_cases() -> list[Micro]:
     bulk_replies = (b"$64\r\n" + VALUE + b"\r\n") * PIPELINE
     mixed = b"+OK\r\n:12345\r\n$-1\r\n$64\r\n" + VALUE + b"\r\n*2\r\n$1\r\na\r\n:1\r\n"
     mixed_replies = mixed * (PIPELINE // 5)
-    reader, scanner = resp.RequestReader(), resp.ReplyScanner()
+    reader, scanner = request.RequestReader(), resp.ReplyScanner()
     mget = [b"MGET", *(b"key:%012d" % i for i in range(10))]
     return [
         Micro("RequestReader.feed: 100 GET", partial(reader.feed, gets), PIPELINE),

@@ -30,7 +30,8 @@ from proxy.forwarder import send_info, send_plan
 from proxy.local import ServerView, Session, run_local, wants_keyspace
 from proxy.metrics import CommandStats, ProxyMetrics
 from proxy.pool import Router
-from proxy.resp import ProtocolError, RequestReader, encode_request
+from proxy.request import RequestReader
+from proxy.resp import ProtocolError, encode_request
 from proxy.routing import plan_fanout, plan_multi, plan_same_backend
 
 log = logging.getLogger("shardproxy.client")
