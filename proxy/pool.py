@@ -98,10 +98,12 @@ class BackendPool:
     async def _drain_then_close(self, backend: Backend) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_LIMIT_S
-        while not backend.idle() and loop.time() < deadline:
-            await asyncio.sleep(DRAIN_POLL_S)
-        log.info("closing removed backend %s (%s)", backend.name, backend.addr)
-        await backend.close()
+        try:
+            while not backend.idle() and loop.time() < deadline:
+                await asyncio.sleep(DRAIN_POLL_S)
+        finally:  # also when the proxy stops mid-drain: never leave its connections open
+            log.info("closing removed backend %s (%s)", backend.name, backend.addr)
+            await backend.close()
 
     async def close(self) -> None:
         for task in list(self._draining):
