@@ -33,11 +33,12 @@ MAX_KEPT = 20  # mismatches kept per worker (the count keeps going)
 
 
 def connect(port: int, protocol: int) -> redis.Redis:
-    """One client, one connection for its whole life: no retries, no reconnect behind our back."""
+    """One client, one connection for its whole life (commands and pipelines share the pool's
+    only connection): no retries, so a dropped connection is an error, not a silent reconnect."""
     return redis.Redis(
         port=port,
         protocol=protocol,
-        single_connection_client=True,
+        max_connections=1,
         retry=Retry(NoBackoff(), 0),
         socket_timeout=10,
         socket_connect_timeout=5,

@@ -76,6 +76,22 @@ def layout_modula_2_to_4(servers: list[RedisServer]) -> Layout:
     return Layout("modula", lines[:2], lines)
 
 
+def layout_ketama_2_to_3_disjoint(servers: list[RedisServer]) -> Layout:
+    """New hardware: every key moves, and the old servers leave the config at the end."""
+    lines = tuple(f"{s.addr}:1 r{i + 1}" for i, s in enumerate(servers))
+    return Layout("ketama", lines[:2], lines[2:])
+
+
+def addr_of(line: str) -> str:
+    return line.split(" ", 1)[0].rsplit(":", 1)[0]
+
+
+def proxy_connections(addr: str) -> int:
+    """The proxy's data connections to a server (named `shardproxy`)."""
+    with server_client(addr) as c:
+        return sum(1 for x in c.client_list() if x["name"] == "shardproxy")
+
+
 class Cluster:
     """The proxy (in-process, on a real config file) and the file it reloads from."""
 
@@ -152,11 +168,12 @@ class Cluster:
         return message
 
     def stop(self) -> None:
-        """Stop the proxy; close what its stop left open (see test_stop_closes_...), else the
-        uvloop loop cannot close and the test run hangs."""
+        """Stop the proxy; close what its stop left open, if anything (else the uvloop loop
+        cannot close and the run hangs), and fail on it (test_stop_closes_...)."""
         self.proxy.call(self.server.stop())
-        self.leaked = self.proxy.call(close_leaked_backends())
+        leaked = self.proxy.call(close_leaked_backends())
         self.proxy.stop()
+        assert leaked == 0, f"the stopped proxy left {leaked} backends with open connections"
 
 
 async def close_leaked_backends() -> int:
@@ -271,7 +288,7 @@ def check_final_state(
                 if pttl < 0 or abs(pttl / 1000 - left) > TTL_TOLERANCE_S:
                     problems.append(f"{key!r} via {where}: PTTL {pttl}, model ~{left * 1000:.0f}")
     stray = 0
-    for addr in dict.fromkeys(s.rsplit(" ", 1)[0].rsplit(":", 1)[0] for s in cluster.layout.new):
+    for addr in dict.fromkeys(addr_of(line) for line in cluster.layout.new):
         with server_client(addr) as c:
             for key in c.scan_iter(count=1000):
                 if is_reserved(key):
@@ -313,8 +330,12 @@ def test_modula_doubling_moves_exactly_half(servers: list[RedisServer]) -> None:
 
 @pytest.mark.parametrize(
     ("make_layout", "step_back"),
-    [(layout_ketama_3_to_5, False), (layout_modula_2_to_4, True)],
-    ids=["ketama-3-to-5", "modula-2-to-4-with-a-step-back"],
+    [
+        (layout_ketama_3_to_5, False),
+        (layout_modula_2_to_4, True),
+        (layout_ketama_2_to_3_disjoint, False),
+    ],
+    ids=["ketama-3-to-5", "modula-2-to-4-with-a-step-back", "ketama-2-to-3-disjoint"],
 )
 def test_reshard_under_load(
     servers: list[RedisServer], cluster_factory: Any, make_layout: Any, step_back: bool
@@ -375,6 +396,10 @@ def test_reshard_under_load(
 
         cluster.step(None, route="new", old_pool=False)
         settle("route new")
+        removed = {addr_of(x) for x in layout.old} - {addr_of(x) for x in layout.new}
+        for addr in removed:  # servers that left the config: drained, then closed
+            wait_until(lambda a=addr: proxy_connections(a) == 0, 10, f"connections to {addr}")
+        settle("route new, old servers gone")
     finally:
         load.stop()
     assert not load.problems(), "\n".join(load.problems())
@@ -413,7 +438,7 @@ def test_cut_read_is_gated_unless_forced(servers: list[RedisServer], cluster_fac
     cluster.refused("retire", "illegal phase step backfill -> retire")
 
 
-# --- bugs found by the load, reduced to deterministic repros (fixed: regression tests) -------
+# --- bugs these tests found, reduced to deterministic repros (fixed: regression tests) -------
 
 
 def hold_key(cluster: Cluster, key: bytes) -> None:
@@ -527,16 +552,12 @@ def test_a_copy_never_leaves_the_target_older_across_a_backend_settings_reload(
             assert target.get(key) == b"v1", "the RESTORE undid the write on the target"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: BackendPool.close (proxy/pool.py:106-110) cancels the tasks draining removed"
-    " backends without closing those backends: a backend a reload removed while it still owed a"
-    " reply keeps its connection open after ProxyServer.stop() (and uvloop's loop.close() then"
-    " blocks forever on the open handle)",
-)
 def test_stop_closes_a_removed_backend_still_draining(
     servers: list[RedisServer], cluster_factory: Any
 ) -> None:
+    """A reload replaces every backend while one still owes a reply; the proxy stops at once.
+    Before bba8180 BackendPool.close cancelled the drain without closing that backend: its
+    connection stayed open (and uvloop's loop.close() blocked forever on it)."""
     cluster: Cluster = cluster_factory(layout_ketama_3_to_5(servers))
     server = cluster.server
     with redis.Redis(port=cluster.port, protocol=2) as c:
