@@ -27,6 +27,7 @@ from proxy.pool import BackendPool, Router
 log = logging.getLogger("shardproxy.migration")
 
 REPAIR_IDLE_S = 0.1  # how often an empty repair queue is looked at again
+REPAIR_RETRY_S = 0.5  # pause after a failed repair copy before the next one
 PROGRESS_LOG_S = 10.0  # how often a running backfill logs its progress
 
 
@@ -127,7 +128,10 @@ class PhaseRunner:
                 continue
             outcome = await copy_key(executor, self.fence, key, src, dst)
             if outcome == "failed":
-                log.warning("repair of key %r from %s to %s failed", key, src, dst)
+                # Keep it: the other side may refuse writes for a while (restart, OOM...).
+                log.warning("repair of key %r from %s to %s failed; retrying", key, src, dst)
+                queue.setdefault(key, None)
+                await asyncio.sleep(REPAIR_RETRY_S)
             else:
                 self.repaired += 1
 

@@ -32,7 +32,7 @@ class Accepted:
 
 
 async def validate_reload(
-    old: ProxyConfig, text: str, source: str, pool: BackendPool
+    old: ProxyConfig, text: str, source: str, pool: BackendPool, pending_repairs: int = 0
 ) -> Accepted | str:
     """The new config when it may replace `old`, else the reason it may not."""
     try:
@@ -49,6 +49,12 @@ async def validate_reload(
     if reason:
         return reason
     if needs_gate(old, new):
+        if pending_repairs:
+            return (
+                f"backfill -> cut-read is gated: {pending_repairs} keys whose secondary write "
+                "failed are still waiting for repair on this proxy "
+                "(set migration.force: true to override)"
+            )
         reason = await _gate_problem(new, pool)
         if reason:
             return reason

@@ -161,7 +161,9 @@ class ProxyServer:
     async def reload_text(self, text: str) -> tuple[bool, str]:
         async with self._reload_lock:
             source = self.config_path or "<reload>"
-            result = await validate_reload(self._config, text, source, self.pool)
+            result = await validate_reload(
+                self._config, text, source, self.pool, len(self.migration.repair)
+            )
             if isinstance(result, str):
                 return self._reload_refused(result)
             config = result.config
