@@ -19,6 +19,7 @@ from typing import Protocol, cast
 from proxy import errors
 from proxy.config import BackendConfig
 from proxy.metrics import BackendStats, CommandStats
+from proxy.probe import ProbeConnection, auth_command, os_reason
 from proxy.resp import ReplyScanner, encode_request
 
 log = logging.getLogger("shardproxy.backend")
@@ -135,11 +136,10 @@ class BackendConnection(asyncio.Protocol):
             if cfg.password is not None:
                 hello += [b"AUTH", (cfg.username or "default").encode(), cfg.password.encode()]
             commands.append(hello)
-        elif cfg.password is not None:
-            auth = [b"AUTH", cfg.password.encode()]
-            if cfg.username:
-                auth.insert(1, cfg.username.encode())
-            commands.append(auth)
+        else:
+            auth = auth_command(cfg)
+            if auth is not None:
+                commands.append(auth)
         commands.append([b"CLIENT", b"SETNAME", b"shardproxy"])
         owner = _Handshake(self)
         for cmd in commands:
@@ -334,7 +334,7 @@ class Backend:
             async with asyncio.timeout(self.config.connect_timeout_ms / 1000):
                 await loop.create_connection(lambda: conn, self.host, self.port)
         except (OSError, TimeoutError) as exc:
-            reason = "connect timeout" if isinstance(exc, TimeoutError) else _os_reason(exc)
+            reason = "connect timeout" if isinstance(exc, TimeoutError) else os_reason(exc)
             conn.fail(reason)
 
     def on_connection_ready(self, conn: BackendConnection) -> None:
@@ -372,7 +372,7 @@ class Backend:
     async def ping(self) -> bool:
         """One PING on a fresh connection (with the handshake); True when it answered."""
         loop = asyncio.get_running_loop()
-        conn = _ProbeConnection(self)
+        conn = ProbeConnection(self.config)
         try:
             async with asyncio.timeout(self.config.connect_timeout_ms / 1000):
                 await loop.create_connection(lambda: conn, self.host, self.port)
@@ -419,48 +419,3 @@ class Backend:
 
     def idle(self) -> bool:
         return all(c is None or not c.pending for cs in self._conns.values() for c in cs)
-
-
-class _ProbeConnection(asyncio.Protocol):
-    """A throwaway connection that authenticates and PINGs, for the reconnect probe."""
-
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-        self.result: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.scanner = ReplyScanner()
-        self.transport: asyncio.Transport | None = None
-        self.expected = 1
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport = cast(asyncio.Transport, transport)
-        cfg = self.backend.config
-        wire = b""
-        if cfg.password is not None:
-            auth = [b"AUTH", cfg.password.encode()]
-            if cfg.username:
-                auth.insert(1, cfg.username.encode())
-            wire += encode_request(auth)
-            self.expected += 1
-        transport.write(wire + encode_request([b"PING"]))
-
-    def data_received(self, data: bytes) -> None:
-        for raw in self.scanner.feed(data):
-            self.expected -= 1
-            if raw[:1] == b"-" and not self.result.done():
-                self.result.set_result(False)
-            if self.expected == 0 and not self.result.done():
-                self.result.set_result(True)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.result.done():
-            self.result.set_result(False)
-
-    def close_transport(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-
-def _os_reason(exc: OSError) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    return exc.strerror or str(exc)
