@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from bisect import bisect_left
 from collections import deque
 from time import perf_counter
 from typing import Protocol, cast
 
 from proxy import errors
 from proxy.config import BackendConfig
-from proxy.metrics import BackendStats, CommandStats
+from proxy.metrics import LATENCY_BUCKETS_S, BackendStats, CommandStats
 from proxy.probe import ProbeConnection, auth_command, os_reason
 from proxy.resp import ReplyScanner, encode_request
 
@@ -163,24 +164,30 @@ class BackendConnection(asyncio.Protocol):
             self.fail("protocol error in reply")
             return
         pending = self.pending
+        if len(replies) > len(pending):
+            self.fail("unexpected reply")
+            return
         touched: list[SlotOwner] = []
         stats = self.backend.stats
-        observe = stats.latency.observe
+        latency = stats.latency
+        buckets = latency.buckets
+        total = 0.0
         now = perf_counter()
         for raw in replies:
-            if not pending:
-                self.fail("unexpected reply")
-                return
             slot = pending.popleft()
             slot.reply = raw
-            if slot.start:
-                observe(now - slot.start)
+            start = slot.start
+            if start:
+                elapsed = now - start
+                buckets[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1  # observe(), inlined
+                total += elapsed
             if raw[0] == 45:  # -
                 stats.reply += 1
             owner = slot.owner
             if not owner.dirty:
                 owner.dirty = True
                 touched.append(owner)
+        latency.total += total
         for owner in touched:
             owner.flush()
 
@@ -288,6 +295,12 @@ class Backend:
         return conn
 
     def send(self, proto: int, client_id: int, payload: bytes, slot: Slot) -> None:
+        if self.up:  # the common case, connection() inlined
+            conns = self._conns[proto]
+            conn = conns[client_id % len(conns)]
+            if conn is not None and not conn.closed:
+                conn.send(payload, slot)
+                return
         conn = self.connection(proto, client_id)
         if conn is None:
             slot.reply = self.down_reply

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
 from collections import deque
 from time import monotonic, perf_counter
 from typing import Protocol, cast
@@ -28,7 +29,7 @@ from proxy.config import ClientConfig
 from proxy.dualwrite import dispatch_migrating
 from proxy.forwarder import send_info, send_plan
 from proxy.local import ServerView, Session, run_local, wants_keyspace
-from proxy.metrics import CommandStats, ProxyMetrics
+from proxy.metrics import LATENCY_BUCKETS_S, CommandStats, ProxyMetrics
 from proxy.pool import Router
 from proxy.request import RequestReader
 from proxy.resp import ProtocolError, encode_request
@@ -38,6 +39,9 @@ log = logging.getLogger("shardproxy.client")
 slow_log = logging.getLogger("shardproxy.slowlog")
 
 _SINGLE = Kind.SINGLE
+# Fast-path entry of a command name: key index, fewest and most arguments, stats.
+_Known = tuple[int, int, int, CommandStats | None]
+_NOT_FAST: _Known = (0, 1, 0, None)  # no argument count fits
 _PRE_AUTH = frozenset({"auth", "hello", "quit", "reset"})
 
 
@@ -70,6 +74,8 @@ class ClientConnection(asyncio.Protocol):
         self._max_pending = host.client_config.max_pending_requests
         # Cache of host.metrics.command_stats by command name (CommandSpec's own hash is slow).
         self._stats: dict[str, CommandStats] = {}
+        # The fast path's view of each command name this client sent (see _learn).
+        self._known: dict[bytes, _Known] = {}
         # Requests parsed but not yet dispatched (over max_pending_requests): resumed by flush.
         self._backlog: tuple[list[list[bytes]], list[bytes], int, ProtocolError | None] | None
         self._backlog = None
@@ -141,9 +147,12 @@ class ClientConnection(asyncio.Protocol):
         pending = self.pending
         proto = session.proto
         cid = self.client_id
-        stats_for = self._stats
+        known = self._known
         fast = router.fast and session.authed
+        route_backends = router.route_backends
+        node_for = router.node_for
         limit = self._max_pending
+        now = perf_counter()  # the requests of one read arrived together
         for i in range(start, len(requests)):
             if len(pending) >= limit or self._write_paused:
                 self._backlog = (requests, raws, i, failure)
@@ -152,20 +161,12 @@ class ClientConnection(asyncio.Protocol):
                 self.flush()
                 return
             args = requests[i]
-            spec = PLAIN.get(args[0])
-            if (
-                fast
-                and spec is not None
-                and spec.kind is _SINGLE
-                and (len(args) == spec.arity if spec.arity > 0 else len(args) >= -spec.arity)
-            ):
-                stats = stats_for.get(spec.name)
-                if stats is None:
-                    stats = self._new_stats(spec)
-                slot = Slot(self, stats, perf_counter())
+            entry = known.get(args[0]) or self._learn(args[0])
+            key, lowest, highest, stats = entry
+            if fast and lowest <= len(args) <= highest:
+                slot = Slot(self, stats, now)
                 pending.append(slot)
-                backend = router.route_backends[router.node_for(args[spec.first_key])]
-                backend.send(proto, cid, raws[i], slot)
+                route_backends[node_for(args[key])].send(proto, cid, raws[i], slot)
             else:
                 self._dispatch(args, router)
                 if session.closing:
@@ -181,6 +182,23 @@ class ClientConnection(asyncio.Protocol):
     def _new_stats(self, spec: CommandSpec) -> CommandStats:
         stats = self._stats[spec.name] = self.host.metrics.command_stats(spec.label)
         return stats
+
+    def _learn(self, name: bytes) -> _Known:
+        """What the fast path needs to know of a command name: for a single-key command (as
+        typed: `GET` or `get`), its key's index, the argument counts it takes and its stats;
+        anything else gets an entry no request fits, so it goes to _dispatch."""
+        spec = PLAIN.get(name)
+        if spec is None:
+            return _NOT_FAST  # unknown or mixed case: not remembered (names are client input)
+        if spec.kind is not _SINGLE:
+            entry = _NOT_FAST
+        else:
+            arity = spec.arity
+            highest = arity if arity > 0 else 1 << 30
+            stats = self._stats.get(spec.name) or self._new_stats(spec)
+            entry = (spec.first_key, abs(arity), highest, stats)
+        self._known[name] = entry
+        return entry
 
     # -- dispatch (everything but the single-key fast path) ------------------------------
     def _dispatch(self, args: list[bytes], router: Router) -> None:
@@ -271,6 +289,7 @@ class ClientConnection(asyncio.Protocol):
             return
         out: list[bytes] = []
         now = perf_counter()
+        slow_s = self._slow_s
         while pending:
             slot = pending[0]
             reply = slot.reply
@@ -281,10 +300,11 @@ class ClientConnection(asyncio.Protocol):
             stats = slot.stats
             if stats is not None:
                 elapsed = now - slot.start
-                stats.observe(elapsed)
+                stats.buckets[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1  # observe(), inlined
+                stats.total += elapsed
                 if reply[0] == 45:  # -
                     stats.errors += 1
-                if elapsed >= self._slow_s:
+                if elapsed >= slow_s:
                     self._log_slow(stats.label, elapsed)
         transport = self.transport
         assert transport is not None

@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 PHASES: Final[tuple[str, ...]] = ("double-write", "backfill", "cut-read", "retire")
-HASHES: Final[tuple[str, ...]] = ("murmur3", "fnv1a_64", "md5")
+HASHES: Final[tuple[str, ...]] = ("murmur3", "fnv1a_64", "md5", "crc32a", "crc32")
 DISTRIBUTIONS: Final[tuple[str, ...]] = ("ketama", "modula")
 LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")

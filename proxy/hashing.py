@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from itertools import accumulate
@@ -18,7 +19,7 @@ from typing import Any
 
 import mmh3
 
-HASH_NAMES: tuple[str, ...] = ("murmur3", "fnv1a_64", "md5")
+HASH_NAMES: tuple[str, ...] = ("murmur3", "fnv1a_64", "md5", "crc32a", "crc32")
 DISTRIBUTIONS: tuple[str, ...] = ("ketama", "modula")
 
 RING_SIZE = 1 << 32  # key hashes and ketama points are unsigned 32-bit
@@ -52,11 +53,19 @@ def hash_md5(key: bytes) -> int:
     return int(_ONE_U32_LE.unpack_from(hashlib.md5(key, usedforsecurity=False).digest())[0])
 
 
+def hash_crc32(key: bytes) -> int:
+    """twemproxy's ``hash_crc32`` (libmemcached's "crc"): bits 16..30 of the CRC-32 of the key."""
+    return (zlib.crc32(key) >> 16) & 0x7FFF
+
+
 _HASHES: dict[str, Callable[[bytes], int]] = {
     # MurmurHash3 x86_32, seed 0, unsigned: mmh3.hash(key, signed=False), minus the keyword parsing.
     "murmur3": mmh3.mmh3_32_uintdigest,
     "fnv1a_64": hash_fnv1a_64,
     "md5": hash_md5,
+    # twemproxy's hash_crc32a is the standard CRC-32 (zlib's, in C): as fast as murmur3.
+    "crc32a": zlib.crc32,
+    "crc32": hash_crc32,
 }
 
 
@@ -129,8 +138,8 @@ def ketama_points(labels: Sequence[str], weights: Sequence[int]) -> tuple[list[i
 def _ring_hash(hash_name: str) -> Callable[[bytes], int]:
     """The key hash as twemproxy's server_pool_hash applies it: an empty key hashes to 0."""
     key_hash = hash_fn(hash_name)
-    if hash_name == "murmur3":
-        return key_hash  # murmur3 of b"" with seed 0 is already 0
+    if hash_name in ("murmur3", "crc32a"):
+        return key_hash  # both already hash b"" to 0
     return lambda key: key_hash(key) if key else 0
 
 

@@ -31,18 +31,24 @@ BACKEND_ERROR_KINDS = ("timeout", "connection", "reply")
 
 
 class FastHistogram:
-    """A histogram for one thread: observe() is a bisect and three additions."""
+    """A histogram for one thread: observe() is a bisect and two additions.
 
-    __slots__ = ("buckets", "count", "total")
+    The hot loops (client flush, backend replies) inline observe(): `buckets[bisect_left(
+    LATENCY_BUCKETS_S, seconds)] += 1` and `total += seconds`; the count is the buckets' sum.
+    """
+
+    __slots__ = ("buckets", "total")
 
     def __init__(self) -> None:
         self.buckets = [0] * (len(LATENCY_BUCKETS_S) + 1)  # last: above the largest bound
-        self.count = 0
         self.total = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.buckets)
 
     def observe(self, seconds: float) -> None:
         self.buckets[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
-        self.count += 1
         self.total += seconds
 
     def cumulative(self) -> list[tuple[str, float]]:
@@ -55,9 +61,10 @@ class FastHistogram:
 
     def quantile(self, q: float) -> float:
         """Upper bound of the bucket holding quantile q (0 when empty): for /status, not SLOs."""
-        if not self.count:
+        count = self.count
+        if not count:
             return 0.0
-        rank = q * self.count
+        rank = q * count
         running = 0
         for bound, n in zip((*LATENCY_BUCKETS_S, float("inf")), self.buckets, strict=True):
             running += n

@@ -174,6 +174,10 @@ CASES = [
     Pool("fnv1a_64", "modula", (1, 2, 3)),
     Pool("fnv1a_64", "modula", (1, 2, 3, 1), names=("zeta", "alpha", "b", "mid")),
     Pool("md5", "modula", (2, 1, 1, 3), hash_tag=b"{}"),
+    Pool("crc32a", "ketama", (1, 1, 1), hash_tag=b"{}"),
+    Pool("crc32a", "modula", (1, 2, 3)),
+    Pool("crc32", "ketama", (1, 1, 1)),
+    Pool("crc32", "modula", (2, 1, 1)),
 ]
 
 

@@ -582,7 +582,7 @@ def test_hash_tag_rejected(tag: str, message: str) -> None:
 def test_hash_and_distribution_choices() -> None:
     errors = errors_of("pools: {p: {hash: crc16, distribution: random, servers: ['h:1']}}")
     assert errors == [
-        "pools.p.hash: must be one of murmur3, fnv1a_64, md5, got 'crc16'",
+        "pools.p.hash: must be one of murmur3, fnv1a_64, md5, crc32a, crc32, got 'crc16'",
         "pools.p.distribution: must be one of ketama, modula, got 'random'",
     ]
 

@@ -46,13 +46,28 @@ def owner_labels(ring: Ring, keys: list[bytes]) -> list[str]:
 
 
 def test_names() -> None:
-    assert HASH_NAMES == ("murmur3", "fnv1a_64", "md5")
+    assert HASH_NAMES == ("murmur3", "fnv1a_64", "md5", "crc32a", "crc32")
     assert DISTRIBUTIONS == ("ketama", "modula")
 
 
 @pytest.mark.parametrize("key", [b"", b"a", b"foo", b"user:1000", bytes(range(256))])
 def test_murmur3_is_unsigned_mmh3_with_seed_0(key: bytes) -> None:
     assert hash_fn("murmur3")(key) == mmh3.hash(key, signed=False)
+
+
+# The CRC-32 check value (ITU-T V.42 / zlib) of "123456789" is 0xCBF43926; twemproxy's crc32 keeps
+# bits 16..30 of it (libmemcached's MEMCACHED_HASH_CRC).
+@pytest.mark.parametrize(
+    ("name", "key", "expected"),
+    [
+        ("crc32a", b"123456789", 0xCBF43926),
+        ("crc32a", b"", 0),
+        ("crc32", b"123456789", 0x4BF4),
+        ("crc32", b"", 0),
+    ],
+)
+def test_crc32_hashes(name: str, key: bytes, expected: int) -> None:
+    assert hash_fn(name)(key) == expected
 
 
 @pytest.mark.parametrize(("key", "expected"), FNV1A_64_VECTORS)
@@ -77,7 +92,7 @@ def test_every_hash_is_unsigned_32_bit() -> None:
 
 def test_unknown_hash_name() -> None:
     with pytest.raises(ValueError, match="unknown hash"):
-        hash_fn("crc32")
+        hash_fn("crc16")
 
 
 def test_ketama_label_follows_twemproxy_conf_rule() -> None:
