@@ -177,7 +177,8 @@ class ClientConnection(asyncio.Protocol):
         if failure is not None and not session.closing:
             self._fail_protocol(str(failure))
             return
-        self.flush()
+        if pending and pending[0].reply is not None:  # answered by the proxy itself
+            self.flush()
 
     def _new_stats(self, spec: CommandSpec) -> CommandStats:
         stats = self._stats[spec.name] = self.host.metrics.command_stats(spec.label)
