@@ -214,7 +214,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"{results['duration_s']:.0f} s), load average {results['loadavg_start']} at start, "
         f"{results['loadavg_end']} at the end.",
         "",
-        f"redis-benchmark -c {params['clients']} -r {params['keyspace']} on 127.0.0.1; "
+        f"redis-benchmark -c {params['clients']} -r {params['keyspace']} on 127.0.0.1; both "
+        f"proxies hash with {params.get('hash', 'fnv1a_64')} (ketama, hash tag {{}}); "
         "requests/s are medians over the rounds; a ratio is the median of the per-round ratios; "
         "spread is the largest (max - min) / median of any target in that row.",
         "",

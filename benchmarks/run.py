@@ -108,9 +108,16 @@ class Bench:
     """One run: owns the processes, the raw records and the problems seen."""
 
     def __init__(
-        self, settings: Settings, rounds: int, out_dir: Path, work_dir: Path, source: Path
+        self,
+        settings: Settings,
+        rounds: int,
+        out_dir: Path,
+        work_dir: Path,
+        source: Path,
+        hash_name: str,
     ) -> None:
         self.settings = settings
+        self.hash_name = hash_name
         self.source = source  # the directory whose proxy/ package is benchmarked
         # More rounds than the default get proportionally more time.
         self.budget_s = settings.budget_s * max(1.0, rounds / settings.rounds)
@@ -137,15 +144,19 @@ class Bench:
     def start(self) -> None:
         self.backends = start_backends(self.group, self.work_dir)
         self.procs["direct"] = self.backends[0]
-        self.procs["nutcracker"] = start_nutcracker(self.group, self.out_dir, self.backends)
+        self.procs["nutcracker"] = start_nutcracker(
+            self.group, self.out_dir, self.backends, self.hash_name
+        )
         self.procs["shardproxy"] = self.start_proxy("shardproxy")
         ports = {name: proc.port for name, proc in self.procs.items()}
         self.log(f"started: backends {[b.port for b in self.backends]}, {ports}")
 
     def start_proxy(self, target: str) -> Proc:
         if target == "nutcracker":
-            return start_nutcracker(self.group, self.out_dir, self.backends)
-        return start_shardproxy(self.group, self.out_dir, self.backends, self.source)
+            return start_nutcracker(self.group, self.out_dir, self.backends, self.hash_name)
+        return start_shardproxy(
+            self.group, self.out_dir, self.backends, self.hash_name, self.source
+        )
 
     def populate(self) -> None:
         """Every key the runs read, through nutcracker (the pool) and on the direct backend."""
@@ -324,6 +335,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="benchmark proxy/ as of this git revision (exported to a temp dir), "
         "not the working tree",
     )
+    parser.add_argument(
+        "--hash",
+        default="crc32a",
+        choices=("crc32a", "fnv1a_64", "md5"),
+        help="key hash of both proxies' pool (default crc32a: C in both; shardproxy's fnv1a_64 "
+        "is pure Python, about 2 µs a key)",
+    )
     args = parser.parse_args(argv)
     if args.rounds is not None and not 1 <= args.rounds <= 20:
         parser.error("--rounds takes 1..20")
@@ -342,6 +360,7 @@ def results_dict(
         "loadavg_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "params": {
             "clients": CLIENTS,
+            "hash": bench.hash_name,
             "keyspace": KEYSPACE,
             "settings": bench.settings.__dict__,
             "idle_clients": IDLE_CLIENTS,
@@ -369,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     versions: dict[str, str] = {}
     status = 0
     with tempfile.TemporaryDirectory(prefix="shardproxy-bench-") as tmp:
-        bench = Bench(settings, rounds, out_dir, Path(tmp) / "data", REPO)
+        bench = Bench(settings, rounds, out_dir, Path(tmp) / "data", REPO, args.hash)
         try:
             if args.rev:
                 bench.source = export_source(args.rev, Path(tmp) / "src")
