@@ -35,6 +35,7 @@ __all__ = [
     "HASHES",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "MAX_WORKERS",
     "PHASES",
     "Address",
     "BackendConfig",
@@ -57,6 +58,7 @@ DISTRIBUTIONS: Final[tuple[str, ...]] = ("ketama", "modula")
 LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
 MIB: Final = 1024 * 1024
+MAX_WORKERS: Final = 64  # worker processes; more than cores only adds context switches
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +145,7 @@ class MigrationConfig:
 class ProxyConfig:
     listen: Address
     admin: Address | None  # None: no admin HTTP server
-    workers: int  # proxy processes sharing the listen port
+    workers: int  # proxy processes sharing the listen port (SO_REUSEPORT), 1..MAX_WORKERS
     log_format: str  # one of LOG_FORMATS
     log_level: str  # one of LOG_LEVELS
     slowlog_ms: float  # log requests slower than this; 0 = off
@@ -256,7 +258,7 @@ def _defaults_of(cls: type[Any]) -> dict[str, Any]:
 _TOP_RULES: Final[dict[str, _Rule]] = {
     "listen": _listen,
     "admin": _admin,
-    "workers": _int(1),
+    "workers": _int(1, MAX_WORKERS),
     "log_format": _one_of(*LOG_FORMATS),
     "log_level": _one_of(*LOG_LEVELS),
     "slowlog_ms": _float(0),
@@ -341,6 +343,8 @@ def _read_config(r: Reader, raw: object) -> ProxyConfig:
     listen, admin = values["listen"], values["admin"]
     if admin is not None and admin == listen and listen.port != 0:
         r.fail("admin", f"must differ from listen ({listen})")
+    if values["workers"] > 1 and listen.port == 0:
+        r.fail("listen", "port 0 (any free port) cannot be shared by workers > 1; give a port")
     client = _read_section(r, "client", top.get("client"), _CLIENT_RULES, ClientConfig)
     backend = _read_backend(r, top.get("backend"))
     pools, names = _read_pools(r, top.get("pools"))

@@ -283,7 +283,13 @@ def test_non_string_keys() -> None:
         ("workers: true", "workers: expected an integer, got true"),
         ("workers: null", "workers: expected an integer, got null"),
         ("workers: [1]", "workers: expected an integer, got a list"),
-        ("workers: 0", "workers: must be >= 1"),
+        ("workers: 0", "workers: must be 1..64"),
+        ("workers: -2", "workers: must be 1..64"),
+        ("workers: 65", "workers: must be 1..64"),
+        (
+            "listen: 127.0.0.1:0\nworkers: 2",
+            "listen: port 0 (any free port) cannot be shared by workers > 1; give a port",
+        ),
         (
             "client: {max_connections: abc}",
             "client.max_connections: expected an integer, got 'abc'",
