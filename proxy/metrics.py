@@ -8,6 +8,8 @@ scrape time, so a request never pays for a prometheus-client label lookup or loc
 
 from __future__ import annotations
 
+import glob
+import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 # Seconds; fine below a millisecond, where a healthy proxy hop lives.
@@ -102,6 +105,78 @@ class BackendStats:
 BackendRow = tuple[str, bool, int, BackendStats]  # name, up, in flight, stats
 
 
+class ConfigMetrics:
+    """The config in use and reload outcomes, exported by the process that takes reloads: the
+    proxy, or the supervisor of its workers (SUPERVISOR_FAMILIES)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.generation = Gauge(
+            "shardproxy_config_generation", "Generation of the config in use", registry=r
+        )
+        self.reloads_total = Counter(
+            "shardproxy_config_reloads_total", "Config reloads by outcome", ["outcome"], registry=r
+        )
+        for outcome in ("ok", "refused"):
+            self.reloads_total.labels(outcome)
+        self.info = Info(
+            "shardproxy_config", "The config in use (hash, route pool, phase)", registry=r
+        )
+
+
+# With `workers: N > 1` each worker publishes its families to the supervisor's multiprocess
+# directory (proxy/multiproc.py) and the supervisor's /metrics merges them: counters and
+# histograms are summed; a gauge combines by the mode below (prometheus-client's names; `live`:
+# a dead worker's value is dropped). The config families come from the supervisor alone, the
+# migration job's from the one worker that runs it.
+SUPERVISOR_FAMILIES = frozenset(
+    {"shardproxy_config_generation", "shardproxy_config_reloads", "shardproxy_config"}
+)
+JOB_FAMILIES = frozenset(
+    {
+        "shardproxy_backfill_keys",
+        "shardproxy_backfill_progress_ratio",
+        "shardproxy_verify_mismatches",
+    }
+)
+GAUGE_MODES: dict[str, str] = {
+    "shardproxy_client_connections": "livesum",
+    "shardproxy_backend_inflight": "livesum",
+    "shardproxy_backend_up": "livemin",  # down when any worker cannot reach it
+    "shardproxy_migration_phase": "livemax",
+    "shardproxy_backfill_progress_ratio": "livemax",
+}
+
+
+class SupervisorMetrics:
+    """The supervisor's /metrics: every worker's families merged from `metrics_dir`, plus the
+    config families and the worker processes' own."""
+
+    def __init__(self, metrics_dir: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        r.register(_WorkerFilesCollector(metrics_dir))
+        self.config = ConfigMetrics(r)
+        self.workers = Gauge("shardproxy_workers", "Worker processes running", registry=r)
+        self.worker_restarts_total = Counter(
+            "shardproxy_worker_restarts_total", "Worker processes restarted after exiting",
+            registry=r,
+        )  # fmt: skip
+
+
+class _WorkerFilesCollector(Collector):
+    """prometheus-client's multiprocess merge, one metric type at a time: a counter and a gauge
+    may share a family name (`shardproxy_client_connections_total` is the counter family
+    `shardproxy_client_connections`), which one merge over every file would mix up."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterator[Metric]:
+        for kind in ("counter", "gauge", "histogram"):
+            files = glob.glob(os.path.join(self.directory, f"{kind}_*.db"))
+            yield from MultiProcessCollector.merge(files)  # type: ignore[no-untyped-call]
+
+
 class ProxyMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
@@ -117,17 +192,10 @@ class ProxyMetrics:
         )
         for kind in CLIENT_ERROR_KINDS:
             self.client_errors_total.labels(kind)
-        self.config_generation = Gauge(
-            "shardproxy_config_generation", "Generation of the config in use", registry=r
-        )
-        self.config_reloads_total = Counter(
-            "shardproxy_config_reloads_total", "Config reloads by outcome", ["outcome"], registry=r
-        )
-        for outcome in ("ok", "refused"):
-            self.config_reloads_total.labels(outcome)
-        self.config_info = Info(
-            "shardproxy_config", "The config in use (hash, route pool, phase)", registry=r
-        )
+        config = ConfigMetrics(r)
+        self.config_generation = config.generation
+        self.config_reloads_total = config.reloads_total
+        self.config_info = config.info
         self.commands: dict[str, CommandStats] = {}  # command label -> stats
 
     def command_stats(self, label: str) -> CommandStats:
