@@ -1,21 +1,31 @@
-"""Admin HTTP (aiohttp): /healthz, /readyz, /status (JSON), /metrics (Prometheus), POST /reload."""
+"""Admin HTTP (aiohttp): /healthz, /readyz, /status (JSON), /metrics (Prometheus), POST /reload.
+
+Served by the proxy (ProxyServer), or with `workers: N > 1` by the supervisor for all its workers.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from proxy.metrics import ProxyMetrics
+
+class MetricsView(Protocol):
+    @property
+    def registry(self) -> CollectorRegistry: ...
 
 
 class AdminHost(Protocol):
-    metrics: ProxyMetrics
+    @property
+    def metrics(self) -> MetricsView: ...
 
-    def status(self) -> dict[str, Any]: ...
+    @property
+    def generation(self) -> int: ...
 
-    def readiness(self) -> tuple[bool, str]: ...
+    async def status_report(self) -> dict[str, Any]: ...
+
+    async def readiness_report(self) -> tuple[bool, str]: ...
 
     async def reload_from_file(self) -> tuple[bool, str]: ...
 
@@ -49,12 +59,12 @@ class AdminServer:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        ready, reason = self.host.readiness()
+        ready, reason = await self.host.readiness_report()
         body = {"ready": ready, "reason": reason}
         return web.json_response(body, status=200 if ready else 503)
 
     async def _status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.host.status())
+        return web.json_response(await self.host.status_report())
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.host.metrics.registry)
@@ -62,6 +72,5 @@ class AdminServer:
 
     async def _reload(self, request: web.Request) -> web.Response:
         ok, message = await self.host.reload_from_file()
-        status = self.host.status()
-        body = {"ok": ok, "message": message, "generation": status["generation"]}
+        body = {"ok": ok, "message": message, "generation": self.host.generation}
         return web.json_response(body, status=200 if ok else 400)

@@ -58,13 +58,17 @@ class PhaseRunner:
         self._job_key: tuple[str, str] | None = None  # (migration id, phase) the job belongs to
         self._repair_task: asyncio.Task[None] | None = None
         self.repaired = 0
+        # Run the backfill job in the backfill phase. False in workers other than worker 0: one
+        # job per proxy process group, and the repair loop stays in every worker, since each
+        # one queues the keys of its own failed secondary writes.
+        self.runs_backfill = True
 
     def apply(self, router: Router) -> None:
         self.router = router
         topology = router.topology
         rules = RULES[topology.phase]
         active = active_migration(topology.config)
-        if rules.runs_backfill and active is not None:
+        if rules.runs_backfill and active is not None and self.runs_backfill:
             if self._job_task is None or self._job_key != (active.mid, "backfill"):
                 self._stop_job()
                 self.job = BackfillJob(Executor(self.pool.backends), active, self.fence)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import watchfiles
 
@@ -32,13 +32,26 @@ class Accepted:
 
 
 async def validate_reload(
-    old: ProxyConfig, text: str, source: str, pool: BackendPool, pending_repairs: int = 0
+    old: ProxyConfig,
+    text: str,
+    source: str,
+    pool: BackendPool,
+    pending_repairs: int = 0,
+    *,
+    workers_override: int | None = None,
+    check_gate: bool = True,
 ) -> Accepted | str:
-    """The new config when it may replace `old`, else the reason it may not."""
+    """The new config when it may replace `old`, else the reason it may not.
+
+    `workers_override` (serve --workers) replaces the file's `workers`, as it did at start.
+    `check_gate` False skips the backfill -> cut-read gate: a supervised reload's apply step,
+    after every worker checked it."""
     try:
         new = parse_config(text, source)
     except ConfigError as exc:
         return str(exc)
+    if workers_override is not None:
+        new = replace(new, workers=workers_override)
     if new.listen != old.listen:
         return "listen cannot change on reload (restart the proxy)"
     if new.admin != old.admin:
@@ -48,7 +61,7 @@ async def validate_reload(
     reason = check_step(old, new)
     if reason:
         return reason
-    if needs_gate(old, new):
+    if check_gate and needs_gate(old, new):
         if pending_repairs:
             return (
                 f"backfill -> cut-read is gated: {pending_repairs} keys whose secondary write "

@@ -3,7 +3,8 @@ the lifecycle (start, reload, graceful drain on stop) and every background task.
 
 A reload validates the whole new config, builds a new immutable topology, resolves it against the
 backend registry and swaps `self.router` in one assignment; requests in flight keep the router
-they started with, and no client connection is touched.
+they started with, and no client connection is touched. Under a supervisor (`workers: N > 1`,
+proxy/supervisor.py) the same server runs in each worker process with a WorkerRole.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from proxy import __version__
@@ -24,7 +26,7 @@ from proxy.local import server_section
 from proxy.metrics import BackendRow, ProxyMetrics
 from proxy.phaserunner import PhaseRunner
 from proxy.pool import BackendPool, Router
-from proxy.reload import validate_reload, watch_config
+from proxy.reload import Accepted, validate_reload, watch_config
 from proxy.topology import Topology, build_topology
 
 log = logging.getLogger("shardproxy.server")
@@ -33,14 +35,33 @@ IDLE_SWEEP_S = 1.0  # how often idle clients are looked for
 DRAIN_TIMEOUT_S = 5.0  # on stop, how long clients may take to receive replies already owed
 
 
+@dataclass(frozen=True)
+class WorkerRole:
+    """A worker under a supervisor: it shares the listen port with its siblings (SO_REUSEPORT),
+    leaves the admin port, signals and --watch to the supervisor, starts at the supervisor's
+    config generation, and takes reloads from it only (check on every worker, then apply)."""
+
+    index: int  # 0..workers-1; only worker 0 runs the migration's backfill job
+    generation: int  # config generation at start
+
+
 class ProxyServer:
-    def __init__(self, config: ProxyConfig, config_text: str, config_path: str | None) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        config_text: str,
+        config_path: str | None,
+        role: WorkerRole | None = None,
+    ) -> None:
         self.config_path = config_path
+        self.role = role
         self.metrics = ProxyMetrics()
         self.pool = BackendPool()
         self.migration = MigrationState()
         self.phases = PhaseRunner(self.pool, self.migration)
+        self.phases.runs_backfill = role is None or role.index == 0
         self.watch = False  # reload when the config file changes (serve --watch)
+        self.workers_override: int | None = None  # serve --workers: the file's value is ignored
         self.clients: set[ClientConnection] = set()
         self.started = time.monotonic()
         self._config = config
@@ -67,9 +88,10 @@ class ProxyServer:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        topology = build_topology(self._config, 1, config_hash(self._config_text))
+        generation = 1 if self.role is None else self.role.generation
+        topology = build_topology(self._config, generation, config_hash(self._config_text))
         self.router = self.pool.sync(topology, self.migration)
-        self.metrics.config_generation.set(1)
+        self.metrics.config_generation.set(generation)
         self._apply_config_info()
         self.metrics.add_live_collector(
             lambda: len(self.clients), self._backend_rows, self.phases.collect
@@ -77,21 +99,26 @@ class ProxyServer:
         loop = asyncio.get_running_loop()
         listen = self._config.listen
         self._server = await loop.create_server(
-            self._new_client, listen.host, listen.port, reuse_address=True, backlog=1024
+            self._new_client,
+            listen.host,
+            listen.port,
+            reuse_address=True,
+            reuse_port=self.role is not None,
+            backlog=1024,
         )
-        admin = self._config.admin
+        admin = self._config.admin if self.role is None else None
         if admin is not None:
             self._admin = AdminServer(self, admin.host, admin.port)
             await self._admin.start()
         self._spawn(self._health_loop())
         self._spawn(self._idle_loop())
         self._on_topology()
-        if self.watch and self.config_path is not None:
+        if self.watch and self.config_path is not None and self.role is None:
             self._spawn(watch_config(self.config_path, self.current_hash, self.reload_from_file))
         log.info(
             "serving on %s (admin %s), pool %s with %d backends",
             listen,
-            admin or "off",
+            admin or ("supervisor's" if self.role else "off"),
             topology.route.name,
             len(topology.route.addrs),
         )
@@ -160,32 +187,61 @@ class ProxyServer:
 
     async def reload_text(self, text: str) -> tuple[bool, str]:
         async with self._reload_lock:
-            source = self.config_path or "<reload>"
-            result = await validate_reload(
-                self._config, text, source, self.pool, len(self.migration.repair)
-            )
+            result = await self._validate(text, check_gate=True)
             if isinstance(result, str):
                 return self._reload_refused(result)
-            config = result.config
-            old_phase = self.router.topology.phase
-            generation = self.router.topology.generation + 1
-            topology = build_topology(config, generation, config_hash(text))
-            self.router = self.pool.sync(topology, self.migration)
-            self._config = config
-            self._config_text = text
-            self.client_config = config.client
-            self.allow_flush = config.allow_flush
-            self.slowlog_ms = config.slowlog_ms
-            self.metrics.config_generation.set(generation)
-            self.metrics.config_reloads_total.labels("ok").inc()
-            self._apply_config_info()
-            log.info("config reloaded: generation %d (%s)", generation, topology.config_hash)
-            if topology.phase != old_phase:
-                log.warning(
-                    "migration phase %s -> %s", old_phase or "none", topology.phase or "none"
-                )
-            self._on_topology()
-            return True, f"generation {generation}"
+            return True, self._apply(result, self.generation + 1)
+
+    async def check_reload(self, text: str) -> str:
+        """A supervised reload's first step, on every worker: why `text` may not replace the
+        config in use ("" when it may). Changes nothing, counts nothing."""
+        async with self._reload_lock:
+            result = await self._validate(text, check_gate=True)
+            return result if isinstance(result, str) else ""
+
+    async def apply_reload(self, text: str, generation: int) -> tuple[bool, str]:
+        """A supervised reload's second step, once every worker passed check_reload: apply
+        `text` as `generation`. The backfill gate was read in the check and is not read again,
+        so every worker applies the step the check agreed on."""
+        async with self._reload_lock:
+            result = await self._validate(text, check_gate=False)
+            if isinstance(result, str):
+                return self._reload_refused(result)
+            return True, self._apply(result, generation)
+
+    async def _validate(self, text: str, check_gate: bool) -> Accepted | str:
+        return await validate_reload(
+            self._config,
+            text,
+            self.config_path or "<reload>",
+            self.pool,
+            len(self.migration.repair),
+            workers_override=self.workers_override,
+            check_gate=check_gate,
+        )
+
+    def _apply(self, result: Accepted, generation: int) -> str:
+        config, text = result.config, result.text
+        old_phase = self.router.topology.phase
+        topology = build_topology(config, generation, config_hash(text))
+        self.router = self.pool.sync(topology, self.migration)
+        self._config = config
+        self._config_text = text
+        self.client_config = config.client
+        self.allow_flush = config.allow_flush
+        self.slowlog_ms = config.slowlog_ms
+        self.metrics.config_generation.set(generation)
+        self.metrics.config_reloads_total.labels("ok").inc()
+        self._apply_config_info()
+        log.info("config reloaded: generation %d (%s)", generation, topology.config_hash)
+        if topology.phase != old_phase:
+            log.warning("migration phase %s -> %s", old_phase or "none", topology.phase or "none")
+        self._on_topology()
+        return f"generation {generation}"
+
+    @property
+    def generation(self) -> int:
+        return self.router.topology.generation
 
     def current_hash(self) -> str:
         return self.router.topology.config_hash
@@ -258,6 +314,12 @@ class ProxyServer:
                 ],
             ),
         ]
+
+    async def status_report(self) -> dict[str, Any]:
+        return self.status()
+
+    async def readiness_report(self) -> tuple[bool, str]:
+        return self.readiness()
 
     def status(self) -> dict[str, Any]:
         topology = self.router.topology
