@@ -10,12 +10,14 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from proxy import __version__
-from proxy.config import ConfigError, ProxyConfig, load_config, parse_config
+from proxy.config import MAX_WORKERS, ConfigError, ProxyConfig, load_config, parse_config
 from proxy.embedded import EmbeddedError, LocalBackends
 from proxy.fleet import fleet_ok, fleet_status, render_table
+from proxy.logformat import setup_logging
 from proxy.topology import build_pool
 
 log = logging.getLogger("shardproxy")
@@ -30,6 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("-c", "--config", help="YAML config file")
     src.add_argument("--local", type=int, metavar="N", help="spawn N local redis-server backends")
     serve.add_argument("--watch", action="store_true", help="reload when the config file changes")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help=f"worker processes sharing the listen port, 1..{MAX_WORKERS} (overrides the"
+        " config's workers, also on reload)",
+    )
     serve.add_argument("--listen", help="override listen address (host:port)")
     serve.add_argument("--admin", help="override admin address (host:port)")
     serve.add_argument("--log-format", choices=["text", "json"], default=None)
@@ -138,36 +147,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if fleet_ok(rows) else 1
 
 
-def setup_logging(fmt: str, level: str) -> None:
-    handler = logging.StreamHandler()
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "ts": round(record.created, 3),
-                "level": record.levelname.lower(),
-                "logger": record.name,
-                "msg": record.getMessage(),
-            }
-        )
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
+    problem = _check_serve_args(args)
+    if problem:
+        print(f"shardproxy: {problem}", file=sys.stderr)
+        return 2
     local: LocalBackends | None = None
     try:
         if args.local is not None:
-            if not 1 <= args.local <= 64:
-                print("shardproxy: --local takes 1..64 backends", file=sys.stderr)
-                return 2
             local = LocalBackends(args.local)
             if args.listen:
                 local.listen = args.listen
@@ -182,20 +169,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
             with open(args.config, encoding="utf-8") as f:
                 text = f.read()
             path = args.config
-            if args.listen or args.admin:
-                print("shardproxy: --listen/--admin only go with --local", file=sys.stderr)
-                return 2
-        setup_logging(args.log_format or config.log_format, args.log_level or config.log_level)
+        if args.workers is not None:
+            config = replace(config, workers=args.workers)
+        if config.workers > 1 and config.listen.port == 0:
+            print("shardproxy: workers > 1 need a fixed listen port, not 0", file=sys.stderr)
+            return 2
+        log_format = args.log_format or config.log_format
+        setup_logging(log_format, args.log_level or config.log_level)
         if local is not None:
             ports = ", ".join(str(p) for p in local.ports)
             log.info("embedded backends: redis-server on 127.0.0.1 ports %s", ports)
-        return _run(config, text, path, args.watch)
+        if config.workers > 1:
+            return _run_workers(config, text, path, args, log_format)
+        return _run(config, text, path, args.watch, args.workers)
     finally:
         if local is not None:
             local.stop()
 
 
-def _run(config: ProxyConfig, text: str, path: str | None, watch: bool) -> int:
+def _check_serve_args(args: argparse.Namespace) -> str:
+    """The problem with serve's arguments, "" when none."""
+    if args.local is not None and not 1 <= args.local <= 64:
+        return "--local takes 1..64 backends"
+    if args.workers is not None and not 1 <= args.workers <= MAX_WORKERS:
+        return f"--workers takes 1..{MAX_WORKERS} processes"
+    if args.local is None and (args.listen or args.admin):
+        return "--listen/--admin only go with --local"
+    return ""
+
+
+def _run(config: ProxyConfig, text: str, path: str | None, watch: bool, workers: int | None) -> int:
     import uvloop
 
     from proxy.server import ProxyServer
@@ -203,6 +206,7 @@ def _run(config: ProxyConfig, text: str, path: str | None, watch: bool) -> int:
     async def serve() -> None:
         server = ProxyServer(config, text, path)
         server.watch = watch
+        server.workers_override = workers
         await server.start()
         server.install_signal_handlers()
         await server.serve_until_stopped()
@@ -215,13 +219,36 @@ def _run(config: ProxyConfig, text: str, path: str | None, watch: bool) -> int:
     return 0
 
 
+def _run_workers(
+    config: ProxyConfig, text: str, path: str | None, args: argparse.Namespace, log_format: str
+) -> int:
+    """workers > 1: this process supervises them (proxy/supervisor.py)."""
+    import uvloop
+
+    from proxy.supervisor import Supervisor
+
+    async def supervise() -> int:
+        supervisor = Supervisor(
+            config,
+            text,
+            path,
+            workers_override=args.workers,
+            watch=args.watch,
+            log_format=log_format,
+            log_level=args.log_level or config.log_level,
+        )
+        return await supervisor.run()
+
+    return uvloop.run(supervise())
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.json:
         print(json.dumps(describe(config), indent=2))
         return 0
     print(f"config {args.config}: ok")
-    print(f"listen {config.listen}  admin {config.admin or 'off'}")
+    print(f"listen {config.listen}  admin {config.admin or 'off'}  workers {config.workers}")
     migration = config.migration
     phase = f"{migration.phase} -> pool {migration.to}" if migration else "none"
     print(f"route pool: {config.route}   migration: {phase}")
@@ -255,6 +282,7 @@ def describe(config: ProxyConfig) -> dict[str, Any]:
         )
     migration = config.migration
     return {
+        "workers": config.workers,
         "route": config.route,
         "phase": migration.phase if migration else None,
         "migration_to": migration.to if migration else None,
