@@ -53,6 +53,7 @@ def merge_status(
             "uptime_s": round(now - w.started, 3) if r is not None else 0.0,
             "generation": r["generation"] if r else None,
             "clients": r["clients"] if r else 0,
+            "backfill": r["backfill"]["state"] if r else None,  # runs in worker 0 only
         }
         for w, r in zip(workers, reports, strict=True)
     ]

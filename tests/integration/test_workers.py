@@ -15,7 +15,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from tests.proxyrunner import simple_config
 from tests.support import RedisServer, free_port, port_open, wait_until
 
 CLI = [sys.executable, "-m", "proxy"]
+WORKERS = "workers: 2\n"
 CONNECTIONS = 40  # SO_REUSEPORT spreads by source port: all on one worker has odds of 2**-39
 
 
@@ -96,11 +97,16 @@ class Supervised:
 
 @contextlib.contextmanager
 def supervised(
-    backends: list[RedisServer], tmp_path: Path, *args: str, extra: str = "workers: 2\n"
+    backends: list[RedisServer],
+    tmp_path: Path,
+    *args: str,
+    render: Callable[[int, int], str] | None = None,
 ) -> Iterator[Supervised]:
+    """A supervisor with 2 workers on `render(port, admin)` (default: one pool of `backends`)."""
     port, admin = free_port(), free_port()
     path = tmp_path / "proxy.yaml"
-    path.write_text(simple_config([b.addr for b in backends], port, admin, extra))
+    addrs = [b.addr for b in backends]
+    path.write_text(render(port, admin) if render else simple_config(addrs, port, admin, WORKERS))
     log = tmp_path / "stderr.log"
     with open(log, "w") as err:
         proc = subprocess.Popen([*CLI, "serve", "-c", str(path), *args], stderr=err, text=True)
@@ -228,6 +234,47 @@ def test_killed_worker_comes_back_on_the_current_config(
             assert len({int(c.info("server")["process_id"]) for c in conns}) == 2
             assert generations(conns) == {2}
         assert sup.stop() == 0
+
+
+def test_backfill_runs_in_worker_0_and_every_worker_checks_the_gate(
+    backends3: list[RedisServer], tmp_path: Path
+) -> None:
+    a, b, c = backends3
+    old = f"      - {a.addr}:1 r1\n      - {b.addr}:1 r2\n"
+    phase = [""]
+
+    def render(port: int, admin: int) -> str:
+        text = (
+            f"listen: 127.0.0.1:{port}\nadmin: 127.0.0.1:{admin}\n{WORKERS}"
+            "backend:\n  retry_backoff_ms: 50\n  health_check_interval_ms: 200\n"
+            f"pools:\n  old:\n    servers:\n{old}"
+            f"  new:\n    servers:\n{old}      - {c.addr}:1 r3\nroute: old\n"
+        )
+        return text + (f"migration: {{to: new, phase: {phase[0]}}}\n" if phase[0] else "")
+
+    def step(to: str) -> tuple[int, Any]:
+        phase[0] = to
+        sup.path.write_text(render(sup.port, sup.admin))
+        return http(sup.admin, "/reload", "POST")
+
+    with supervised(backends3, tmp_path, render=render) as sup, clients(sup.port) as conns:
+        for i, conn in enumerate(conns):
+            for j in range(10):
+                conn.set(f"m{i}:{j}", j)
+        assert step("double-write")[0] == 200
+        assert step("backfill")[0] == 200
+        wait_until(lambda: sup.status()["backfill"]["state"] == "done", 30, "backfill done")
+        workers = sup.status()["workers"]
+        assert [w["backfill"] for w in workers] == ["done", "idle"]
+        moved = sup.status()["backfill"]["copied"]
+        assert moved > 0
+        copied = 'shardproxy_backfill_keys_total{outcome="copied"}'
+        wait_until(lambda: metric(sup.admin, copied) == moved, 5, "copied keys published")
+        code, reply = step("cut-read")  # the gate, read by both workers
+        assert code == 200, reply
+        assert generations(conns) == {4}
+        for i, conn in enumerate(conns):  # reads now come from the target pool
+            assert [conn.get(f"m{i}:{j}") for j in range(10)] == [b"%d" % j for j in range(10)]
 
 
 def test_sigterm_drains_every_worker_and_leaves_nothing(
