@@ -1,0 +1,116 @@
+"""The supervisor's merging of worker reports, and its two-step reload against fake workers."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from proxy.config import parse_config
+from proxy.metrics import LATENCY_BUCKETS_S
+from proxy.supervisor import Supervisor
+from proxy.workerstatus import combine_reasons, merge_backends, merge_status
+
+CONFIG = "listen: 127.0.0.1:7777\nworkers: 3\npools: {main: {servers: [127.0.0.1:7001 r1]}}\n"
+
+
+def row(up: bool, inflight: int, buckets: list[int], reason: str = "") -> dict[str, Any]:
+    return {"name": "r1", "addr": "127.0.0.1:7001", "up": up, "reason": reason,
+            "inflight": inflight, "requests": sum(buckets),
+            "errors": {"timeout": 1, "connection": 0, "reply": 2}, "buckets": buckets}  # fmt: skip
+
+
+def buckets(**at: int) -> list[int]:
+    """Counts per bucket index, e.g. buckets(b0=3, b5=1)."""
+    out = [0] * (len(LATENCY_BUCKETS_S) + 1)
+    for name, n in at.items():
+        out[int(name[1:])] = n
+    return out
+
+
+def test_combine_reasons() -> None:
+    assert combine_reasons([(0, "bad"), (1, "bad")], 2) == "bad"
+    assert combine_reasons([(0, "a"), (1, "b")], 2) == "worker 0: a; worker 1: b"
+    assert combine_reasons([(1, "b")], 2, "others fine") == "worker 1: b (others fine)"
+    assert combine_reasons([(1, "b")], 2) == "worker 1: b"
+
+
+def test_merge_backends_sums_and_merges_histograms() -> None:
+    one = row(True, 2, buckets(b0=98))
+    two = row(False, 3, buckets(b0=1, b10=1), reason="connection refused")
+    [merged] = merge_backends([[one], [two]])
+    assert merged["up"] is False and merged["reason"] == "connection refused"
+    assert (merged["inflight"], merged["requests"]) == (5, 100)
+    assert merged["errors"] == {"timeout": 2, "connection": 0, "reply": 4}
+    assert merged["p50_ms"] == LATENCY_BUCKETS_S[0] * 1000
+    assert merged["p99_ms"] == LATENCY_BUCKETS_S[0] * 1000  # 99 of 100 in the first bucket
+    assert "buckets" not in merged
+
+
+@dataclass
+class View:
+    index: int
+    pid: int
+    restarts: int = 0
+    started: float = 1.0
+
+
+def test_merge_status_with_a_worker_not_answering() -> None:
+    report = {"clients": 4, "backends": [row(True, 0, buckets())], "generation": 3,
+              "ready": True, "backfill": {"state": "idle"}}  # fmt: skip
+    status = merge_status({"generation": 3}, [View(0, 10), View(1, 11, restarts=2)], [None, report])
+    assert status["clients"] == 4 and status["generation"] == 3
+    assert status["backfill"]["state"].startswith("unknown")
+    assert [w["up"] for w in status["workers"]] == [False, True]
+    assert status["workers"][1]["restarts"] == 2 and status["workers"][1]["clients"] == 4
+
+
+@dataclass
+class FakeWorker:
+    """A running worker that refuses with `refuse` and fails to apply when `fail_apply`."""
+
+    index: int
+    refuse: str = ""
+    fail_apply: bool = False
+    running: bool = True
+    applied: list[int] = field(default_factory=list)
+    terminated: bool = False
+
+    async def check_reload(self, text: str) -> str:
+        return self.refuse
+
+    async def apply_reload(self, text: str, generation: int) -> tuple[bool, str]:
+        self.applied.append(generation)
+        return (False, "boom") if self.fail_apply else (True, f"generation {generation}")
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+
+@pytest.fixture
+def supervisor() -> Any:
+    sup = Supervisor(parse_config(CONFIG), CONFIG, None)
+    yield sup
+    shutil.rmtree(sup.run_dir)
+
+
+def test_one_refusal_refuses_for_every_worker(supervisor: Supervisor) -> None:
+    fakes = [FakeWorker(0), FakeWorker(1, refuse="keys waiting for repair"), FakeWorker(2)]
+    supervisor.workers = fakes  # type: ignore[assignment]
+    ok, message = asyncio.run(supervisor.reload_text(CONFIG + "slowlog_ms: 5\n"))
+    assert not ok and message.startswith("worker 1: keys waiting for repair (")
+    assert supervisor.generation == 1 and all(not w.applied for w in fakes)
+
+
+def test_accepted_reload_is_applied_by_all_with_one_generation(supervisor: Supervisor) -> None:
+    fakes = [FakeWorker(0), FakeWorker(1, fail_apply=True), FakeWorker(2, running=False)]
+    supervisor.workers = fakes  # type: ignore[assignment]
+    ok, message = asyncio.run(supervisor.reload_text(CONFIG + "slowlog_ms: 5\n"))
+    assert (ok, message) == (True, "generation 2")
+    assert [w.applied for w in fakes] == [[2], [2], []]  # a stopped worker starts on it later
+    assert [w.terminated for w in fakes] == [False, True, False]  # restarted on the new config
+    ok, message = asyncio.run(supervisor.reload_text("bogus: 1\n" + CONFIG))
+    assert not ok and "bogus: unknown key" in message and supervisor.generation == 2
