@@ -19,7 +19,7 @@ import asyncio
 import logging
 from bisect import bisect_left
 from collections import deque
-from time import monotonic, perf_counter
+from time import perf_counter
 from typing import Protocol, cast
 
 from proxy import errors
@@ -79,7 +79,7 @@ class ClientConnection(asyncio.Protocol):
         # Requests parsed but not yet dispatched (over max_pending_requests): resumed by flush.
         self._backlog: tuple[list[list[bytes]], list[bytes], int, ProtocolError | None] | None
         self._backlog = None
-        self.last_active = monotonic()
+        self.last_active = perf_counter()  # the clock of _process's `now`
         slow_ms = host.slowlog_ms
         self._slow_s = slow_ms / 1000 if slow_ms > 0 else float("inf")
 
@@ -124,7 +124,6 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed or self.session.closing:
             return
-        self.last_active = monotonic()
         failure: ProtocolError | None = None
         try:
             requests = self.reader.feed(data)
@@ -152,7 +151,7 @@ class ClientConnection(asyncio.Protocol):
         route_backends = router.route_backends
         node_for = router.node_for
         limit = self._max_pending
-        now = perf_counter()  # the requests of one read arrived together
+        self.last_active = now = perf_counter()  # the requests of one read arrived together
         for i in range(start, len(requests)):
             if len(pending) >= limit or self._write_paused:
                 self._backlog = (requests, raws, i, failure)

@@ -281,7 +281,7 @@ class ProxyServer:
             timeout_s = self.client_config.idle_timeout_s
             if timeout_s <= 0:
                 continue
-            now = time.monotonic()
+            now = time.perf_counter()  # ClientConnection.last_active's clock
             for client in list(self.clients):
                 if not client.pending and now - client.last_active > timeout_s:
                     client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -165,3 +166,30 @@ def test_large_value_16mb(proxy: ProxyThread) -> None:
     assert r.set("big", value)
     assert r.get("big") == value
     assert r.strlen("big") == len(value)
+
+
+def test_idle_clients_closed_busy_ones_kept(backends3: list[RedisServer]) -> None:
+    """client.idle_timeout_s closes a client that sent nothing for that long, not one that keeps
+    sending (the clock is the one the request path stamps on every read)."""
+    extra = "client:\n  idle_timeout_s: 1.5\n"
+    with (
+        proxy_for([b.addr for b in backends3], extra=extra) as p,
+        socket.create_connection(("127.0.0.1", p.port), timeout=5) as idle,
+        socket.create_connection(("127.0.0.1", p.port), timeout=5) as busy,
+    ):
+        opened = time.monotonic()
+        busy.settimeout(0.3)
+        idle.settimeout(0.05)
+        idle_closed_at = None
+        while time.monotonic() - opened < 8 and idle_closed_at is None:
+            busy.sendall(b"PING\r\n")
+            assert busy.recv(64) == b"+PONG\r\n"
+            try:
+                if idle.recv(64) == b"":
+                    idle_closed_at = time.monotonic() - opened
+            except TimeoutError:
+                pass
+        assert idle_closed_at is not None, "the idle client was never closed"
+        assert idle_closed_at >= 1.5, idle_closed_at
+        busy.sendall(b"PING\r\n")
+        assert busy.recv(64) == b"+PONG\r\n"
