@@ -1,0 +1,148 @@
+"""proxy.resp.ReplyScanner: reply boundaries in a backend's byte stream, cut anywhere.
+
+Replies are matched to requests by position, so a wrong boundary would hand one client another
+client's reply: every test compares the raw bytes of each reply with what was sent (the
+generator knows where each reply ends; hiredis cannot say, as it lacks RESP3's blob errors and
+reads an attribute as a reply of its own).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from proxy.resp import ReplyScanner
+
+# Values that look like protocol: CRLF inside, headers, CR or LF at the edges, table-edge sizes.
+TRICKY = [
+    b"",
+    b"\r\n",
+    b"a\r\nb",
+    b"ab\r",
+    b"\nab",
+    b"\r",
+    b"$3",
+    b"+OK",
+    b"*2\r\n$3\r\nGET",
+    b"x" * 4095,
+    b"y" * 4096,
+    b"z" * 70000,
+    bytes(range(256)),
+]
+
+
+def bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def random_reply(rng: random.Random, depth: int = 0) -> bytes:
+    """One RESP2 or RESP3 reply, weighted towards what GET/SET/INCR answer."""
+    kind = rng.choice("bbbbbnoie-:_#,(=!%*~>|" if depth < 3 else "bbno:")
+    if kind == "b":
+        if rng.random() < 0.3:
+            return bulk(rng.choice(TRICKY))
+        return bulk(b"v" * rng.randrange(0, 80))
+    if kind == "n":
+        return b"$-1\r\n"
+    if kind == "o":
+        return b"+OK\r\n"
+    if kind in "i:":
+        return b":%d\r\n" % rng.randrange(-5, 10**12)
+    if kind == "e":
+        return b"-ERR wrong type\r\n"
+    if kind == "-":
+        return b"*-1\r\n"
+    if kind == "_":
+        return b"_\r\n"
+    if kind == "#":
+        return rng.choice([b"#t\r\n", b"#f\r\n"])
+    if kind == ",":
+        return b",3.14\r\n"
+    if kind == "(":
+        return b"(12345678901234567890\r\n"
+    if kind == "=":
+        text = b"txt:" + rng.choice(TRICKY)
+        return b"=%d\r\n%s\r\n" % (len(text), text)
+    if kind == "!":
+        return b"!%d\r\n%s\r\n" % (len(b"ERR x\r\ny"), b"ERR x\r\ny")
+    count = rng.randrange(0, 5)
+    items = b"".join(random_reply(rng, depth + 1) for _ in range(count * (2 if kind == "%" else 1)))
+    if kind == "|":  # an attribute map, then the value it annotates
+        return b"|1\r\n+key\r\n:1\r\n" + random_reply(rng, depth + 1)
+    head = {"%": b"%", "*": b"*", "~": b"~", ">": b">"}[kind]
+    return head + b"%d\r\n" % count + items
+
+
+def scan_in_chunks(data: bytes, cuts: list[int]) -> list[bytes]:
+    scanner = ReplyScanner()
+    got: list[bytes] = []
+    start = 0
+    for cut in [*cuts, len(data)]:
+        got += scanner.feed(data[start:cut])
+        start = cut
+    assert scanner.buffered() == 0
+    return got
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_streams_cut_anywhere(seed: int) -> None:
+    rng = random.Random(seed)
+    sent = [random_reply(rng) for _ in range(rng.randrange(1, 80))]
+    data = b"".join(sent)
+    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randrange(0, 12))))
+    got = scan_in_chunks(data, cuts)
+    assert got == sent
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_every_byte_its_own_chunk(seed: int) -> None:
+    rng = random.Random(seed)
+    sent = [random_reply(rng) for _ in range(5)]
+    sent = [r for r in sent if len(r) < 5000]
+    data = b"".join(sent)
+    assert scan_in_chunks(data, list(range(1, len(data)))) == sent
+
+
+def test_one_chunk_of_many_get_replies() -> None:
+    """The shape a pipelined GET load produces: all taken in one feed, none left over."""
+    sent = [bulk(b"x" * 64) if i % 7 else b"$-1\r\n" for i in range(500)]
+    assert ReplyScanner().feed(b"".join(sent)) == sent
+
+
+def test_large_chunk_of_small_replies() -> None:
+    """Over the split fast path's size limit: the careful scan gives the same boundaries."""
+    sent = [bulk(b"%d" % i) if i % 2 else b":%d\r\n" % i for i in range(20000)]
+    data = b"".join(sent)
+    assert len(data) > 1 << 16
+    assert scan_in_chunks(data, [len(data) // 3]) == sent
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        [bulk(b"a\r\nb"), b"+OK\r\n"],  # the token after the header is shorter than the value
+        [bulk(b"ab\r"), bulk(b"\nab"), bulk(b"")],  # CR or LF next to the terminating CRLF
+        [b"*2\r\n$1\r\na\r\n$-1\r\n", bulk(b"x")],  # an aggregate ends the fast path
+        [b"+OK\r\n", b"_\r\n", b":1\r\n"],  # RESP3 null between one-line replies
+        [bulk(b"y" * 4096), bulk(b"y" * 4095)],  # past and at the header table's edge
+    ],
+)
+def test_boundaries_the_fast_path_must_not_guess(sent: list[bytes]) -> None:
+    data = b"".join(sent)
+    assert ReplyScanner().feed(data) == sent
+    for cut in range(1, len(data)):
+        assert scan_in_chunks(data, [cut]) == sent
+
+
+def test_partial_reply_waits_for_the_rest() -> None:
+    scanner = ReplyScanner()
+    assert scanner.feed(b"$5\r\nhel") == []
+    assert scanner.feed(b"lo\r\n:1") == [bulk(b"hello")]
+    assert scanner.feed(b"\r\n") == [b":1\r\n"]
+    assert scanner.buffered() == 0
+
+
+def test_malformed_length_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        ReplyScanner().feed(b"$abc\r\nxyz\r\n")
