@@ -207,6 +207,15 @@ def _memory(memory: dict[str, Any]) -> list[str]:
     return _table(["VmRSS (MiB)", "shardproxy", "nutcracker"], rows)
 
 
+def _workers_text(workers: int) -> str:
+    if workers <= 1:
+        return "shardproxy runs as one process; "
+    return (
+        f"shardproxy runs {workers} worker processes under a supervisor (CPU and memory: "
+        "their sum); "
+    )
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     params = results["params"]
     lines = [
@@ -216,6 +225,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"redis-benchmark -c {params['clients']} -r {params['keyspace']} on 127.0.0.1; both "
         f"proxies hash with {params.get('hash', 'fnv1a_64')} (ketama, hash tag {{}}); "
+        f"{_workers_text(params.get('workers', 1))}"
         "requests/s are medians over the rounds; a ratio is the median of the per-round ratios; "
         "spread is the largest (max - min) / median of any target in that row.",
         "",

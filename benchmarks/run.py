@@ -115,9 +115,11 @@ class Bench:
         work_dir: Path,
         source: Path,
         hash_name: str,
+        workers: int = 1,
     ) -> None:
         self.settings = settings
         self.hash_name = hash_name
+        self.workers = workers  # shardproxy's worker processes (1: the plain single process)
         self.source = source  # the directory whose proxy/ package is benchmarked
         # More rounds than the default get proportionally more time.
         self.budget_s = settings.budget_s * max(1.0, rounds / settings.rounds)
@@ -155,7 +157,7 @@ class Bench:
         if target == "nutcracker":
             return start_nutcracker(self.group, self.out_dir, self.backends, self.hash_name)
         return start_shardproxy(
-            self.group, self.out_dir, self.backends, self.hash_name, self.source
+            self.group, self.out_dir, self.backends, self.hash_name, self.source, self.workers
         )
 
     def populate(self) -> None:
@@ -183,7 +185,7 @@ class Bench:
 
     # -- memory --------------------------------------------------------------------------
     def rss_kib(self, target: str) -> int | None:
-        return proc_status_kib(self.procs[target].pid).get("VmRSS")
+        return proc_status_kib(self.procs[target].pid, tree=True).get("VmRSS")
 
     def measure_memory(self) -> None:
         targets = ("shardproxy", "nutcracker")
@@ -206,7 +208,7 @@ class Bench:
         samples: list[int] = []
 
         def sample() -> None:
-            rss = proc_status_kib(proc.pid).get("VmRSS")
+            rss = proc_status_kib(proc.pid, tree=True).get("VmRSS")
             if rss is not None:
                 samples.append(rss)
 
@@ -222,7 +224,7 @@ class Bench:
         out = loadgen.run_benchmark(args, self.settings.run_timeout_s, sample)
         mem = self.memory[target]
         mem["load_sampled_peak"] = max(samples, default=None)
-        mem["load_peak"] = proc_status_kib(proc.pid).get("VmHWM")
+        mem["load_peak"] = proc_status_kib(proc.pid, tree=True).get("VmHWM")
         row = next(iter(out.rows.values()), None)
         mem["load_rps"] = row.rps if row else None
         mem["load_errors"] = out.errors
@@ -259,9 +261,9 @@ class Bench:
         remaining = self.budget_s - (time.monotonic() - self.started)
         if remaining < 1:
             raise OutOfTime
-        cpu_before = cpu_seconds(proc.pid)
+        cpu_before = cpu_seconds(proc.pid, tree=True)  # with workers: supervisor and workers
         out = loadgen.run_benchmark(args, min(self.settings.run_timeout_s, remaining))
-        cpu_after = cpu_seconds(proc.pid)
+        cpu_after = cpu_seconds(proc.pid, tree=True)
         row = next(iter(out.rows.values()), None)
         cpu_us = None
         if cpu_before is not None and cpu_after is not None:
@@ -342,7 +344,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="key hash of both proxies' pool (default crc32a: C in both; shardproxy's fnv1a_64 "
         "is pure Python, about 2 µs a key)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="shardproxy's `workers:` (default 1); CPU and memory are then summed over the "
+        "supervisor and its workers",
+    )
     args = parser.parse_args(argv)
+    if not 1 <= args.workers <= 64:
+        parser.error("--workers takes 1..64")
     if args.rounds is not None and not 1 <= args.rounds <= 20:
         parser.error("--rounds takes 1..20")
     return args
@@ -361,6 +372,7 @@ def results_dict(
         "params": {
             "clients": CLIENTS,
             "hash": bench.hash_name,
+            "workers": bench.workers,
             "keyspace": KEYSPACE,
             "settings": bench.settings.__dict__,
             "idle_clients": IDLE_CLIENTS,
@@ -388,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     versions: dict[str, str] = {}
     status = 0
     with tempfile.TemporaryDirectory(prefix="shardproxy-bench-") as tmp:
-        bench = Bench(settings, rounds, out_dir, Path(tmp) / "data", REPO, args.hash)
+        bench = Bench(settings, rounds, out_dir, Path(tmp) / "data", REPO, args.hash, args.workers)
         try:
             if args.rev:
                 bench.source = export_source(args.rev, Path(tmp) / "src")
