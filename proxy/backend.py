@@ -31,6 +31,9 @@ class SlotOwner(Protocol):
     """Whoever waits for reply slots: a client connection or a multi-fragment gather."""
 
     dirty: bool
+    # True: the owner only writes replies out, so it may get a big reply as a memoryview of the
+    # read it came in (ReplyScanner.views); every other owner gets bytes.
+    takes_views: bool
 
     def flush(self) -> None: ...
 
@@ -55,6 +58,7 @@ class _Handshake:
     """Owner of the connection's own HELLO/AUTH slots: checks their replies."""
 
     __slots__ = ("conn", "dirty", "slots")
+    takes_views = False
 
     def __init__(self, conn: BackendConnection) -> None:
         self.conn = conn
@@ -77,6 +81,7 @@ class _FutureOwner:
     """Owner of a slot whose reply resolves an asyncio future (background jobs' requests)."""
 
     __slots__ = ("dirty", "future", "slot")
+    takes_views = False
 
     def __init__(self, future: asyncio.Future[bytes]) -> None:
         self.dirty = False
@@ -181,8 +186,12 @@ class BackendConnection(asyncio.Protocol):
         buckets = latency.buckets
         total = 0.0
         now = perf_counter()
+        views = self.scanner.views
         for raw in replies:
             slot = pending.popleft()
+            owner = slot.owner
+            if views and not owner.takes_views and type(raw) is not bytes:
+                raw = bytes(raw)  # a memoryview (ReplyScanner.views)
             slot.reply = raw
             start = slot.start
             if start:
@@ -191,7 +200,6 @@ class BackendConnection(asyncio.Protocol):
                 total += elapsed
             if raw[0] == 45:  # -
                 stats.reply += 1
-            owner = slot.owner
             if not owner.dirty:
                 owner.dirty = True
                 touched.append(owner)

@@ -60,6 +60,8 @@ class ClientHost(ServerView, Protocol):
 
 
 class ClientConnection(asyncio.Protocol):
+    takes_views = True  # replies are only written out (bytes or memoryview alike)
+
     def __init__(self, host: ClientHost) -> None:
         self.host = host
         self.client_id = host.next_client_id()

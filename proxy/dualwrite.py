@@ -36,6 +36,7 @@ class _SecondarySink:
     """Owner of one request's secondary-write slots: reports errors, never fails the client."""
 
     __slots__ = ("dirty", "keys", "names", "slots", "state")
+    takes_views = False
 
     def __init__(self, state: MigrationState, keys: tuple[bytes, ...], count: int) -> None:
         self.dirty = False
@@ -57,6 +58,7 @@ class _ShadowSink:
     """The same read sent to both pools; the raw replies are compared when both arrived."""
 
     __slots__ = ("dirty", "key", "mine", "other", "state")
+    takes_views = False
 
     def __init__(self, state: MigrationState, key: bytes) -> None:
         self.dirty = False

@@ -15,6 +15,7 @@ from proxy.routing import Plan, merge_replies
 
 class Gather:
     __slots__ = ("children", "dirty", "parent", "plan", "resp3")
+    takes_views = False
 
     def __init__(self, parent: Slot, plan: Plan, resp3: bool) -> None:
         self.parent = parent
@@ -64,6 +65,7 @@ class InfoGather:
     """INFO: the proxy's own sections plus `# Keyspace` summed over the route backends."""
 
     __slots__ = ("args", "children", "dirty", "parent", "proto", "view")
+    takes_views = False
 
     def __init__(self, parent: Slot, args: list[bytes], view: ServerView, proto: int, n: int):
         self.parent = parent

@@ -48,20 +48,37 @@ class ReplyScanner:
     scanned once, not once per chunk.
     """
 
-    __slots__ = ("_buf", "_pending", "_pos")
+    __slots__ = ("_buf", "_chunks", "_have", "_need", "_pending", "_pos", "views")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._pos = 0  # scan position inside _buf of the reply being scanned
         self._pending = 0  # elements still owed by the reply being scanned (0: none started)
+        # A big bulk string arriving in many reads is kept as the chunks read (no copy) until
+        # its known length is in, then joined once: one copy of the value, not three.
+        self._chunks: list[bytes] = []
+        self._have = 0  # bytes in _chunks
+        self._need = 0  # the bulk string's whole length, header included (0: not collecting)
+        # True when the last feed's replies may include memoryviews (big replies inside a read,
+        # not copied out of it: see _scan_replies); typed bytes, as they are bytes-like.
+        self.views = False
 
     def feed(self, data: bytes) -> list[bytes]:
         """Append `data`; return every reply completed by it, in order."""
+        self.views = len(data) >= _VIEW_MIN
+        if self._need:
+            return self._collect(data)
         buf = self._buf
         if not buf:
             # Fast path: nothing buffered; scan the chunk itself and copy only a leftover tail.
             out, consumed = _split_replies(data)
             if consumed < len(data):
+                end = _bulk_end(data, consumed)
+                if end - consumed >= _COLLECT_MIN:
+                    self._chunks = [data[consumed:]]  # no copy when the reply starts the read
+                    self._have = len(data) - consumed
+                    self._need = end - consumed
+                    return out
                 self._buf = bytearray(memoryview(data)[consumed:])
                 self._pos = 0
                 self._pending = 0
@@ -81,8 +98,28 @@ class ReplyScanner:
         out.insert(0, first)
         return out
 
+    def _collect(self, data: bytes) -> list[bytes]:
+        """The next read of a big bulk string: keep it, or join the whole reply once it is in."""
+        chunks = self._chunks
+        have = self._have + len(data)
+        if have < self._need:
+            chunks.append(data)
+            self._have = have
+            return []
+        cut = len(data) - (have - self._need)  # where the bulk string ends in `data`
+        chunks.append(data[:cut])  # the same object when it ends with the read
+        reply = b"".join(chunks)
+        self._chunks = []
+        self._have = 0
+        self._need = 0
+        if cut == len(data):
+            return [reply]
+        out = self.feed(data[cut:])
+        out.insert(0, reply)
+        return out
+
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + self._have
 
     def _advance(self) -> int:
         """Advance the saved scan; return the end of a completed reply, or 0 if incomplete."""
@@ -94,6 +131,21 @@ class ReplyScanner:
         self._pos = pos
         self._pending = pending
         return 0
+
+
+_COLLECT_MIN = 1 << 14  # bulk strings at least this long, split over reads, go to _collect
+_VIEW_MIN = 1 << 14  # replies at least this long inside one read may be memoryviews of it
+
+
+def _bulk_end(data: bytes, start: int) -> int:
+    """Where the bulk string starting at `start` ends (its header must be in `data`), else -1."""
+    if data[start] != _BULK:
+        return -1
+    eol = data.find(b"\r\n", start, start + 24)
+    if eol < 0:
+        return -1
+    size = int(data[start + 1 : eol])
+    return eol + 4 + size if size >= 0 else -1
 
 
 def _scan(buf: bytes | bytearray, pos: int, pending: int) -> tuple[int, int, int]:
@@ -183,8 +235,13 @@ _ONE_LINE = (b"+", b":", b"-")
 
 
 def _scan_replies(data: bytes, start: int, out: list[bytes]) -> tuple[list[bytes], int]:
-    """_split_replies's careful half: one reply at a time from `start`, appended to `out`."""
+    """_split_replies's careful half: one reply at a time from `start`, appended to `out`.
+
+    A reply of at least _VIEW_MIN bytes and at least a quarter of `data` is a memoryview of
+    `data`, not a copy (it keeps at most 4x its size alive); the caller converts it to bytes for
+    anyone who does more with it than write it out (SlotOwner.takes_views)."""
     n = len(data)
+    view_min = max(_VIEW_MIN, n >> 2)
     while start < n:
         t = data[start]
         if t == 43 or t == 58 or t == 45:  # + : -  (the common single-line replies)
@@ -204,7 +261,10 @@ def _scan_replies(data: bytes, start: int, out: list[bytes]) -> tuple[list[bytes
             end = _scan(data, start, 1)[0]
             if end < 0:
                 break
-        out.append(data[start:end])
+        if end - start < view_min or end - start == n:  # the whole chunk: no copy made anyway
+            out.append(data[start:end])
+        else:
+            out.append(memoryview(data)[start:end])  # type: ignore[arg-type]  # see docstring
         start = end
     return out, start
 

@@ -168,6 +168,24 @@ def test_large_value_16mb(proxy: ProxyThread) -> None:
     assert r.strlen("big") == len(value)
 
 
+def test_big_values_pipelined_and_merged(proxy: ProxyThread) -> None:
+    """Big replies read together with others (handed to the client as views of the read, copied
+    for merges): pipelined GETs, MGET over every backend, a dual-sized mix, values intact."""
+    r = redis.Redis(port=proxy.port)
+    values = {f"big:{i}": bytes([65 + i % 26]) * (20_000 + 37_000 * (i % 4)) for i in range(24)}
+    values["small"] = b"s"
+    assert r.mset(values)
+    pipe = r.pipeline(transaction=False)
+    for key in values:
+        pipe.get(key)
+        pipe.strlen(key)
+    got = pipe.execute()
+    assert got[0::2] == list(values.values())
+    assert got[1::2] == [len(v) for v in values.values()]
+    assert r.mget(list(values)) == list(values.values())
+    assert r.mget(["big:3", "missing", "big:4"]) == [values["big:3"], None, values["big:4"]]
+
+
 def test_idle_clients_closed_busy_ones_kept(backends3: list[RedisServer]) -> None:
     """client.idle_timeout_s closes a client that sent nothing for that long, not one that keeps
     sending (the clock is the one the request path stamps on every read)."""

@@ -146,3 +146,41 @@ def test_partial_reply_waits_for_the_rest() -> None:
 def test_malformed_length_is_an_error() -> None:
     with pytest.raises(ValueError):
         ReplyScanner().feed(b"$abc\r\nxyz\r\n")
+
+
+@pytest.mark.parametrize("chunk", [1000, 16383, 16384, 65536])
+def test_big_values_over_many_reads(chunk: int) -> None:
+    """Big bulk strings collected read by read (joined once): back to back, after small replies
+    in the same read, followed by small replies in their last read, one ending a read exactly."""
+    sent = [
+        b"+OK\r\n",
+        bulk(b"a" * 100_000),
+        bulk(b"b" * 20_000),
+        b":7\r\n",
+        bulk(b"c\r\n" * 10_000),
+        b"$-1\r\n",
+        bulk(b"d" * (3 * chunk - 9)),
+        bulk(b"e" * 16_384),
+    ]
+    data = b"".join(sent)
+    scanner = ReplyScanner()
+    got: list[bytes] = []
+    for start in range(0, len(data), chunk):
+        got += scanner.feed(data[start : start + chunk])
+    assert got == sent
+    assert scanner.buffered() == 0
+
+
+def test_big_replies_inside_one_read_are_views_of_it() -> None:
+    """No copy for a big reply that is a large part of a read; small ones, and big ones that are
+    a small part of a read (a view would keep much more than itself alive), are bytes."""
+    big = [bulk(b"a" * 20_000), bulk(b"b" * 30_000)]
+    scanner = ReplyScanner()
+    got = scanner.feed(b"".join([*big, b":1\r\n"]))
+    assert scanner.views
+    assert [type(r) for r in got] == [memoryview, memoryview, bytes]
+    assert got == [*big, b":1\r\n"]
+    got = scanner.feed(b"".join([bulk(b"c" * 20_000), bulk(b"d" * 100_000)]))
+    assert [type(r) for r in got] == [bytes, memoryview]
+    got = scanner.feed(b"+OK\r\n")
+    assert not scanner.views and got == [b"+OK\r\n"]
