@@ -48,17 +48,17 @@ class ReplyScanner:
     scanned once, not once per chunk.
     """
 
-    __slots__ = ("_buf", "_chunks", "_have", "_need", "_pending", "_pos", "views")
+    __slots__ = ("_big", "_buf", "_have", "_pending", "_pos", "views")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._pos = 0  # scan position inside _buf of the reply being scanned
         self._pending = 0  # elements still owed by the reply being scanned (0: none started)
-        # A big bulk string arriving in many reads is kept as the chunks read (no copy) until
-        # its known length is in, then joined once: one copy of the value, not three.
-        self._chunks: list[bytes] = []
-        self._have = 0  # bytes in _chunks
-        self._need = 0  # the bulk string's whole length, header included (0: not collecting)
+        # A big bulk string split over reads goes into a buffer of its exact size: later reads
+        # land there directly (room() and filled(), for a BufferedProtocol) or are copied in
+        # (feed); the full buffer is the reply, handed on with no further copy.
+        self._big: bytearray | None = None
+        self._have = 0  # bytes of _big filled so far
         # True when the last feed's replies may include memoryviews (big replies inside a read,
         # not copied out of it: see _scan_replies); typed bytes, as they are bytes-like.
         self.views = False
@@ -66,8 +66,8 @@ class ReplyScanner:
     def feed(self, data: bytes) -> list[bytes]:
         """Append `data`; return every reply completed by it, in order."""
         self.views = len(data) >= _VIEW_MIN
-        if self._need:
-            return self._collect(data)
+        if self._big is not None:
+            return self._fill(data)
         buf = self._buf
         if not buf:
             # Fast path: nothing buffered; scan the chunk itself and copy only a leftover tail.
@@ -75,9 +75,9 @@ class ReplyScanner:
             if consumed < len(data):
                 end = _bulk_end(data, consumed)
                 if end - consumed >= _COLLECT_MIN:
-                    self._chunks = [data[consumed:]]  # no copy when the reply starts the read
-                    self._have = len(data) - consumed
-                    self._need = end - consumed
+                    big = self._big = bytearray(end - consumed)
+                    have = self._have = len(data) - consumed
+                    big[:have] = memoryview(data)[consumed:]
                     return out
                 self._buf = bytearray(memoryview(data)[consumed:])
                 self._pos = 0
@@ -98,25 +98,36 @@ class ReplyScanner:
         out.insert(0, first)
         return out
 
-    def _collect(self, data: bytes) -> list[bytes]:
-        """The next read of a big bulk string: keep it, or join the whole reply once it is in."""
-        chunks = self._chunks
-        have = self._have + len(data)
-        if have < self._need:
-            chunks.append(data)
-            self._have = have
+    def room(self) -> memoryview | None:
+        """Where the next read may land directly: the rest of a big bulk string (so a read never
+        runs past it); None when no big bulk string is under way."""
+        big = self._big
+        return None if big is None else memoryview(big)[self._have :]
+
+    def filled(self, nbytes: int) -> list[bytes]:
+        """`nbytes` were read into room(): the bulk string, once complete (a bytearray)."""
+        big = self._big
+        assert big is not None
+        self._have += nbytes
+        if self._have < len(big):
             return []
-        cut = len(data) - (have - self._need)  # where the bulk string ends in `data`
-        chunks.append(data[:cut])  # the same object when it ends with the read
-        reply = b"".join(chunks)
-        self._chunks = []
+        self._big = None
         self._have = 0
-        self._need = 0
-        if cut == len(data):
-            return [reply]
-        out = self.feed(data[cut:])
-        out.insert(0, reply)
-        return out
+        self.views = True  # a bytearray, bytes-like as a memoryview is
+        return [big]  # type: ignore[list-item]
+
+    def _fill(self, data: bytes) -> list[bytes]:
+        """The next read of a big bulk string, fed as bytes: copied into place."""
+        big = self._big
+        assert big is not None
+        take = min(len(big) - self._have, len(data))
+        big[self._have : self._have + take] = memoryview(data)[:take]
+        out = self.filled(take)
+        if take == len(data):
+            return out
+        rest = self.feed(data[take:])
+        self.views = True  # out is the finished bytearray, whatever the rest held
+        return out + rest
 
     def buffered(self) -> int:
         return len(self._buf) + self._have

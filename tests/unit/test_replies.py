@@ -184,3 +184,53 @@ def test_big_replies_inside_one_read_are_views_of_it() -> None:
     assert [type(r) for r in got] == [bytes, memoryview]
     got = scanner.feed(b"+OK\r\n")
     assert not scanner.views and got == [b"+OK\r\n"]
+
+
+def read_like_a_buffered_protocol(data: bytes, sizes: list[int]) -> list[bytes]:
+    """Reads of up to `sizes[i]` bytes as BackendConnection makes them: into room() while a big
+    bulk string is under way (never past it), else a plain read fed as bytes."""
+    scanner = ReplyScanner()
+    got: list[bytes] = []
+    pos = 0
+    i = 0
+    while pos < len(data):
+        size = sizes[i % len(sizes)]
+        i += 1
+        room = scanner.room()
+        if room is None:
+            replies = scanner.feed(data[pos : pos + size])
+            pos += min(size, len(data) - pos)
+        else:
+            n = min(size, len(room), len(data) - pos)
+            room[:n] = data[pos : pos + n]
+            pos += n
+            replies = scanner.filled(n)
+        # Anything not bytes (a view, a filled bytearray) must be flagged, to be converted.
+        assert scanner.views or all(type(r) is bytes for r in replies)
+        got += replies
+    assert scanner.buffered() == 0
+    return got
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_reads_into_room_give_the_same_replies(seed: int) -> None:
+    rng = random.Random(seed)
+    sent = [random_reply(rng) for _ in range(rng.randrange(1, 40))]
+    sent += [bulk(bytes([97 + i]) * rng.choice([16_384, 20_000, 100_000])) for i in range(3)]
+    rng.shuffle(sent)
+    sizes = [rng.choice([1, 7, 1000, 16_384, 65_536, 262_144]) for _ in range(8)]
+    got = read_like_a_buffered_protocol(b"".join(sent), sizes)
+    assert got == sent
+    big = [r for r in got if len(r) > 16_384]
+    assert big, "the stream holds big replies"
+
+
+def test_finished_big_reply_is_flagged_when_the_read_goes_on() -> None:
+    """A big bulk string finished by a read that also holds small replies: `views` stays set
+    (the bytearray must be converted for owners that keep replies)."""
+    value = bulk(b"v" * 50_000)
+    scanner = ReplyScanner()
+    assert scanner.feed(value[:30_000]) == []
+    got = scanner.feed(value[30_000:] + b"+OK\r\n")
+    assert got == [value, b"+OK\r\n"]
+    assert type(got[0]) is bytearray and scanner.views
