@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make `proxy` importable from t
 
 from proxy import commands, request, resp, routing
 from proxy.config import PoolConfig, ServerConfig
-from proxy.hashing import Ring
+from proxy.hashing import HASH_NAMES, Ring
 from proxy.topology import build_pool
 
 KEY = b"key:000000012345"  # redis-benchmark's key form
@@ -79,7 +79,7 @@ def _lookup_cases() -> list[Micro]:
 
 def _ring_cases() -> list[Micro]:
     out = []
-    for hash_name in ("murmur3", "fnv1a_64", "md5"):
+    for hash_name in HASH_NAMES:
         plain = Ring(LABELS, (1, 1, 1), hash_name, "ketama", b"")
         tagged = Ring(LABELS, (1, 1, 1), hash_name, "ketama", b"{}")
         out += [
