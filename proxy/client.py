@@ -132,6 +132,27 @@ class ClientConnection(asyncio.Protocol):
         except ProtocolError as exc:
             failure = exc
             requests = exc.requests
+        else:
+            if len(requests) == 1:  # unpipelined: _process for one request, its loop unrolled
+                args = requests[0]
+                key, lowest, highest, stats = self._known.get(args[0]) or self._learn(args[0])
+                router = self.host.router
+                pending = self.pending
+                if (
+                    router.fast
+                    and lowest <= len(args) <= highest
+                    and self.session.authed
+                    and len(pending) < self._max_pending
+                    and not self._write_paused
+                ):
+                    self.last_active = now = perf_counter()
+                    slot = Slot(self, stats, now)
+                    pending.append(slot)
+                    backend = router.route_backends[router.node_for(args[key])]
+                    backend.send(self.session.proto, self.client_id, self.reader.raws[0], slot)
+                    if pending[0].reply is not None:  # a backend down answers at once
+                        self.flush()
+                    return
         self._process(requests, self.reader.raws, 0, failure)
 
     def _process(
