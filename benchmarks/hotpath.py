@@ -24,9 +24,10 @@ if __package__ in (None, ""):  # run as a script: make `proxy` importable from t
 
 import uvloop
 
-from proxy.backend import Backend, BackendConnection
+from proxy.backend import Backend
 from proxy.client import ClientConnection
 from proxy.config import parse_config
+from proxy.connection import BackendConnection
 from proxy.fence import MigrationState
 from proxy.metrics import ProxyMetrics
 from proxy.pool import BackendPool

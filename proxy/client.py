@@ -23,9 +23,9 @@ from time import perf_counter
 from typing import Protocol, cast
 
 from proxy import errors
-from proxy.backend import Slot
 from proxy.commands import PLAIN, CommandSpec, Kind, arity_error, lookup, unknown_error
 from proxy.config import ClientConfig
+from proxy.connection import Slot
 from proxy.dualwrite import dispatch_migrating
 from proxy.forwarder import send_info, send_plan
 from proxy.local import ServerView, Session, run_local, wants_keyspace

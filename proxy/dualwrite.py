@@ -13,8 +13,8 @@ import random
 from collections import deque
 from collections.abc import Callable
 
-from proxy.backend import Slot
 from proxy.commands import CommandSpec
+from proxy.connection import Slot
 from proxy.fence import Deferred, MigrationState
 from proxy.forwarder import send_plan
 from proxy.pool import Router

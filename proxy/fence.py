@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.backend import Backend, Slot
+from proxy.backend import Backend
 from proxy.commands import CommandSpec
+from proxy.connection import Slot
 
 log = logging.getLogger("shardproxy.migration")
 

@@ -6,7 +6,7 @@ replies (routing.merge_replies) into the parent slot, which sits in the client's
 
 from __future__ import annotations
 
-from proxy.backend import Slot
+from proxy.connection import Slot
 from proxy.local import ServerView, encode_info, info_body, sum_keyspace
 from proxy.pool import Router
 from proxy.resp import decode_reply, encode_request

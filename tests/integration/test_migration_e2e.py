@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 import redis
 
-from proxy.backend import BackendConnection
 from proxy.config import parse_config
+from proxy.connection import BackendConnection
 from proxy.executor import Executor, copy_key
 from proxy.migration import is_reserved, moved_shares
 from proxy.topology import PoolTopology, build_pool
