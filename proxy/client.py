@@ -33,7 +33,7 @@ from proxy.metrics import LATENCY_BUCKETS_S, CommandStats, ProxyMetrics
 from proxy.pool import Router
 from proxy.request import RequestReader
 from proxy.resp import ProtocolError, encode_request
-from proxy.routing import plan_fanout, plan_multi, plan_same_backend
+from proxy.routing import plan_fanout, plan_multi, plan_same_backend, same_backend_refusal
 
 log = logging.getLogger("shardproxy.client")
 slow_log = logging.getLogger("shardproxy.slowlog")
@@ -269,9 +269,7 @@ class ClientConnection(asyncio.Protocol):
         if kind is Kind.DENIED:
             return errors.denied(spec.name)
         if kind is Kind.SAME_BACKEND:
-            if _has_block_option(spec, args):
-                return errors.blocking_option(spec.name)
-            problem = _cross_database_option(spec, args)
+            problem = same_backend_refusal(spec, args)
             if problem is not None:
                 return problem
         if spec.needs_flush_permission and not self.host.allow_flush:
@@ -386,27 +384,3 @@ class ClientConnection(asyncio.Protocol):
         if not self.pending and self._backlog is None and self.transport is not None:
             self.transport.close()
             self.closed = True
-
-
-def _cross_database_option(spec: CommandSpec, args: list[bytes]) -> bytes | None:
-    """COPY ... DB n reaches another database; SORT BY/GET patterns read keys that may live on
-    other backends (Redis Cluster refuses them too)."""
-    name = spec.name
-    if name == "copy":
-        if any(a.upper() == b"DB" for a in args[3:]):
-            return errors.select_db()
-    elif name in ("sort", "sort_ro"):
-        upper = [a.upper() for a in args[2:]]
-        for i, word in enumerate(upper[:-1]):
-            pattern = args[i + 3]
-            if (word == b"BY" and pattern.upper() != b"NOSORT" and b"*" in pattern) or (
-                word == b"GET" and pattern != b"#"
-            ):
-                return errors.sort_pattern()
-    return None
-
-
-def _has_block_option(spec: CommandSpec, args: list[bytes]) -> bool:
-    if spec.name not in ("xread", "xreadgroup"):
-        return False
-    return any(a.upper() == b"BLOCK" for a in args[1:])

@@ -24,7 +24,7 @@ _READ_BYTES = 256 * 1024  # a backend connection's read buffer (uvloop reads thi
 
 
 class SlotOwner(Protocol):
-    """Whoever waits for reply slots: a client connection or a multi-fragment gather."""
+    """Whoever waits for reply slots: a client connection, a gather, a handshake, a future."""
 
     dirty: bool
     # True: the owner only writes replies out, so it may get a big reply as a memoryview of the
@@ -111,7 +111,7 @@ class BackendConnection(asyncio.BufferedProtocol):
         self.ready = False
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
-        self._progress = 0  # data_received calls so far: a stall detector, not a count of replies
+        self._progress = 0  # reads so far: a stall detector, not a count of replies
         self._progress_seen = -1
         self._stall_since = 0.0  # loop time since when no byte arrived while replies were owed
         self._timer: asyncio.TimerHandle | None = None

@@ -144,7 +144,7 @@ class ReplyScanner:
         return 0
 
 
-_COLLECT_MIN = 1 << 14  # bulk strings at least this long, split over reads, go to _collect
+_COLLECT_MIN = 1 << 14  # bulk strings at least this long, split over reads, go to _big
 _VIEW_MIN = 1 << 14  # replies at least this long inside one read may be memoryviews of it
 
 
@@ -200,6 +200,7 @@ def _scan(buf: bytes | bytearray, pos: int, pending: int) -> tuple[int, int, int
 
 _SPLIT_MAX = 1 << 16  # larger chunks are mostly big values: splitting would copy them once more
 _BULK_SIZES = {b"$%d" % n: n for n in range(-1, 4096)}  # bulk header -> value length
+_ONE_LINE = (b"+", b":", b"-")  # first bytes of the one-line replies the split fast path takes
 
 
 def _split_replies(data: bytes) -> tuple[list[bytes], int]:
@@ -240,9 +241,6 @@ def _split_replies(data: bytes) -> tuple[list[bytes], int]:
     if pos == len(data):
         return out, pos
     return _scan_replies(data, pos, out)
-
-
-_ONE_LINE = (b"+", b":", b"-")
 
 
 def _scan_replies(data: bytes, start: int, out: list[bytes]) -> tuple[list[bytes], int]:

@@ -241,3 +241,35 @@ def _fanout_migrating(
     # FLUSH* and SCRIPT LOAD/EXISTS/FLUSH: every server of both pools, so EVALSHA works on both.
     addrs = dict.fromkeys((*read.addrs, *other.addrs))
     return Plan(tuple(Fragment(a, args) for a in addrs), spec.merge)
+
+
+def same_backend_refusal(spec: CommandSpec, args: list[bytes]) -> bytes | None:
+    """Why a same-backend command cannot be proxied as sent (the error to answer), or None: an
+    XREAD BLOCK would hold a shared backend connection; see also _cross_database_option."""
+    if _has_block_option(spec, args):
+        return errors.blocking_option(spec.name)
+    return _cross_database_option(spec, args)
+
+
+def _cross_database_option(spec: CommandSpec, args: list[bytes]) -> bytes | None:
+    """COPY ... DB n reaches another database; SORT BY/GET patterns read keys that may live on
+    other backends (Redis Cluster refuses them too)."""
+    name = spec.name
+    if name == "copy":
+        if any(a.upper() == b"DB" for a in args[3:]):
+            return errors.select_db()
+    elif name in ("sort", "sort_ro"):
+        upper = [a.upper() for a in args[2:]]
+        for i, word in enumerate(upper[:-1]):
+            pattern = args[i + 3]
+            if (word == b"BY" and pattern.upper() != b"NOSORT" and b"*" in pattern) or (
+                word == b"GET" and pattern != b"#"
+            ):
+                return errors.sort_pattern()
+    return None
+
+
+def _has_block_option(spec: CommandSpec, args: list[bytes]) -> bool:
+    if spec.name not in ("xread", "xreadgroup"):
+        return False
+    return any(a.upper() == b"BLOCK" for a in args[1:])
