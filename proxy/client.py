@@ -32,7 +32,7 @@ from proxy.local import ServerView, Session, run_local, wants_keyspace
 from proxy.metrics import LATENCY_BUCKETS_S, CommandStats, ProxyMetrics
 from proxy.pool import Router
 from proxy.request import RequestReader
-from proxy.resp import ProtocolError, encode_request
+from proxy.resp import OK, ProtocolError, encode_request
 from proxy.routing import plan_fanout, plan_multi, plan_same_backend, same_backend_refusal
 
 log = logging.getLogger("shardproxy.client")
@@ -141,7 +141,7 @@ class ClientConnection(asyncio.Protocol):
                 if (
                     router.fast
                     and lowest <= len(args) <= highest
-                    and self.session.authed
+                    and self.session.direct
                     and len(pending) < self._max_pending
                     and not self._write_paused
                 ):
@@ -170,7 +170,7 @@ class ClientConnection(asyncio.Protocol):
         proto = session.proto
         cid = self.client_id
         known = self._known
-        fast = router.fast and session.authed
+        fast = router.fast and session.direct
         route_backends = router.route_backends
         node_for = router.node_for
         limit = self._max_pending
@@ -194,7 +194,7 @@ class ClientConnection(asyncio.Protocol):
                 if session.closing:
                     break
                 proto = session.proto
-                fast = router.fast and session.authed
+                fast = router.fast and session.direct
         self._backlog = None
         if failure is not None and not session.closing:
             self._fail_protocol(str(failure))
@@ -238,6 +238,11 @@ class ClientConnection(asyncio.Protocol):
         ):
             self._reject(arity_error(spec), spec.label)
             return
+        if self.session.tx_refused:
+            refusal = self._refuse_in_tx(spec)
+            if refusal is not None:
+                self._reject(refusal, spec.label)
+                return
         stats = self._stats.get(spec.name) or self._new_stats(spec)
         slot = Slot(self, stats, perf_counter())
         self.pending.append(slot)
@@ -247,6 +252,24 @@ class ClientConnection(asyncio.Protocol):
             slot.reply = problem
             slot.stats = None
             stats.rejected += 1
+
+    def _refuse_in_tx(self, spec: CommandSpec) -> bytes | None:
+        """After a refused MULTI: nothing runs until EXEC or DISCARD ends the would-be
+        transaction (QUIT and RESET still work), so a transaction is never partly applied."""
+        name = spec.name
+        if name == "exec":
+            self.session.set_tx_refused(False)
+            return errors.execabort()
+        if name == "discard":
+            self.session.set_tx_refused(False)
+            return OK
+        if name in ("quit", "reset"):
+            return None
+        if name == "multi":
+            return errors.nested_multi()
+        if name == "watch":
+            return errors.watch_in_multi()
+        return errors.refused_in_multi(name)
 
     def _route(
         self, spec: CommandSpec, args: list[bytes], router: Router, slot: Slot
@@ -265,6 +288,9 @@ class ClientConnection(asyncio.Protocol):
                     self.host.metrics.client_errors_total.labels("auth").inc()
             return None
         if kind is Kind.PINNED:
+            if spec.name == "multi":
+                self.session.set_tx_refused(True)
+                return errors.multi_refused()
             return errors.not_supported_yet(spec.name)
         if kind is Kind.DENIED:
             return errors.denied(spec.name)

@@ -45,6 +45,32 @@ def not_supported_yet(command: str) -> bytes:
     )
 
 
+def multi_refused() -> bytes:
+    return _err(
+        "ERR MULTI is not supported by shardproxy yet; every command up to EXEC or DISCARD "
+        "will be refused without running"
+    )
+
+
+def refused_in_multi(command: str) -> bytes:
+    return _err(
+        f"ERR '{command}' refused without running: this connection's MULTI was refused "
+        "(transactions are not supported by shardproxy yet); send DISCARD"
+    )
+
+
+def execabort() -> bytes:
+    return _err("EXECABORT Transaction discarded because of previous errors.")
+
+
+def nested_multi() -> bytes:
+    return _err("ERR MULTI calls can not be nested")
+
+
+def watch_in_multi() -> bytes:
+    return _err("ERR WATCH inside MULTI is not allowed")
+
+
 def flush_disabled(command: str) -> bytes:
     return _err(f"ERR '{command}' is disabled; set allow_flush: true in the proxy config")
 

@@ -31,6 +31,11 @@ class Session:
     password: str | None  # the required client password (None: no AUTH needed)
     proto: int = 2
     authed: bool = False
+    # MULTI was refused: every command up to EXEC or DISCARD is refused without running, so a
+    # client that queued a transaction never sees part of it applied (see client._dispatch).
+    tx_refused: bool = False
+    # Requests may take the single-key fast path: authenticated and not inside a refused MULTI.
+    direct: bool = False
     name: bytes | None = None
     lib_name: bytes | None = None
     lib_ver: bytes | None = None
@@ -38,7 +43,15 @@ class Session:
     created: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
-        self.authed = self.password is None
+        self.set_authed(self.password is None)
+
+    def set_authed(self, authed: bool) -> None:
+        self.authed = authed
+        self.direct = authed and not self.tx_refused
+
+    def set_tx_refused(self, refused: bool) -> None:
+        self.tx_refused = refused
+        self.direct = self.authed and not refused
 
 
 class ServerView(Protocol):
@@ -91,7 +104,7 @@ def check_password(session: Session, user: bytes | None, password: bytes) -> byt
     if (user is None or user == b"default") and hmac.compare_digest(
         password, session.password.encode()
     ):
-        session.authed = True
+        session.set_authed(True)
         return None
     return errors.wrongpass()
 
@@ -203,7 +216,8 @@ def _client_info(args: list[bytes], session: Session, view: ServerView) -> bytes
 def _reset(args: list[bytes], session: Session, view: ServerView) -> bytes:
     session.proto = 2
     session.name = None
-    session.authed = session.password is None
+    session.set_authed(session.password is None)
+    session.set_tx_refused(False)
     return encode_simple("RESET")
 
 
