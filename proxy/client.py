@@ -127,8 +127,10 @@ class ClientConnection(asyncio.Protocol):
         if self.closed or self.session.closing:
             return
         failure: ProtocolError | None = None
+        reader = self.reader
+        reader.authed = self.session.authed  # Redis's pre-AUTH limits apply until then
         try:
-            requests = self.reader.feed(data)
+            requests = reader.feed(data)
         except ProtocolError as exc:
             failure = exc
             requests = exc.requests
@@ -153,7 +155,24 @@ class ClientConnection(asyncio.Protocol):
                     if pending[0].reply is not None:  # a backend down answers at once
                         self.flush()
                     return
-        self._process(requests, self.reader.raws, 0, failure)
+        self._process(requests, reader.raws, 0, failure)
+        if reader.has_buffered():
+            self._drain_buffered()
+
+    def _drain_buffered(self) -> None:
+        """Before AUTH the reader hands out one request per feed, as Redis parses one and runs
+        it before the next: feed on while it holds more and this client may go on."""
+        reader = self.reader
+        while reader.has_buffered() and not self.closed and not self.session.closing:
+            if self._backlog is not None or self._pending_paused:
+                return  # resumed by _resume_backlog
+            reader.authed = self.session.authed
+            try:
+                requests = reader.feed(b"")
+            except ProtocolError as exc:
+                self._process(exc.requests, reader.raws, 0, exc)
+                return
+            self._process(requests, reader.raws, 0, None)
 
     def _process(
         self,
@@ -377,6 +396,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self._pending_paused = False
         self._process(*backlog)  # may pause again
+        if self.reader.has_buffered():
+            self._drain_buffered()
         if not self._pending_paused:
             self._update_reading()
 

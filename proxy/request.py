@@ -3,6 +3,12 @@
 A pure-Python parser (not hiredis) because the proxy must know exactly where each request ends:
 to tell an inline command from the rest of a split request, to forward a request's bytes as
 received, and to refuse a huge `*N` header before anything is allocated for it.
+
+Invariants: it accepts exactly what Redis accepts (lengths by Redis's string2ll rules: plain
+decimal, no sign but `-`, no leading zero, no space), and every byte it hands on for forwarding
+(`raws`) is canonical RESP, so nothing a client sends can reach a shared backend connection in a
+form that makes the backend close it. Parsing is linear in the bytes received: a request that
+arrives over many reads is resumed where the last read stopped, never re-parsed.
 """
 
 from __future__ import annotations
@@ -12,67 +18,233 @@ from proxy.resp import ProtocolError, encode_request
 MAX_INLINE_BYTES = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
 MAX_MULTIBULK = 1024 * 1024  # elements in one request (Redis: INT_MAX; hiredis would preallocate)
 MAX_BULK_BYTES = 512 * 1024 * 1024  # Redis's proto-max-bulk-len default
+MAX_HEADER_BYTES = 32  # a `*N` / `$N` line longer than this cannot hold a valid length
+# Before AUTH, Redis refuses bigger requests at once (networking.c, authRequired).
+UNAUTH_MAX_MULTIBULK = 10
+UNAUTH_MAX_BULK_BYTES = 16 * 1024
+
+_CR = 13
+_LF = 10
+
+
+def strict_int(text: bytes) -> int | None:
+    """The value of `text` by Redis's string2ll rules, or None: ASCII digits with an optional
+    `-`, no `+`, no leading zero (but `0`), no `-0`, no space, no `_`."""
+    if text.isdigit():  # bytes.isdigit: ASCII digits only, False for b""
+        return int(text) if text[0] != 48 or len(text) == 1 else None
+    if text[:1] == b"-" and text[1:].isdigit() and text[1] != 48:
+        return -int(text[1:])
+    return None
 
 
 class RequestReader:
-    """Parses client requests, RESP multibulk and inline, with an explicit state machine.
+    """Parses client requests, RESP multibulk and inline, as an explicit resumable state machine.
 
-    `feed` returns the complete requests as lists of bytes arguments; raises ProtocolError with
-    Redis's wording on malformed input (the caller answers it and closes the connection), with
-    the requests parsed before it in `ProtocolError.requests`.
+    `feed` returns the complete requests as lists of bytes arguments, and sets `raws` to their
+    canonical RESP bytes (the bytes received when they were canonical, else re-encoded). It
+    raises ProtocolError with Redis's wording on malformed input (the caller answers it and
+    closes the connection), with the requests parsed before it in `ProtocolError.requests`.
 
-    A pure-Python parser (not hiredis) because the proxy must know exactly where each request
-    ends: to tell an inline command from the rest of a split request, and to refuse a huge
-    `*N` header before anything is allocated for it. A large bulk arriving in many chunks is
-    not re-parsed per chunk: `_need` says how many bytes must be buffered before trying again.
+    While `authed` is False, Redis's pre-AUTH limits apply and at most one request is returned
+    per call (Redis runs each request before it parses the next, so an AUTH followed by a big
+    request in one read is fine): call `feed(b"")` again while `has_buffered()` says so.
     """
 
-    __slots__ = ("_buf", "_need", "raws")
+    __slots__ = (
+        "_args",
+        "_args_bytes",
+        "_canon",
+        "_chunks",
+        "_got",
+        "_left",
+        "_line",
+        "_need",
+        "_rest",
+        "authed",
+        "raws",
+    )
 
     def __init__(self) -> None:
-        self._buf = bytearray()  # the start of an incomplete request
-        self._need = 0  # do not parse again before _buf holds this many bytes
+        self.authed = True
         # The RESP bytes of each request the last feed() returned, in the same order, so a
         # request bound for one backend is forwarded as received, not re-encoded.
         self.raws: list[bytes] = []
+        self._rest = b""  # unparsed bytes held back by the one-request-per-call rule
+        self._line = bytearray()  # a partial header or inline line (no line end yet)
+        self._args: list[bytes] = []  # arguments of the request under way
+        self._args_bytes = 0  # their size
+        self._left = 0  # arguments still to come in the request under way (0: between)
+        self._canon = True  # the request under way arrived in canonical form
+        self._chunks: list[bytes] | None = None  # a bulk string being collected over reads
+        self._need = 0  # bytes still missing from that bulk, its CRLF included
+        self._got = 0  # bytes of that bulk collected so far
+
+    def has_buffered(self) -> bool:
+        """True when bytes already received may hold another complete request."""
+        return bool(self._rest)
+
+    def buffered_bytes(self) -> int:
+        """What the reader holds of requests not yet complete (for memory budgets)."""
+        return len(self._rest) + len(self._line) + self._args_bytes + self._got
 
     def feed(self, data: bytes) -> list[list[bytes]]:
-        buf = self._buf
-        if buf:
-            buf += data
-            if len(buf) < self._need:
-                self.raws = []
-                return []
-            data = bytes(buf)
-            buf.clear()
         out: list[list[bytes]] = []
         raws: list[bytes] = []
         self.raws = raws
-        pos = _parse_simple(data, out, raws)
-        if pos == len(data):  # the common case: whole requests only, all taken by the fast path
-            self._need = 0
-            return out
+        if self._chunks is not None:
+            data = self._collect(data, out, raws)
+            if self._chunks is not None or not data:
+                return out
+        if self._rest:
+            data = self._rest + data
+            self._rest = b""
+        elif self._line:
+            if not self._line_ends(data):
+                return out
+            data = bytes(self._line) + data
+            self._line.clear()
+        pos = 0
+        if self._left == 0 and self.authed:
+            pos = _parse_simple(data, out, raws)
+            if pos == len(data):  # the common case: whole requests only
+                return out
         try:
-            pos = _parse_requests(data, pos, out, raws)
-        except _Incomplete as inc:
-            pos = inc.pos
-            self._need = inc.need - pos
+            self._parse(data, pos, out, raws)
         except ProtocolError as exc:
             exc.requests = out
             raise
-        else:
-            self._need = 0
-        if pos < len(data):
-            self._buf = bytearray(memoryview(data)[pos:])
         return out
 
+    # -- the careful parser ----------------------------------------------------------------
+    def _line_ends(self, data: bytes) -> bool:
+        """Append `data` to the partial line unless it ends that line (then the caller parses
+        the line and what follows it); the line's limits apply as it grows."""
+        line = self._line
+        inline = self._left == 0 and line[0] != 42  # not a `*N` or `$N` header line
+        if inline:
+            if data.find(b"\n") >= 0:
+                return True
+        elif data and (line[-1] == _CR or data.find(b"\r") >= 0):
+            return True  # a header ends at its CR and the byte after it
+        line += data
+        if inline:
+            if len(line) > MAX_INLINE_BYTES:
+                raise ProtocolError("too big inline request")
+        elif len(line) > MAX_HEADER_BYTES:
+            raise ProtocolError(
+                "too big mbulk count string" if self._left == 0 else "too big bulk count string"
+            )
+        return False
 
-class _Incomplete(Exception):
-    """The request starting at `pos` needs at least `need` bytes (absolute) of the chunk."""
+    def _parse(self, data: bytes, pos: int, out: list[list[bytes]], raws: list[bytes]) -> None:
+        """Parse `data[pos:]` on from the state left by the last call; keep what is unfinished."""
+        n = len(data)
+        start = pos if self._left == 0 else -1  # where the request under way began in `data`
+        while pos < n:
+            if self._left == 0:
+                if out and not self.authed:
+                    self._rest = data[pos:]  # one request per call until AUTH
+                    return
+                start = pos
+                if data[pos] != 42:  # not '*': an inline command line
+                    pos = self._inline(data, pos, out, raws)
+                    continue
+                pos = self._multibulk_header(data, pos)
+                continue
+            if data[pos] != 36:  # '$'
+                raise ProtocolError(f"expected '$', got '{chr(data[pos])}'")
+            eol = data.find(b"\r", pos)
+            if eol < 0 or eol + 1 >= n:
+                self._keep_line(data, pos, "too big bulk count string")
+                return
+            size = strict_int(data[pos + 1 : eol])
+            if size is None or size < 0 or size > MAX_BULK_BYTES:
+                raise ProtocolError("invalid bulk length")
+            if size > UNAUTH_MAX_BULK_BYTES and not self.authed:
+                raise ProtocolError("unauthenticated bulk length")
+            if data[eol + 1] != _LF:
+                self._canon = False
+            body = eol + 2
+            end = body + size
+            if end + 2 > n:  # the rest of the value comes in later reads
+                self._chunks = [data[body:]]
+                self._got = n - body
+                self._need = end + 2 - n
+                return
+            self._args.append(data[body:end])
+            self._args_bytes += size
+            if data[end] != _CR or data[end + 1] != _LF:
+                self._canon = False
+            pos = end + 2
+            self._left -= 1
+            if self._left == 0:
+                raws.append(data[start:pos] if start >= 0 and self._canon else b"")
+                self._finish(out, raws)
 
-    def __init__(self, pos: int, need: int) -> None:
-        self.pos = pos
-        self.need = need
+    def _multibulk_header(self, data: bytes, pos: int) -> int:
+        eol = data.find(b"\r", pos)
+        if eol < 0 or eol + 1 >= len(data):
+            self._keep_line(data, pos, "too big mbulk count string")
+            return len(data)
+        count = strict_int(data[pos + 1 : eol])
+        if count is None or count > MAX_MULTIBULK:
+            raise ProtocolError("invalid multibulk length")
+        if count > UNAUTH_MAX_MULTIBULK and not self.authed:
+            raise ProtocolError("unauthenticated multibulk length")
+        self._canon = data[eol + 1] == _LF
+        self._left = max(count, 0)  # Redis ignores *0 and *-1
+        return eol + 2
+
+    def _inline(self, data: bytes, pos: int, out: list[list[bytes]], raws: list[bytes]) -> int:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            if len(data) - pos > MAX_INLINE_BYTES:
+                raise ProtocolError("too big inline request")
+            self._line += data[pos:]
+            return len(data)
+        args = parse_inline(data[pos:nl])
+        if args:
+            out.append(args)
+            raws.append(encode_request(args))
+        return nl + 1
+
+    def _keep_line(self, data: bytes, pos: int, too_big: str) -> None:
+        if len(data) - pos > MAX_HEADER_BYTES:
+            raise ProtocolError(too_big)
+        self._line += data[pos:]
+
+    def _collect(self, data: bytes, out: list[list[bytes]], raws: list[bytes]) -> bytes:
+        """Add `data` to the bulk string being collected; return what follows it."""
+        chunks = self._chunks
+        assert chunks is not None
+        take = min(len(data), self._need)
+        chunks.append(data[:take] if take < len(data) else data)
+        self._need -= take
+        self._got += take
+        if self._need:
+            return b""
+        value = b"".join(chunks)
+        self._chunks = None
+        self._got = 0
+        if value[-2:] != b"\r\n":
+            self._canon = False
+        self._args.append(value[:-2])
+        self._args_bytes += len(value) - 2
+        self._left -= 1
+        if self._left == 0:
+            raws.append(b"")
+            self._finish(out, raws)
+        return data[take:]
+
+    def _finish(self, out: list[list[bytes]], raws: list[bytes]) -> None:
+        """The request under way is complete: hand it out (raws[-1] b"": re-encode it)."""
+        args = self._args
+        out.append(args)
+        if not raws[-1]:
+            raws[-1] = encode_request(args)
+        self._args = []
+        self._args_bytes = 0
+        self._canon = True
 
 
 _BULK_HEADS_N = 4096
@@ -83,7 +255,8 @@ def _parse_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int
     """The fast path: split on CRLF once, take requests while each `$len` header matches the
     token after it (a value holding CRLF, an inline command, a partial or bad request: stop and
     return where; the careful parser goes on from there). Two and three arguments (GET, SET,
-    HGET...) are unrolled: about 2.3x faster per request than the general loop below them."""
+    HGET...) are unrolled. Only canonical requests pass: headers are compared with the
+    encoder's own bytes."""
     parts = data.split(b"\r\n")
     last = len(parts) - 1  # parts[last] follows the final CRLF: never a whole token
     i = 0
@@ -125,7 +298,7 @@ def _parse_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int
             size = 16 + n1 + n2 + n3 + len(h1) + len(h2) + len(h3)
             append([a1, a2, a3])
         else:
-            if head[:1] != b"*" or len(head) > 8:
+            if head[:1] != b"*" or len(head) > 8 or head[1:2] == b"0":
                 return pos
             count = int(head[1:]) if head[1:].isdigit() else 0
             end = i + 1 + 2 * count
@@ -141,66 +314,6 @@ def _parse_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int
         append_raw(data[pos : pos + size])
         pos += size
         i = end
-    return pos
-
-
-def _header(data: bytes, at: int, start: int, what: str, length: str) -> tuple[int, int]:
-    """The number in the `*N` / `$N` line at `at` and where that line ends; Redis's errors."""
-    eol = data.find(b"\r\n", at)
-    if eol < 0:
-        if len(data) - at > 32:
-            raise ProtocolError(f"too big {what}")
-        raise _Incomplete(start, len(data) + 1)
-    try:
-        return int(data[at + 1 : eol]), eol
-    except ValueError:
-        raise ProtocolError(f"invalid {length}") from None
-
-
-def _parse_requests(data: bytes, pos: int, out: list[list[bytes]], raws: list[bytes]) -> int:
-    """Append every complete request of `data[pos:]` to `out` (its bytes to `raws`); return
-    where the unparsed rest starts. The careful parser: any request, any split."""
-    n = len(data)
-    find = data.find
-    while pos < n:
-        if data[pos] != 42:  # not '*': an inline command line
-            nl = find(b"\n", pos)
-            if nl < 0:
-                if n - pos > MAX_INLINE_BYTES:
-                    raise ProtocolError("too big inline request")
-                raise _Incomplete(pos, n + 1)
-            args = parse_inline(data[pos:nl])
-            if args:
-                out.append(args)
-                raws.append(encode_request(args))
-            pos = nl + 1
-            continue
-        count, eol = _header(data, pos, pos, "mbulk count string", "multibulk length")
-        if count > MAX_MULTIBULK:
-            raise ProtocolError("invalid multibulk length")
-        p = eol + 2
-        if count <= 0:
-            pos = p  # Redis ignores *0 and *-1
-            continue
-        args = []
-        append = args.append
-        for _ in range(count):
-            if p >= n:
-                raise _Incomplete(pos, p + 1)
-            if data[p] != 36:  # '$'
-                raise ProtocolError(f"expected '$', got '{chr(data[p])}'")
-            size, eol = _header(data, p, pos, "bulk count string", "bulk length")
-            if size < 0 or size > MAX_BULK_BYTES:
-                raise ProtocolError("invalid bulk length")
-            start = eol + 2
-            end = start + size
-            if end + 2 > n:
-                raise _Incomplete(pos, end + 2)
-            append(data[start:end])
-            p = end + 2
-        out.append(args)
-        raws.append(data[pos:p])
-        pos = p
     return pos
 
 

@@ -293,6 +293,14 @@ MALFORMED = {
     "nested_array": (b"*2\r\n$3\r\nGET\r\n*1\r\n$1\r\na\r\n", b""),
     "simple_string_element": (b"*1\r\n+PING\r\n", b""),
     "null_element": (b"*2\r\n$4\r\nECHO\r\n_\r\n", b""),
+    # Lengths Redis's string2ll refuses. (Until 0955993 the proxy forwarded these as received
+    # and the backend closed its shared connection: every other client of it got errors.)
+    "plus_bulk_length": (b"*1\r\n$+4\r\nPING\r\n", b""),
+    "zero_padded_bulk_length": (b"*1\r\n$04\r\nPING\r\n", b""),
+    "space_in_bulk_length": (b"*1\r\n$ 4\r\nPING\r\n", b""),
+    "underscore_bulk_length": (PING + b"*1\r\n$1_0\r\n0123456789\r\n", PONG),
+    "zero_padded_multibulk": (b"*01\r\n$4\r\nPING\r\n", b""),
+    "plus_multibulk": (b"*+1\r\n$4\r\nPING\r\n", b""),
 }
 
 
@@ -557,3 +565,40 @@ def test_closed_client_does_not_leak(shared_proxy: ProxyThread) -> None:
             sock.close()
         wait_until(lambda: _connected(c) == baseline, 5, "vanished clients to be forgotten")
     wait_until(lambda: all(b.idle() for b in server.pool.backends.values()), 5, "backends idle")
+
+
+# Before AUTH, Redis refuses a request of more than 10 arguments or a bulk over 16 KB at once,
+# and closes. (Until 0955993 the proxy parsed, and held, whatever an unauthenticated client sent.)
+PRE_AUTH = {
+    "many_arguments": encode(["MGET", *[f"k{i}" for i in range(11)]]),
+    "big_bulk": b"*2\r\n$3\r\nGET\r\n$16385\r\n",
+    "huge_multibulk": b"*1000000\r\n",
+    "auth_then_many_arguments": encode(["AUTH", "wrong"]) + encode(["MGET", *["k"] * 20]),
+}
+
+
+@pytest.mark.parametrize("payload", list(PRE_AUTH.values()), ids=list(PRE_AUTH))
+def test_unauthenticated_limits_like_redis(
+    servers: list[RedisServer], locked_reference: RedisServer, payload: bytes
+) -> None:
+    with fault_proxy([servers[0].addr], "client:\n  password: s3cret\n") as proxy:
+        out, closed = exchange(proxy.port, payload)
+        expected, _ = exchange(locked_reference.port, payload)
+        assert b"unauthenticated" in out and closed
+        assert out == expected.removesuffix(b"<RST>")
+
+
+def test_auth_then_a_big_request_in_one_write(
+    servers: list[RedisServer], locked_reference: RedisServer
+) -> None:
+    # Redis runs AUTH before it parses the next request: the big one after it is fine.
+    payload = encode(["AUTH", "s3cret"]) + encode(["MSET", *[f"{{t}}k{i}" for i in range(40)]])
+    payload += encode(["GET", "{t}k0"])
+    with (
+        fault_proxy([servers[0].addr], "client:\n  password: s3cret\n") as proxy,
+        RespConn(proxy.port) as pc,
+        RespConn(locked_reference.port) as rc,
+    ):
+        pc.send(payload)
+        rc.send(payload)
+        assert [pc.read_reply()[0] for _ in range(3)] == [rc.read_reply()[0] for _ in range(3)]

@@ -106,3 +106,121 @@ def test_a_header_that_lies_about_its_length_is_not_taken_by_the_fast_path() -> 
     reader = RequestReader()
     assert reader.feed(data) == []
     assert reader.feed(b"\r\n") == [[b"GET", b"abc\r"]]
+
+
+# -- exactly what Redis accepts (string2ll), and only canonical bytes forwarded -----------------
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"*1\r\n$+4\r\nPING\r\n", "invalid bulk length"),
+        (b"*1\r\n$04\r\nPING\r\n", "invalid bulk length"),
+        (b"*1\r\n$ 4\r\nPING\r\n", "invalid bulk length"),
+        (b"*1\r\n$4 \r\nPING\r\n", "invalid bulk length"),
+        (b"*1\r\n$1_0\r\n0123456789\r\n", "invalid bulk length"),
+        (b"*1\r\n$-0\r\n", "invalid bulk length"),
+        (b"*1\r\n$\r\n", "invalid bulk length"),
+        (b"*02\r\n$3\r\nGET\r\n$1\r\nk\r\n", "invalid multibulk length"),
+        (b"*+2\r\n$3\r\nGET\r\n$1\r\nk\r\n", "invalid multibulk length"),
+        (b"* 2\r\n$3\r\nGET\r\n$1\r\nk\r\n", "invalid multibulk length"),
+        (b"*-0\r\n", "invalid multibulk length"),
+        (b"*1_0\r\n", "invalid multibulk length"),
+    ],
+)
+def test_lengths_follow_redis_string2ll(data: bytes, message: str) -> None:
+    for cut in range(1, len(data) + 1):  # whole, and cut at every byte
+        reader = RequestReader()
+        with pytest.raises(ProtocolError) as info:
+            reader.feed(data[:cut])
+            reader.feed(data[cut:])
+        assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("data", "args"),
+    [
+        # Redis skips the two bytes after a value and after a header's CR without reading them.
+        (b"*2\r\n$3\r\nGET\r\n$1\r\nkXY", [b"GET", b"k"]),
+        (b"*2\rx$3\r\nGET\r\n$1\r\nk\r\n", [b"GET", b"k"]),
+        (b"*2\r\n$3\ryGET\r\n$1\r\nk\r\n", [b"GET", b"k"]),
+        (b"*-1\r\n*1\r\n$4\r\nPING\r\n", [b"PING"]),
+        (b"*0\r\n*1\r\n$4\r\nPING\r\n", [b"PING"]),
+    ],
+)
+def test_accepted_forms_are_forwarded_canonical(data: bytes, args: list[bytes]) -> None:
+    for cut in range(1, len(data) + 1):
+        requests, raws = feed_in_chunks(data, [cut] if cut < len(data) else [])
+        assert requests == [args], cut
+        assert raws == [encode_request(args)], cut
+
+
+# -- before AUTH: Redis's limits, one request at a time ----------------------------------------
+def test_unauthenticated_limits() -> None:
+    reader = RequestReader()
+    reader.authed = False
+    with pytest.raises(ProtocolError, match="unauthenticated multibulk length"):
+        reader.feed(encode_request([b"MGET", *[b"k"] * 10]))
+    reader = RequestReader()
+    reader.authed = False
+    assert reader.feed(encode_request([b"AUTH", *[b"p"] * 9])) == [[b"AUTH", *[b"p"] * 9]]
+    with pytest.raises(ProtocolError, match="unauthenticated bulk length"):
+        reader.feed(b"*2\r\n$3\r\nSET\r\n$16385\r\n")
+    reader = RequestReader()
+    reader.authed = False
+    assert reader.feed(encode_request([b"SET", b"k" * 16384])) == [[b"SET", b"k" * 16384]]
+
+
+def test_unauthenticated_reader_hands_out_one_request_per_feed() -> None:
+    # AUTH, then a request too big before AUTH, in one read: parsed after AUTH has run.
+    big = encode_request([b"MGET", *[b"k%d" % i for i in range(50)]])
+    reader = RequestReader()
+    reader.authed = False
+    assert reader.feed(encode_request([b"AUTH", b"pw"]) + big + b"PING\r\n") == [[b"AUTH", b"pw"]]
+    assert reader.has_buffered()
+    reader.authed = True
+    assert reader.feed(b"") == [[b"MGET", *[b"k%d" % i for i in range(50)]], [b"PING"]]
+    assert reader.raws[0] == big
+    assert not reader.has_buffered()
+
+
+# -- linear in the bytes received --------------------------------------------------------------
+def test_a_huge_request_in_small_reads_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import proxy.request as request
+
+    calls = 0
+    real = request.strict_int
+
+    def counting(text: bytes) -> int | None:
+        nonlocal calls
+        calls += 1
+        return real(text)
+
+    monkeypatch.setattr(request, "strict_int", counting)
+    keys = [b"key:%d" % i for i in range(100_000)]
+    data = encode_request([b"MGET", *keys])
+    reader = RequestReader()
+    got: list[list[bytes]] = []
+    held = []
+    for at in range(0, len(data), 4096):
+        got += reader.feed(data[at : at + 4096])
+        held.append(reader.buffered_bytes())
+    assert got == [[b"MGET", *keys]]
+    assert reader.raws == [data]  # the last feed completed it: re-encoded, canonical
+    # Each header was read once: no re-parsing of the partial request from its start.
+    assert calls == 1 + 1 + len(keys)
+    assert max(held) < len(data)  # holds the arguments, not a growing copy of the input
+    assert reader.buffered_bytes() == 0
+
+
+def test_a_big_value_in_small_reads() -> None:
+    value = bytes(range(256)) * 4096  # 1 MiB holding CR, LF and headers
+    data = encode_request([b"SET", b"k", value]) + encode_request([b"GET", b"k"])
+    requests, raws = feed_in_chunks(data, list(range(1000, len(data), 65536)))
+    assert requests == [[b"SET", b"k", value], [b"GET", b"k"]]
+    assert b"".join(raws) == data
+
+
+def test_a_header_dripped_byte_by_byte() -> None:
+    data = encode_request([b"GET", b"k" * 20]) + b"PING\r\n"
+    requests, raws = feed_in_chunks(data, list(range(1, len(data))))
+    assert requests == [[b"GET", b"k" * 20], [b"PING"]]
+    assert b"".join(raws) == encode_request([b"GET", b"k" * 20]) + encode_request([b"PING"])
