@@ -43,6 +43,8 @@ _SINGLE = Kind.SINGLE
 _Known = tuple[int, int, int, CommandStats | None]
 _NOT_FAST: _Known = (0, 1, 0, None)  # no argument count fits
 _PRE_AUTH = frozenset({"auth", "hello", "quit", "reset"})
+_FIRST_REPLY_EST = 65536.0  # bytes: a new client's replies are taken to be big until seen
+_EST_DECAY = 0.9  # per flush: how fast the reply size estimate forgets a big reply
 
 
 class ClientHost(ServerView, Protocol):
@@ -73,7 +75,17 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self._write_paused = False
         self._pending_paused = False
-        self._max_pending = host.client_config.max_pending_requests
+        self._throttled = False  # the proxy-wide memory guard stopped reading from this client
+        cfg = host.client_config
+        self._max_pending = cfg.max_pending_requests
+        # Memory budget: replies in the transport, answered in the queue and still in flight.
+        self._budget = cfg.max_output_buffer_bytes
+        # A running estimate of this client's reply size (bytes), the largest lately: requests
+        # in flight are capped at half the budget's worth of such replies (see _learn_replies).
+        # It starts high, so a client's first burst is bounded until its replies are seen.
+        self._reply_est = _FIRST_REPLY_EST
+        self._limit = 0  # requests in flight allowed now
+        self._learn_replies(0)
         # Cache of host.metrics.command_stats by command name (CommandSpec's own hash is slow).
         self._stats: dict[str, CommandStats] = {}
         # The fast path's view of each command name this client sent (see _learn).
@@ -98,7 +110,7 @@ class ClientConnection(asyncio.Protocol):
             transport.close()
             self.closed = True
             return
-        high = self.host.client_config.max_output_buffer_bytes
+        high = self._budget >> 2  # reading pauses here; the client is closed at the budget
         transport.set_write_buffer_limits(high=high, low=high // 2)
         self.host.clients.add(self)
 
@@ -144,7 +156,7 @@ class ClientConnection(asyncio.Protocol):
                     router.fast
                     and lowest <= len(args) <= highest
                     and self.session.direct
-                    and len(pending) < self._max_pending
+                    and len(pending) < self._limit
                     and not self._write_paused
                 ):
                     self.last_active = now = perf_counter()
@@ -192,7 +204,7 @@ class ClientConnection(asyncio.Protocol):
         fast = router.fast and session.direct
         route_backends = router.route_backends
         node_for = router.node_for
-        limit = self._max_pending
+        limit = self._limit
         self.last_active = now = perf_counter()  # the requests of one read arrived together
         for i in range(start, len(requests)):
             if len(pending) >= limit or self._write_paused:
@@ -356,11 +368,18 @@ class ClientConnection(asyncio.Protocol):
         out: list[bytes] = []
         now = perf_counter()
         slow_s = self._slow_s
+        budget = self._budget
+        biggest = 0
         while pending:
             slot = pending[0]
             reply = slot.reply
             if reply is None:
                 break
+            size = len(reply)
+            if size > biggest:
+                biggest = size
+            if size > budget:
+                reply = errors.reply_over_budget(size)
             out.append(reply)
             pending.popleft()
             stats = slot.stats
@@ -375,20 +394,68 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self._learn_replies(biggest)
+        if transport.get_write_buffer_size() > self._budget:
+            self._over_budget(transport)
+            return
         if self.session.closing and not pending and self._backlog is None:
             transport.close()
             self.closed = True
-        elif (
-            self._pending_paused
-            and not self._write_paused
-            and len(pending) <= self._max_pending // 2
-        ):
+        elif self._pending_paused and not self._write_paused and len(pending) <= self._limit // 2:
             if self._backlog is not None:
                 # Next loop iteration: no recursion however long the backlog of local replies.
                 asyncio.get_running_loop().call_soon(self._resume_backlog)
             else:
                 self._pending_paused = False
                 self._update_reading()
+
+    def _learn_replies(self, biggest: int) -> None:
+        """Fold the biggest reply of a flush into the estimate; cap requests in flight so that
+        their replies fit in half the budget (the other half: the transport's buffer)."""
+        est = self._reply_est * _EST_DECAY
+        if biggest > est:
+            est = biggest
+        self._reply_est = est
+        self._limit = max(1, min(self._max_pending, int((self._budget >> 1) / (est + 64))))
+
+    # -- the proxy-wide memory guard (proxy.memory.Holder) ----------------------------------
+    def held_bytes(self) -> int:
+        """What this client makes the proxy hold: unread replies in its transport, requests
+        not yet complete, and replies owed (at the estimated size of its replies)."""
+        transport = self.transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        return buffered + self.reader.buffered_bytes() + int(len(self.pending) * self._reply_est)
+
+    def throttle(self, on: bool) -> None:
+        self._throttled = on
+        self._update_reading()
+
+    def evict(self, reason: str) -> None:
+        self.host.metrics.client_errors_total.labels("memory").inc()
+        log.warning("client %d %s closed: %s", self.client_id, self.session.peer, reason)
+        self._abort()
+
+    def _over_budget(self, transport: asyncio.Transport) -> None:
+        """The client holds more than its budget of replies it does not read: close it, as
+        Redis does past client-output-buffer-limit, and drop what is still owed to it."""
+        self.host.metrics.client_errors_total.labels("memory").inc()
+        log.warning(
+            "client %d %s closed: %d bytes of replies unread, over its budget of %d bytes "
+            "(client.max_output_buffer_bytes)",
+            self.client_id,
+            self.session.peer,
+            transport.get_write_buffer_size(),
+            self._budget,
+        )
+        self._abort()
+
+    def _abort(self) -> None:
+        """Close at once, dropping the replies owed (they are discarded as they arrive)."""
+        self.closed = True
+        self.pending.clear()
+        self._backlog = None
+        if self.transport is not None:
+            self.transport.abort()
 
     def _resume_backlog(self) -> None:
         backlog = self._backlog
@@ -414,7 +481,12 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if self._write_paused or self._pending_paused or self._backlog is not None:
+        if (
+            self._write_paused
+            or self._pending_paused
+            or self._throttled
+            or self._backlog is not None
+        ):
             transport.pause_reading()
         else:
             transport.resume_reading()

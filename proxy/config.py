@@ -106,7 +106,12 @@ class ClientConfig:
     password: str | None = None  # clients must AUTH when set
     max_connections: int = 10000  # accepted client connections, per proxy process
     max_pending_requests: int = 10000  # per client; reading pauses beyond this
-    max_output_buffer_bytes: int = 64 * MIB  # per client; the client is closed beyond this
+    # Per client: replies unread, queued and in flight; reading pauses at a quarter of it, and
+    # requests in flight are capped at half of it; a client that holds more is closed.
+    max_output_buffer_bytes: int = 64 * MIB
+    # All clients together (sized for a 1 GB container): past it, the clients that hold the
+    # most stop being read, and then the biggest is closed.
+    max_memory_bytes: int = 768 * MIB
     idle_timeout_s: float = 0.0  # close idle clients after this; 0 = never
 
 
@@ -278,6 +283,7 @@ _CLIENT_RULES: Final[dict[str, _Rule]] = {
     "max_connections": _int(1),
     "max_pending_requests": _int(1),
     "max_output_buffer_bytes": _int(1),
+    "max_memory_bytes": _int(1),
     "idle_timeout_s": _float(0),
 }
 _BACKEND_RULES: Final[dict[str, _Rule]] = {

@@ -71,6 +71,13 @@ def watch_in_multi() -> bytes:
     return _err("ERR WATCH inside MULTI is not allowed")
 
 
+def reply_over_budget(size: int) -> bytes:
+    return _err(
+        f"ERR reply of {size} bytes is over this client's memory budget; raise "
+        "client.max_output_buffer_bytes in the proxy config, or ask for less at once"
+    )
+
+
 def flush_disabled(command: str) -> bytes:
     return _err(f"ERR '{command}' is disabled; set allow_flush: true in the proxy config")
 

@@ -29,7 +29,7 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-CLIENT_ERROR_KINDS = ("protocol", "auth", "limit")
+CLIENT_ERROR_KINDS = ("protocol", "auth", "limit", "memory")
 BACKEND_ERROR_KINDS = ("timeout", "connection", "reply")
 
 
@@ -141,6 +141,8 @@ JOB_FAMILIES = frozenset(
 GAUGE_MODES: dict[str, str] = {
     "shardproxy_client_connections": "livesum",
     "shardproxy_backend_inflight": "livesum",
+    "shardproxy_client_memory_bytes": "livesum",
+    "shardproxy_clients_throttled": "livesum",
     "shardproxy_backend_up": "livemin",  # down when any worker cannot reach it
     "shardproxy_migration_phase": "livemax",
     "shardproxy_backfill_progress_ratio": "livemax",
@@ -186,12 +188,22 @@ class ProxyMetrics:
         )
         self.client_errors_total = Counter(
             "shardproxy_client_errors_total",
-            "Client errors by kind (protocol, auth, limit)",
+            "Client errors by kind (protocol, auth, limit, memory)",
             ["kind"],
             registry=r,
         )
         for kind in CLIENT_ERROR_KINDS:
             self.client_errors_total.labels(kind)
+        self.client_memory_bytes = Gauge(
+            "shardproxy_client_memory_bytes",
+            "Bytes that clients make the proxy hold: unread and owed replies, partial requests",
+            registry=r,
+        )
+        self.clients_throttled = Gauge(
+            "shardproxy_clients_throttled",
+            "Clients not read from because all clients hold more than client.max_memory_bytes",
+            registry=r,
+        )
         config = ConfigMetrics(r)
         self.config_generation = config.generation
         self.config_reloads_total = config.reloads_total

@@ -23,6 +23,7 @@ from proxy.client import ClientConnection
 from proxy.config import ProxyConfig, config_hash, load_config
 from proxy.fence import MigrationState
 from proxy.local import server_section
+from proxy.memory import MemoryGuard
 from proxy.metrics import BackendRow, ProxyMetrics
 from proxy.phaserunner import PhaseRunner
 from proxy.pool import BackendPool, Router
@@ -76,6 +77,13 @@ class ProxyServer:
         self.client_config = config.client
         self.allow_flush = config.allow_flush
         self.slowlog_ms = config.slowlog_ms
+        self.memory = MemoryGuard(
+            self.clients, lambda: self.client_config.max_memory_bytes, self._on_memory_sweep
+        )
+
+    def _on_memory_sweep(self, held: int, throttled: int) -> None:
+        self.metrics.client_memory_bytes.set(held)
+        self.metrics.clients_throttled.set(throttled)
 
     # -- ClientHost ------------------------------------------------------------------------
     def next_client_id(self) -> int:
@@ -112,6 +120,7 @@ class ProxyServer:
             await self._admin.start()
         self._spawn(self._health_loop())
         self._spawn(self._idle_loop())
+        self._spawn(self.memory.run())
         self._on_topology()
         if self.watch and self.config_path is not None and self.role is None:
             self._spawn(watch_config(self.config_path, self.current_hash, self.reload_from_file))

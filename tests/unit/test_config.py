@@ -84,6 +84,7 @@ def test_every_default() -> None:
         max_connections=10000,
         max_pending_requests=10000,
         max_output_buffer_bytes=64 * 1024 * 1024,
+        max_memory_bytes=768 * 1024 * 1024,
         idle_timeout_s=0.0,
     )
     assert config.backend == BackendConfig(
@@ -145,7 +146,7 @@ log_level: debug
 slowlog_ms: 2.5
 allow_flush: true
 client: {password: s3cret, max_connections: 5, max_pending_requests: 6,
-         max_output_buffer_bytes: 7, idle_timeout_s: 1.5}
+         max_output_buffer_bytes: 7, max_memory_bytes: 9, idle_timeout_s: 1.5}
 backend: {connect_timeout_ms: 10, command_timeout_ms: 20, username: u, password: pw,
           connections: 2, health_check_interval_ms: 30, failure_threshold: 4,
           retry_backoff_ms: 40, retry_backoff_max_ms: 50}
@@ -165,7 +166,7 @@ migration:
     assert (config.listen, config.admin) == (Address("0.0.0.0", 7000), Address("::1", 0))
     assert (config.workers, config.log_format, config.log_level) == (4, "json", "debug")
     assert (config.slowlog_ms, config.allow_flush) == (2.5, True)
-    assert config.client == ClientConfig("s3cret", 5, 6, 7, 1.5)
+    assert config.client == ClientConfig("s3cret", 5, 6, 7, 9, 1.5)
     assert config.backend == BackendConfig(10, 20, "u", "pw", 2, 30, 4, 40, 50)
     old, new = config.pool("old"), config.pool("new")
     assert (old.hash, old.distribution, old.hash_tag) == ("md5", "modula", "")
