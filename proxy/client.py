@@ -52,6 +52,7 @@ class ClientHost(ServerView, Protocol):
 
     router: Router
     client_config: ClientConfig
+    max_clients: int  # client_config.max_connections, lowered to fit the open files limit
     allow_flush: bool
     slowlog_ms: float
     clients: set[ClientConnection]
@@ -103,8 +104,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.session.peer = f"{peer[0]}:{peer[1]}"
-        limit = self.host.client_config.max_connections
-        if len(self.host.clients) >= limit:
+        if len(self.host.clients) >= self.host.max_clients:
             self.host.metrics.client_errors_total.labels("limit").inc()
             transport.write(errors.max_clients())
             transport.close()

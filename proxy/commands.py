@@ -35,6 +35,7 @@ class Merge(enum.Enum):
     SCAN = "scan"  # SCAN: one backend at a time, the cursor encodes which
     FIRST = "first"  # SCRIPT LOAD: every backend answers the same, keep the first
     ALL = "all"  # SCRIPT EXISTS: per position, 1 only if every backend has it
+    KILL = "kill"  # SCRIPT KILL, FUNCTION KILL: +OK if any backend stopped one, else its error
 
 
 _SINGLE = Kind.SINGLE  # Enum attribute access costs ~100 ns on 3.11; this runs per request
@@ -56,6 +57,9 @@ FANOUT_MERGES: Mapping[str, Merge] = {
     "script|load": Merge.FIRST,  # same sha on every backend, so EVALSHA works on any of them
     "script|exists": Merge.ALL,
     "script|flush": Merge.OK,
+    # Each on a connection of its own (Backend.send_alone), not behind the script it stops.
+    "script|kill": Merge.KILL,
+    "function|kill": Merge.KILL,
     "flushdb": Merge.OK,
     "flushall": Merge.OK,
 }

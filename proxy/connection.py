@@ -4,6 +4,8 @@ Many clients' requests share a connection; replies are matched to requests by po
 of reply slots), so a connection that loses its place (timeout, reset) fails every pending slot
 with an error naming the backend, and its Backend replaces it. Writes made during one event-loop
 iteration are coalesced into one send, made one loop iteration later still (see _flush_soon).
+A connection stalled behind a long script is not failed while the backend answers a probe with
+`-BUSY`: it turns `busy` (new requests go to a replacement) and retires once it is answered.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Protocol, cast
 from proxy import errors
 from proxy.config import BackendConfig
 from proxy.metrics import LATENCY_BUCKETS_S, BackendStats, CommandStats
-from proxy.probe import auth_command
+from proxy.probe import BUSY_PREFIX, ProbeOutcome, auth_command
 from proxy.resp import ReplyScanner, encode_request
 
 _READ_BYTES = 256 * 1024  # a backend connection's read buffer (uvloop reads this much)
@@ -65,7 +67,12 @@ class _Handshake:
         self.dirty = False
         for slot in self.slots:
             reply = slot.reply
-            if reply is not None and reply[:1] in (b"-", b"!"):
+            # CLIENT SETNAME is refused with -BUSY while a script runs: the name is cosmetic.
+            if (
+                reply is not None
+                and reply[:1] in (b"-", b"!")
+                and not reply.startswith(BUSY_PREFIX)
+            ):
                 text = reply[1:].strip().decode(errors="replace")
                 self.conn.fail(f"handshake refused: {text}")
                 return
@@ -109,6 +116,11 @@ class BackendConnection(asyncio.BufferedProtocol):
         self._into_room = False  # the read in progress goes to scanner.room()
         self.closed = False
         self.ready = False
+        # Stalled behind a script the backend reports -BUSY for: takes no new requests and
+        # closes once its pending replies are in (the Backend opened a replacement).
+        self.busy = False
+        self._probing = False  # a busy check (Backend.check_stalled) is under way
+        self._grace = False  # the last check found the backend answering: fail if still stalled
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
         self._progress = 0  # reads so far: a stall detector, not a count of replies
@@ -225,6 +237,8 @@ class BackendConnection(asyncio.BufferedProtocol):
         latency.total += total
         for owner in touched:
             owner.flush()
+        if self.busy and not pending:
+            self._retire()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(f"connection lost ({exc})" if exc else "connection closed by backend")
@@ -240,8 +254,9 @@ class BackendConnection(asyncio.BufferedProtocol):
         self.ready = True
         self.backend.on_connection_ready(self)
 
-    def fail(self, reason: str, reply: bytes | None = None) -> None:
-        """Close and answer every pending slot with an error naming the backend."""
+    def fail(self, reason: str, reply: bytes | None = None, down: bool = True) -> None:
+        """Close and answer every pending slot with an error naming the backend; `down`
+        False: the failure is the proxy's own (out of file descriptors), not the backend's."""
         if self.closed:
             return
         self.closed = True
@@ -253,9 +268,10 @@ class BackendConnection(asyncio.BufferedProtocol):
         backend = self.backend
         if reply is None:
             reply = errors.backend_unavailable(backend.name, backend.addr, reason)
-        if reason == "timeout":
+        # A failure of the proxy's own (down False) is counted by the Backend (stats.local).
+        if down and reason == "timeout":
             backend.stats.timeout += 1
-        elif reason != "backend removed from the configuration":
+        elif down and reason != "backend removed from the configuration":
             backend.stats.connection += 1
         pending, self.pending = self.pending, deque()
         self.out = []
@@ -265,12 +281,22 @@ class BackendConnection(asyncio.BufferedProtocol):
             if not slot.owner.dirty:
                 slot.owner.dirty = True
                 touched.append(slot.owner)
-        backend.on_connection_failed(self, reason)
+        backend.on_connection_failed(self, reason, down)
         for owner in touched:
             owner.flush()
 
     def close(self) -> None:
         self.fail("backend removed from the configuration")
+
+    def _retire(self) -> None:
+        """A busy connection whose replies are all in: close it quietly (it is replaced)."""
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.close()
+        self.backend.on_connection_retired(self)
 
     def _arm_timer(self) -> None:
         timeout_s = self.backend.config.command_timeout_ms / 1000
@@ -286,13 +312,42 @@ class BackendConnection(asyncio.BufferedProtocol):
         if self._progress != self._progress_seen:
             self._progress_seen = self._progress
             self._stall_since = now
+            self._grace = False
         cfg = self.backend.config
         limit_ms = cfg.command_timeout_ms if self.ready else cfg.connect_timeout_ms
         if (now - self._stall_since) * 1000 >= limit_ms:
-            backend = self.backend
-            self.fail("timeout", errors.backend_timeout(backend.name, backend.addr, limit_ms))
-            return
+            # Connected but not ready may also be a script: the handshake's replies wait in
+            # Redis's output buffer while a script sent in the same write runs.
+            if self.transport is None or self._grace:
+                self._fail_timeout(limit_ms)
+                return
+            if not self._probing:  # is the backend busy with a script? (on_busy_check)
+                self._probing = True
+                self.backend.check_stalled(self)
         self._arm_timer()
+
+    def _fail_timeout(self, limit_ms: int) -> None:
+        backend = self.backend
+        self.fail("timeout", errors.backend_timeout(backend.name, backend.addr, limit_ms))
+
+    def on_busy_check(self, outcome: ProbeOutcome) -> None:
+        """The answer of a fresh connection's PING to the backend this connection stalls on."""
+        self._probing = False
+        if self.closed:
+            return
+        if outcome is ProbeOutcome.BUSY:
+            # Alive, running a script: keep waiting (its replies come when it ends or is
+            # killed), re-checked after another command_timeout_ms without a reply.
+            self._stall_since = self._loop.time()
+            if not self.busy:
+                self.busy = True
+                self.backend.on_connection_busy(self)
+        elif outcome is ProbeOutcome.DOWN:
+            self._fail_timeout(self.backend.config.command_timeout_ms)
+        elif self._progress == self._progress_seen:
+            # Answered (or the proxy could not tell): fail on the next check without progress,
+            # so replies already on their way are not mistaken for a stall.
+            self._grace = True
 
 
 class ConnectionHost(Protocol):
@@ -305,4 +360,10 @@ class ConnectionHost(Protocol):
 
     def on_connection_ready(self, conn: BackendConnection) -> None: ...
 
-    def on_connection_failed(self, conn: BackendConnection, reason: str) -> None: ...
+    def on_connection_failed(self, conn: BackendConnection, reason: str, down: bool) -> None: ...
+
+    def on_connection_busy(self, conn: BackendConnection) -> None: ...
+
+    def on_connection_retired(self, conn: BackendConnection) -> None: ...
+
+    def check_stalled(self, conn: BackendConnection) -> None: ...

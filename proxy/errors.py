@@ -27,6 +27,18 @@ def backend_timeout(name: str, addr: str, timeout_ms: int) -> bytes:
     return _err(f"ERR backend {name} ({addr}) timed out after {timeout_ms} ms")
 
 
+def local_resources(name: str, addr: str, reason: str) -> bytes:
+    return _err(
+        f"ERR shardproxy could not open a connection to backend {name} ({addr}): {reason} "
+        "(the proxy's own limit, not the backend's)"
+    )
+
+
+def notbusy() -> bytes:
+    """Redis's reply to SCRIPT KILL / FUNCTION KILL when no backend runs a script."""
+    return _err("NOTBUSY No scripts in execution right now.")
+
+
 def cross_backend(command: str) -> bytes:
     return _err(
         f"CROSSSLOT keys in '{command}' map to different backends; put them on one backend "

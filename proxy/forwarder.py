@@ -6,6 +6,7 @@ replies (routing.merge_replies) into the parent slot, which sits in the client's
 
 from __future__ import annotations
 
+from proxy.commands import Merge
 from proxy.connection import Slot
 from proxy.local import ServerView, encode_info, info_body, sum_keyspace
 from proxy.pool import Router
@@ -50,8 +51,12 @@ def send_plan(plan: Plan, router: Router, slot: Slot, proto: int, client_id: int
         backends[fragment.addr].send(proto, client_id, encode_request(fragment.args), slot)
         return
     gather = Gather(slot, plan, proto == 3)
+    alone = plan.merge is Merge.KILL  # not queued behind the script it is meant to stop
     for fragment, child in zip(fragments, gather.children, strict=True):
-        backends[fragment.addr].send(proto, client_id, encode_request(fragment.args), child)
+        if alone:
+            backends[fragment.addr].send_alone(fragment.args, child)
+        else:
+            backends[fragment.addr].send(proto, client_id, encode_request(fragment.args), child)
     if all(c.reply is not None for c in gather.children):
         # Every backend was down: answered already; merge now (the client flushes after).
         gather.parent.reply = merge_replies(

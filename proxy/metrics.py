@@ -96,6 +96,8 @@ class BackendStats:
     timeout: int = 0
     connection: int = 0
     reply: int = 0  # error replies (-ERR, -WRONGTYPE...) the backend sent
+    busy: int = 0  # stalled connections found busy with a script (-BUSY), kept instead of failed
+    local: int = 0  # connections or probes the proxy could not open itself (EMFILE, ENFILE...)
 
     @classmethod
     def new(cls) -> BackendStats:
@@ -140,6 +142,7 @@ JOB_FAMILIES = frozenset(
 )
 GAUGE_MODES: dict[str, str] = {
     "shardproxy_client_connections": "livesum",
+    "shardproxy_client_max_connections": "livesum",
     "shardproxy_backend_inflight": "livesum",
     "shardproxy_client_memory_bytes": "livesum",
     "shardproxy_clients_throttled": "livesum",
@@ -185,6 +188,12 @@ class ProxyMetrics:
         r = self.registry
         self.client_connections_total = Counter(
             "shardproxy_client_connections_total", "Client connections accepted", registry=r
+        )
+        self.max_clients = Gauge(
+            "shardproxy_client_max_connections",
+            "Effective client connection limit: client.max_connections, lowered to fit the "
+            "file descriptor limit after the reserve for backend, probe and admin connections",
+            registry=r,
         )
         self.client_errors_total = Counter(
             "shardproxy_client_errors_total",
@@ -282,10 +291,23 @@ class _LiveCollector(Collector):
             "Backend errors by kind (timeout, connection, reply)",
             labels=["backend", "kind"],
         )
+        busy = CounterMetricFamily(
+            "shardproxy_backend_busy_events",
+            "Stalled backend connections found busy running a script (-BUSY), kept open",
+            labels=["backend"],
+        )
+        local = CounterMetricFamily(
+            "shardproxy_backend_local_resource_failures",
+            "Connections or health checks to a backend the proxy could not open for lack of its "
+            "own resources (EMFILE, ENFILE, ENOBUFS, ENOMEM); the backend's state is kept",
+            labels=["backend"],
+        )
         for name, is_up, pending, stats in self.backends():
             up.add_metric([name], 1 if is_up else 0)
             inflight.add_metric([name], pending)
             latency.add_metric([name], stats.latency.cumulative(), stats.latency.total)
             for kind in BACKEND_ERROR_KINDS:
                 errors.add_metric([name, kind], getattr(stats, kind))
-        yield from (up, inflight, latency, errors)
+            busy.add_metric([name], stats.busy)
+            local.add_metric([name], stats.local)
+        yield from (up, inflight, latency, errors, busy, local)

@@ -108,6 +108,8 @@ def merge_replies(plan: Plan, replies: Sequence[bytes], resp3: bool) -> bytes:
     merge = plan.merge
     if merge is None:
         return replies[0]
+    if merge is Merge.KILL:
+        return _merge_kill(replies)
     for raw in replies:
         if raw[:1] in (b"-", b"!"):
             return raw  # the first error wins, as a failed single command would
@@ -129,6 +131,18 @@ def merge_replies(plan: Plan, replies: Sequence[bytes], resp3: bool) -> bytes:
     if merge is Merge.SCAN:
         return _merge_scan(plan, replies[0])
     raise AssertionError(f"unhandled merge {merge}")
+
+
+def _merge_kill(replies: Sequence[bytes]) -> bytes:
+    """+OK when any backend stopped its script; else the first error other than NOTBUSY (a
+    -BUSY naming the other KILL, -UNKILLABLE, a backend unavailable), as one Redis would
+    answer; else Redis's -NOTBUSY."""
+    if any(raw[:1] == b"+" for raw in replies):
+        return OK
+    for raw in replies:
+        if not raw.startswith(b"-NOTBUSY"):
+            return raw
+    return errors.notbusy()
 
 
 def _merge_values(plan: Plan, replies: Sequence[bytes]) -> bytes:
@@ -236,9 +250,10 @@ def _multi_secondary(
 def _fanout_migrating(
     spec: CommandSpec, args: list[bytes], read: PoolTopology, other: PoolTopology, write: bool
 ) -> Plan:
-    if not write and not spec.name.startswith("script|"):
+    if not write and not spec.name.startswith("script|") and spec.merge is not Merge.KILL:
         return plan_fanout(spec, args, read)  # DBSIZE KEYS SCAN: the pool that answers reads
-    # FLUSH* and SCRIPT LOAD/EXISTS/FLUSH: every server of both pools, so EVALSHA works on both.
+    # FLUSH* and SCRIPT LOAD/EXISTS/FLUSH: every server of both pools, so EVALSHA works on both;
+    # SCRIPT KILL and FUNCTION KILL too: a script may run on either pool.
     addrs = dict.fromkeys((*read.addrs, *other.addrs))
     return Plan(tuple(Fragment(a, args) for a in addrs), spec.merge)
 

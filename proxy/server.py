@@ -21,6 +21,7 @@ from proxy import __version__
 from proxy.admin import AdminServer
 from proxy.client import ClientConnection
 from proxy.config import ProxyConfig, config_hash, load_config
+from proxy.fdlimit import log_lowered, size_clients
 from proxy.fence import MigrationState
 from proxy.local import server_section
 from proxy.memory import MemoryGuard
@@ -75,6 +76,8 @@ class ProxyServer:
         self._reload_lock = asyncio.Lock()
         self.router: Router  # set by start()
         self.client_config = config.client
+        self.max_clients = config.client.max_connections  # sized to the fd limit by start()
+        self._sized = False
         self.allow_flush = config.allow_flush
         self.slowlog_ms = config.slowlog_ms
         self.memory = MemoryGuard(
@@ -101,6 +104,7 @@ class ProxyServer:
         self.router = self.pool.sync(topology, self.migration)
         self.metrics.config_generation.set(generation)
         self._apply_config_info()
+        self._size_clients()
         self.metrics.add_live_collector(
             lambda: len(self.clients), self._backend_rows, self.phases.collect
         )
@@ -239,6 +243,7 @@ class ProxyServer:
         self.client_config = config.client
         self.allow_flush = config.allow_flush
         self.slowlog_ms = config.slowlog_ms
+        self._size_clients()
         self.metrics.config_generation.set(generation)
         self.metrics.config_reloads_total.labels("ok").inc()
         self._apply_config_info()
@@ -265,6 +270,16 @@ class ProxyServer:
                 "generation": str(topology.generation),
             }
         )
+
+    def _size_clients(self) -> None:
+        """The client limit for the backends now in the pool (Redis's maxclients sizing)."""
+        wanted = self._config.client.max_connections
+        limit = size_clients(wanted, len(self.pool.backends), self._config.backend.connections)
+        if limit.max_clients != self.max_clients or not self._sized:
+            log_lowered(limit, wanted)
+        self._sized = True
+        self.max_clients = limit.max_clients
+        self.metrics.max_clients.set(limit.max_clients)
 
     def _on_topology(self) -> None:
         """Start or stop the phase's background work (backfill, repairs) for the new router."""
@@ -309,7 +324,13 @@ class ProxyServer:
         topology = self.router.topology
         return [
             ("Server", server_section(self.started)),
-            ("Clients", [("connected_clients", str(len(self.clients)))]),
+            (
+                "Clients",
+                [
+                    ("connected_clients", str(len(self.clients))),
+                    ("maxclients", str(self.max_clients)),
+                ],
+            ),
             (
                 "Proxy",
                 [
@@ -343,6 +364,7 @@ class ProxyServer:
             "migration": {"to": migration.to, "phase": migration.phase} if migration else None,
             "backfill": self.phases.backfill_status(),
             "clients": len(self.clients),
+            "max_clients": self.max_clients,
             "backends": [
                 {
                     "name": b.name,
@@ -358,6 +380,8 @@ class ProxyServer:
                         "connection": b.stats.connection,
                         "reply": b.stats.reply,
                     },
+                    "busy_events": b.stats.busy,
+                    "local_resource_failures": b.stats.local,
                 }
                 for b in self.pool.backends.values()
             ],

@@ -93,7 +93,8 @@ DOCUMENTED = {
     Kind.SAME_BACKEND: "rename smove lmove sinterstore zunionstore bitop pfmerge copy msetnx eval "
     "evalsha eval_ro fcall fcall_ro sort sort_ro georadius georadiusbymember xread xreadgroup "
     "lmpop zmpop sintercard lcs",
-    Kind.FANOUT: "dbsize keys scan script|load script|exists script|flush flushdb flushall",
+    Kind.FANOUT: "dbsize keys scan script|load script|exists script|flush script|kill "
+    "function|kill flushdb flushall",
     Kind.LOCAL: "ping echo quit select hello auth command command|info command|count "
     "command|getkeys command|docs info client|setname client|getname client|id client|info "
     "reset time",
@@ -104,7 +105,7 @@ DOCUMENTED = {
     "cluster|nodes module|load save bgsave bgrewriteaof monitor sync psync migrate acl|setuser "
     "acl|whoami failover latency|latest slowlog|get client|kill client|list client|tracking "
     "client|pause client|reply swapdb move wait randomkey lastsave role function|load "
-    "function|list function|flush script|kill script|debug object|help readonly readwrite "
+    "function|list function|flush script|debug object|help readonly readwrite "
     "asking restore-asking pfdebug lolwut",
 }
 
@@ -142,6 +143,8 @@ def test_multi_merges_and_steps(name: str, merge: Merge, step: int) -> None:
         ("script|load", Merge.FIRST),
         ("script|exists", Merge.ALL),
         ("script|flush", Merge.OK),
+        ("script|kill", Merge.KILL),
+        ("function|kill", Merge.KILL),
         ("flushdb", Merge.OK),
         ("flushall", Merge.OK),
     ],
