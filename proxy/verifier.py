@@ -31,6 +31,7 @@ from proxy.topology import PoolTopology
 __all__ = ["Snapshot", "Verifier", "VerifyReport", "content_equal", "read_value"]
 
 MAX_SAMPLES: Final = 10
+SAMPLE_TRIES: Final = 4  # RANDOMKEY calls per wanted key: most keys of a pool do not move
 RECHECK_PAUSE_S: Final = 0.2  # long enough for a double-written command to reach both pools
 
 # The full read of each type; the reply becomes a value compared with ==.
@@ -168,6 +169,31 @@ class Verifier:
         for addr in dict.fromkeys(self.target.addrs):
             async for _, keys in scan_keys(self.ex, addr, self.scan_count):
                 await self._check_target_page(addr, keys)
+        return self.report
+
+    async def sample(self, limit: int) -> VerifyReport:
+        """Compare up to `limit` moved keys picked at random (RANDOMKEY on each source server),
+        so a backfill stopped half-way shows wherever its SCAN got to; no repair."""
+        addrs = list(dict.fromkeys(self.source.addrs))
+        per_server = -(-limit // len(addrs))
+        moves: list[tuple[bytes, str, str]] = []
+        for addr in addrs:
+            picks = await asyncio.gather(
+                *(self.ex.call(addr, [b"RANDOMKEY"]) for _ in range(per_server * SAMPLE_TRIES))
+            )
+            found: dict[bytes, tuple[bytes, str, str]] = {}
+            for raw in picks:
+                key = parse(raw, addr)
+                if (
+                    isinstance(key, bytes)
+                    and not is_reserved(key)
+                    and self.source.addr_for(key) == addr
+                    and (dst := self.target.addr_for(key)) != addr
+                ):
+                    found.setdefault(key, (key, addr, dst))
+            moves += list(found.values())[:per_server]
+        self.report.checked += len(moves)
+        await self._settle(moves)
         return self.report
 
     async def _check_source_page(self, addr: str, keys: list[bytes]) -> None:
