@@ -16,8 +16,8 @@ import redis
 from proxy.commands import lookup
 from proxy.migration import RESERVED_PREFIX
 from tests.integration.wire import Err, RespConn, encode
-from tests.proxyrunner import ProxyThread, proxy_for
-from tests.support import RedisServer
+from tests.proxyrunner import ProxyThread, proxy_for, running_proxy, simple_config
+from tests.support import RedisServer, free_port
 
 GATE = b"__shardproxy:0123456789ab:gate"
 LEASE = b"__shardproxy:0123456789ab:lease"
@@ -154,3 +154,27 @@ def test_keys_and_scan_never_show_reserved_keys(
         assert set(c3.keys(b"*")) == plain
         assert set(c3.scan_iter(count=2)) == plain
     assert len(reserved_on_backends(backends3)) == 5
+
+
+def test_a_reserved_key_is_refused_during_a_migration(backends3: list[RedisServer]) -> None:
+    """In a migration phase every request takes dualwrite.dispatch_migrating: refused before."""
+    addrs = [b.addr for b in backends3]
+    migration = (
+        "  new:\n    servers:\n"
+        + "".join(f"      - {a}:1 n{i}\n" for i, a in enumerate(addrs))
+        + "route: main\nmigration:\n  to: new\n  phase: double-write\n"
+    )
+    text = simple_config(addrs[:2], free_port(), free_port()) + migration
+    with running_proxy(text) as proxy:
+        assert proxy.call(_phase(proxy)) == "double-write"
+        with RespConn(proxy.port) as conn:
+            commands = [["SET", FORGED, "v"], ["GET", GATE], ["SET", "plain:1", "v"]]
+            conn.send(b"".join(encode(c) for c in commands))
+            replies = [conn.read_reply()[1] for _ in commands]
+        assert [isinstance(r, Err) and "reserved" in r.text for r in replies] == [True, True, False]
+    assert_untouched(backends3)
+
+
+async def _phase(proxy: ProxyThread) -> str:
+    assert proxy.server is not None
+    return str(proxy.server.status()["phase"])
