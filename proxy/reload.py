@@ -19,7 +19,7 @@ import watchfiles
 
 from proxy.config import ConfigError, ProxyConfig, config_hash, parse_config
 from proxy.migration import ActiveMigration, active_migration, check_step, gate_reason, needs_gate
-from proxy.migrator import Executor, read_gate
+from proxy.migrator import NO_FENCE, Executor, Fence, read_gate
 from proxy.pool import BackendPool
 from proxy.verifier import Verifier
 
@@ -41,6 +41,7 @@ async def validate_reload(
     *,
     workers_override: int | None = None,
     check_gate: bool = True,
+    fence: Fence = NO_FENCE,
 ) -> Accepted | str:
     """The new config when it may replace `old`, else the reason it may not.
 
@@ -69,13 +70,13 @@ async def validate_reload(
                 "failed are still waiting for repair on this proxy "
                 "(set migration.force: true to override)"
             )
-        reason = await _gate_problem(new, pool)
+        reason = await _gate_problem(new, pool, fence)
         if reason:
             return reason
     return Accepted(new, text)
 
 
-async def _gate_problem(new: ProxyConfig, pool: BackendPool) -> str:
+async def _gate_problem(new: ProxyConfig, pool: BackendPool, fence: Fence) -> str:
     """Why the gate stays shut: it is missing, unsigned or badly signed, reports mismatches, or
     a random sample of moved keys differs between source and target now."""
     migration = active_migration(new)
@@ -85,13 +86,13 @@ async def _gate_problem(new: ProxyConfig, pool: BackendPool) -> str:
         gate = await read_gate(ex, migration.target, migration.mid)
     except Exception as exc:  # the gate's home is down or unreadable: refuse, explain
         return f"backfill -> cut-read is gated and the gate could not be read: {exc}"
-    reason = gate_reason(gate, migration.seal) or await _sample_problem(ex, migration)
+    reason = gate_reason(gate, migration.seal) or await _sample_problem(ex, migration, fence)
     if reason:
         return f"backfill -> cut-read is gated: {reason} (set migration.force: true to override)"
     return ""
 
 
-async def _sample_problem(ex: Executor, migration: ActiveMigration) -> str | None:
+async def _sample_problem(ex: Executor, migration: ActiveMigration, fence: Fence) -> str | None:
     """A gate can be written by anyone who can write a key on the target pool (a client's EVAL
     can): before reads move, re-compare a random sample of moved keys, source vs target."""
     settings = migration.settings
@@ -100,6 +101,7 @@ async def _sample_problem(ex: Executor, migration: ActiveMigration) -> str | Non
         migration.source,
         migration.target,
         ttl_tolerance_ms=settings.verify_ttl_tolerance_ms,
+        fence=fence,
         concurrency=settings.backfill.batch_keys,
     )
     try:

@@ -173,7 +173,8 @@ class Verifier:
 
     async def sample(self, limit: int) -> VerifyReport:
         """Compare up to `limit` moved keys picked at random (RANDOMKEY on each source server),
-        so a backfill stopped half-way shows wherever its SCAN got to; no repair."""
+        so a backfill stopped half-way shows wherever its SCAN got to; no repair. A difference
+        counts only if it is still there when compared again under the fence."""
         addrs = list(dict.fromkeys(self.source.addrs))
         per_server = -(-limit // len(addrs))
         moves: list[tuple[bytes, str, str]] = []
@@ -193,8 +194,28 @@ class Verifier:
                     found.setdefault(key, (key, addr, dst))
             moves += list(found.values())[:per_server]
         self.report.checked += len(moves)
-        await self._settle(moves)
+        suspects = await self._compare(moves)
+        if suspects:  # a write may be between the pools: look again, under the fence
+            await asyncio.sleep(self.pause)
+            for (key, _, _), reason in await self._compare_fenced([m for m, _ in suspects]):
+                self._count(key, reason)
         return self.report
+
+    async def _compare_fenced(
+        self, moves: list[tuple[bytes, str, str]]
+    ) -> list[tuple[tuple[bytes, str, str], str]]:
+        """Compare each key while this proxy's writes to it wait and its earlier ones are done,
+        so a hot key written through this proxy compares equal when both pools agree."""
+
+        async def one(move: tuple[bytes, str, str]) -> list[tuple[tuple[bytes, str, str], str]]:
+            await self.fence.hold(move[0])
+            try:
+                return await self._compare([move])
+            finally:
+                self.fence.release(move[0])
+
+        found = await gather_bounded((one(m) for m in moves), self.concurrency)
+        return [item for items in found for item in items]
 
     async def _check_source_page(self, addr: str, keys: list[bytes]) -> None:
         """Moved keys this source server owns: compare with their target owner."""
