@@ -30,10 +30,11 @@ from proxy.dualwrite import dispatch_migrating
 from proxy.forwarder import send_info, send_plan
 from proxy.local import ServerView, Session, run_local, wants_keyspace
 from proxy.metrics import LATENCY_BUCKETS_S, CommandStats, ProxyMetrics
+from proxy.migration import RESERVED_PREFIX
 from proxy.pool import Router
 from proxy.request import RequestReader
 from proxy.resp import OK, ProtocolError, encode_request
-from proxy.routing import plan_fanout, plan_multi, plan_same_backend, same_backend_refusal
+from proxy.routing import plan_fanout, plan_multi, plan_same_backend, refusal_before_routing
 
 log = logging.getLogger("shardproxy.client")
 slow_log = logging.getLogger("shardproxy.slowlog")
@@ -158,6 +159,7 @@ class ClientConnection(asyncio.Protocol):
                     and self.session.direct
                     and len(pending) < self._limit
                     and not self._write_paused
+                    and not args[key].startswith(RESERVED_PREFIX)  # refused by _dispatch
                 ):
                     self.last_active = now = perf_counter()
                     slot = Slot(self, stats, now)
@@ -216,7 +218,11 @@ class ClientConnection(asyncio.Protocol):
             args = requests[i]
             entry = known.get(args[0]) or self._learn(args[0])
             key, lowest, highest, stats = entry
-            if fast and lowest <= len(args) <= highest:
+            if (
+                fast
+                and lowest <= len(args) <= highest
+                and not args[key].startswith(RESERVED_PREFIX)  # refused by _dispatch
+            ):
                 slot = Slot(self, stats, now)
                 pending.append(slot)
                 route_backends[node_for(args[key])].send(proto, cid, raws[i], slot)
@@ -274,6 +280,10 @@ class ClientConnection(asyncio.Protocol):
             if refusal is not None:
                 self._reject(refusal, spec.label)
                 return
+        refusal = refusal_before_routing(spec, args)
+        if refusal is not None:
+            self._reject(refusal, spec.label)
+            return
         stats = self._stats.get(spec.name) or self._new_stats(spec)
         slot = Slot(self, stats, perf_counter())
         self.pending.append(slot)
@@ -325,10 +335,6 @@ class ClientConnection(asyncio.Protocol):
             return errors.not_supported_yet(spec.name)
         if kind is Kind.DENIED:
             return errors.denied(spec.name)
-        if kind is Kind.SAME_BACKEND:
-            problem = same_backend_refusal(spec, args)
-            if problem is not None:
-                return problem
         if spec.needs_flush_permission and not self.host.allow_flush:
             return errors.flush_disabled(spec.name)
         if not router.fast:

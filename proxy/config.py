@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -144,6 +144,8 @@ class MigrationConfig:
     backfill: BackfillConfig = BackfillConfig()
     shadow_sample_ratio: float = 0.01  # share of reads shadow-compared on the other pool, 0..1
     verify_ttl_tolerance_ms: int = 2000  # TTL difference the verifier accepts
+    gate_secret: str | None = field(default=None, repr=False)  # HMAC key of the gate; see gate.py
+    gate_sample_keys: int = 256  # moved keys re-compared at backfill -> cut-read
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +320,8 @@ _MIGRATION_RULES: Final[dict[str, _Rule]] = {
     "force": _bool,
     "shadow_sample_ratio": _float(0, 1),
     "verify_ttl_tolerance_ms": _int(0),
+    "gate_secret": _secret,
+    "gate_sample_keys": _int(1),
 }
 
 

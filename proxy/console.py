@@ -157,7 +157,7 @@ def run_verify(config: ProxyConfig, repair: bool) -> int:
     for sample in report.samples:
         _say(f"  {sample}")
     if m.phase == "backfill":
-        _say(f"gate for cut-read: {gate_reason(gate) or 'open'}")
+        _say(f"gate for cut-read: {gate_reason(gate, m.seal) or 'open'}")
     return 0 if (report.remaining if repair else report.problems) == 0 else 1
 
 

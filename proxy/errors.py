@@ -145,6 +145,13 @@ def blocking_option(command: str) -> bytes:
     return _err(f"ERR '{command}' with BLOCK is not supported by shardproxy yet")
 
 
+def reserved_key(command: str) -> bytes:
+    return _err(
+        f"ERR '{command}' refused: keys under '__shardproxy:' are reserved for shardproxy's "
+        "own migration state"
+    )
+
+
 def internal(detail: str) -> bytes:
     return _err(f"ERR shardproxy internal error: {detail}")
 

@@ -1,9 +1,10 @@
 """Migration phases as a state machine, the reserved state keys, and how many keys a re-shard moves.
 
 Owns the table of legal phase steps on reload (DESIGN.md section 4), what each phase does with reads
-and writes, the identity of a migration (a hash of both pools' rings) and the names of its shared
-state keys, and the exact share of the hash space that changes owner between two rings. Pure: no
-I/O, no clock; the jobs that act on these rules live in proxy/migrator.py.
+and writes, the identity of a migration (a hash of both pools' rings), the names of its shared
+state keys, the seal of its gate (proxy/gate.py), and the exact share of the hash space that
+changes owner between two rings. Pure: no I/O, no clock; the jobs that act on these rules live in
+proxy/migrator.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from types import MappingProxyType
 from typing import Final
 
 from proxy.config import MigrationConfig, PoolConfig, ProxyConfig
+from proxy.gate import GateSeal, gate_key, gate_reason
 from proxy.hashing import RING_SIZE, Ring, ketama_label, ketama_points
 from proxy.topology import PoolTopology, build_pool
 
@@ -27,6 +29,7 @@ __all__ = [
     "RULES",
     "STEPS",
     "ActiveMigration",
+    "GateSeal",
     "PhaseRules",
     "active_migration",
     "check_step",
@@ -161,21 +164,6 @@ def needs_gate(old: ProxyConfig, new: ProxyConfig) -> bool:
         and new.migration is not None
         and not new.migration.force
     )
-
-
-def gate_reason(gate: Mapping[str, object] | None) -> str | None:
-    """None when the gate (read_gate's JSON) lets backfill -> cut-read through, else why not."""
-    if gate is None:
-        return "the backfill has not finished (no gate written on the target pool)"
-    if gate.get("backfill") != "done":
-        return f"the backfill is not done ({gate.get('backfill')!r})"
-    mismatches = gate.get("mismatches_after_repair")
-    if mismatches != 0:
-        return (
-            f"the verifier left {mismatches} mismatches after repair; run `shardproxy verify"
-            " --repair` or set migration.force: true"
-        )
-    return None
 
 
 def migration_id(source: PoolConfig, target: PoolConfig) -> str:
@@ -327,6 +315,7 @@ class ActiveMigration:
     source: PoolTopology  # the route pool: where the keys are now
     target: PoolTopology  # migration.to: where they go
     settings: MigrationConfig
+    seal: GateSeal  # signs the gate the backfill writes, checks the one a reload reads
 
 
 def active_migration(config: ProxyConfig) -> ActiveMigration | None:
@@ -334,10 +323,14 @@ def active_migration(config: ProxyConfig) -> ActiveMigration | None:
     if migration is None:
         return None
     source, target = config.pool(config.route), config.pool(migration.to)
+    mid = migration_id(source, target)
+    key = gate_key(migration.gate_secret, config.backend.password)
+    identity = json.dumps(_placement(target), separators=(",", ":"))
     return ActiveMigration(
-        mid=migration_id(source, target),
+        mid=mid,
         phase=migration.phase,
         source=build_pool(source),
         target=build_pool(target),
         settings=migration,
+        seal=GateSeal(mid, identity, key),
     )

@@ -395,7 +395,8 @@ class BackfillJob:
             "repaired": report.repaired,
             "owner": self.owner,
         }
-        await request(self.ex, self.home, b"SET", self.key("gate"), json.dumps(gate).encode())
+        sealed = json.dumps(self.m.seal.sign(gate)).encode()
+        await request(self.ex, self.home, b"SET", self.key("gate"), sealed)
         await self._publish("done")
         self.state, self.step = "done", ""
         log.info("backfill %s done: %s", self.mid, self.verify)

@@ -18,9 +18,10 @@ from dataclasses import dataclass, replace
 import watchfiles
 
 from proxy.config import ConfigError, ProxyConfig, config_hash, parse_config
-from proxy.migration import active_migration, check_step, gate_reason, needs_gate
-from proxy.migrator import Executor, read_gate
+from proxy.migration import ActiveMigration, active_migration, check_step, gate_reason, needs_gate
+from proxy.migrator import NO_FENCE, Executor, Fence, read_gate
 from proxy.pool import BackendPool
+from proxy.verifier import Verifier
 
 log = logging.getLogger("shardproxy.reload")
 
@@ -40,6 +41,7 @@ async def validate_reload(
     *,
     workers_override: int | None = None,
     check_gate: bool = True,
+    fence: Fence = NO_FENCE,
 ) -> Accepted | str:
     """The new config when it may replace `old`, else the reason it may not.
 
@@ -68,23 +70,52 @@ async def validate_reload(
                 "failed are still waiting for repair on this proxy "
                 "(set migration.force: true to override)"
             )
-        reason = await _gate_problem(new, pool)
+        reason = await _gate_problem(new, pool, fence)
         if reason:
             return reason
     return Accepted(new, text)
 
 
-async def _gate_problem(new: ProxyConfig, pool: BackendPool) -> str:
+async def _gate_problem(new: ProxyConfig, pool: BackendPool, fence: Fence) -> str:
+    """Why the gate stays shut: it is missing, unsigned or badly signed, reports mismatches, or
+    a random sample of moved keys differs between source and target now."""
     migration = active_migration(new)
     assert migration is not None
+    ex = Executor(pool.backends)
     try:
-        gate = await read_gate(Executor(pool.backends), migration.target, migration.mid)
+        gate = await read_gate(ex, migration.target, migration.mid)
     except Exception as exc:  # the gate's home is down or unreadable: refuse, explain
         return f"backfill -> cut-read is gated and the gate could not be read: {exc}"
-    reason = gate_reason(gate)
+    reason = gate_reason(gate, migration.seal) or await _sample_problem(ex, migration, fence)
     if reason:
         return f"backfill -> cut-read is gated: {reason} (set migration.force: true to override)"
     return ""
+
+
+async def _sample_problem(ex: Executor, migration: ActiveMigration, fence: Fence) -> str | None:
+    """A gate can be written by anyone who can write a key on the target pool (a client's EVAL
+    can): before reads move, re-compare a random sample of moved keys, source vs target."""
+    settings = migration.settings
+    verifier = Verifier(
+        ex,
+        migration.source,
+        migration.target,
+        ttl_tolerance_ms=settings.verify_ttl_tolerance_ms,
+        fence=fence,
+        concurrency=settings.backfill.batch_keys,
+    )
+    try:
+        report = await verifier.sample(settings.gate_sample_keys)
+    except Exception as exc:  # a backend down or failing: the data cannot be vouched for
+        return f"the sampled re-check of moved keys failed: {exc}"
+    if report.problems == 0:
+        return None
+    return (
+        f"a re-check of {report.checked} moved keys sampled at random found {report.problems}"
+        f" that differ between source and target ({'; '.join(report.samples[:3])}): the gate"
+        " does not match the data; run `shardproxy backfill --restart` or `shardproxy verify"
+        " --repair`"
+    )
 
 
 async def watch_config(

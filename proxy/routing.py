@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from proxy import errors
 from proxy.commands import CommandSpec, Kind, Merge
+from proxy.migration import RESERVED_PREFIX
 from proxy.resp import encode_array_raw, encode_int, parse_int_reply, split_aggregate
 from proxy.topology import PoolTopology
 
@@ -125,7 +126,7 @@ def merge_replies(plan: Plan, replies: Sequence[bytes], resp3: bool) -> bytes:
         items: list[bytes] = []
         for raw in replies:
             items.extend(split_aggregate(raw) or ())
-        return encode_array_raw(items)
+        return encode_array_raw(_visible(items) if RESERVED_PREFIX in b"".join(items) else items)
     if merge is Merge.ALL:
         return _merge_all(replies)
     if merge is Merge.SCAN:
@@ -174,7 +175,32 @@ def _merge_scan(plan: Plan, raw: bytes) -> bytes:
     else:
         cursor = index + 1 if index + 1 < count else 0
     text = b"%d" % cursor
+    if RESERVED_PREFIX in keys:  # rare: split only then (a page may get shorter, or empty)
+        keys = encode_array_raw(_visible(split_aggregate(keys) or []))
     return b"*2\r\n$%d\r\n%s\r\n" % (len(text), text) + keys
+
+
+def _visible(items: list[bytes]) -> list[bytes]:
+    """KEYS and SCAN elements (raw bulk strings) without the proxy's reserved keys."""
+    return [i for i in items if not i[i.index(b"\r\n") + 2 :].startswith(RESERVED_PREFIX)]
+
+
+_KEYED = frozenset({Kind.SINGLE, Kind.MULTI, Kind.SAME_BACKEND})
+
+
+def refusal_before_routing(spec: CommandSpec, args: list[bytes]) -> bytes | None:
+    """The error to answer instead of routing a keyed request, or None.
+
+    Keys under RESERVED_PREFIX are the proxy's own (the migration gate, lease, cursors): a
+    command naming one as a key, wherever the command table says its keys are, is refused.
+    Then the same-backend commands that cannot be proxied as sent (same_backend_refusal)."""
+    kind = spec.kind
+    if kind not in _KEYED:
+        return None
+    for position in spec.key_positions(args):
+        if args[position].startswith(RESERVED_PREFIX):
+            return errors.reserved_key(spec.name)
+    return same_backend_refusal(spec, args) if kind is Kind.SAME_BACKEND else None
 
 
 def kind_needs_plan(kind: Kind) -> bool:

@@ -231,6 +231,7 @@ class ProxyServer:
             len(self.migration.repair),
             workers_override=self.workers_override,
             check_gate=check_gate,
+            fence=self.phases.fence,
         )
 
     def _apply(self, result: Accepted, generation: int) -> str:

@@ -31,6 +31,7 @@ from proxy.topology import PoolTopology
 __all__ = ["Snapshot", "Verifier", "VerifyReport", "content_equal", "read_value"]
 
 MAX_SAMPLES: Final = 10
+SAMPLE_TRIES: Final = 4  # RANDOMKEY calls per wanted key: most keys of a pool do not move
 RECHECK_PAUSE_S: Final = 0.2  # long enough for a double-written command to reach both pools
 
 # The full read of each type; the reply becomes a value compared with ==.
@@ -169,6 +170,52 @@ class Verifier:
             async for _, keys in scan_keys(self.ex, addr, self.scan_count):
                 await self._check_target_page(addr, keys)
         return self.report
+
+    async def sample(self, limit: int) -> VerifyReport:
+        """Compare up to `limit` moved keys picked at random (RANDOMKEY on each source server),
+        so a backfill stopped half-way shows wherever its SCAN got to; no repair. A difference
+        counts only if it is still there when compared again under the fence."""
+        addrs = list(dict.fromkeys(self.source.addrs))
+        per_server = -(-limit // len(addrs))
+        moves: list[tuple[bytes, str, str]] = []
+        for addr in addrs:
+            picks = await asyncio.gather(
+                *(self.ex.call(addr, [b"RANDOMKEY"]) for _ in range(per_server * SAMPLE_TRIES))
+            )
+            found: dict[bytes, tuple[bytes, str, str]] = {}
+            for raw in picks:
+                key = parse(raw, addr)
+                if (
+                    isinstance(key, bytes)
+                    and not is_reserved(key)
+                    and self.source.addr_for(key) == addr
+                    and (dst := self.target.addr_for(key)) != addr
+                ):
+                    found.setdefault(key, (key, addr, dst))
+            moves += list(found.values())[:per_server]
+        self.report.checked += len(moves)
+        suspects = await self._compare(moves)
+        if suspects:  # a write may be between the pools: look again, under the fence
+            await asyncio.sleep(self.pause)
+            for (key, _, _), reason in await self._compare_fenced([m for m, _ in suspects]):
+                self._count(key, reason)
+        return self.report
+
+    async def _compare_fenced(
+        self, moves: list[tuple[bytes, str, str]]
+    ) -> list[tuple[tuple[bytes, str, str], str]]:
+        """Compare each key while this proxy's writes to it wait and its earlier ones are done,
+        so a hot key written through this proxy compares equal when both pools agree."""
+
+        async def one(move: tuple[bytes, str, str]) -> list[tuple[tuple[bytes, str, str], str]]:
+            await self.fence.hold(move[0])
+            try:
+                return await self._compare([move])
+            finally:
+                self.fence.release(move[0])
+
+        found = await gather_bounded((one(m) for m in moves), self.concurrency)
+        return [item for items in found for item in items]
 
     async def _check_source_page(self, addr: str, keys: list[bytes]) -> None:
         """Moved keys this source server owns: compare with their target owner."""
