@@ -29,6 +29,7 @@ from proxy.config_reader import (
 from proxy.errors import ConfigError
 
 __all__ = [
+    "ACL_CHECKS",
     "DEFAULT_ADMIN",
     "DEFAULT_LISTEN",
     "DISTRIBUTIONS",
@@ -56,6 +57,8 @@ PHASES: Final[tuple[str, ...]] = ("double-write", "backfill", "cut-read", "retir
 HASHES: Final[tuple[str, ...]] = ("murmur3", "fnv1a_64", "md5", "crc32a", "crc32")
 DISTRIBUTIONS: Final[tuple[str, ...]] = ("ketama", "modula")
 LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
+# warn: log and show a too-broad backend user; refuse: fail start and reloads; off: no check.
+ACL_CHECKS: Final[tuple[str, ...]] = ("warn", "refuse", "off")
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
 MIB: Final = 1024 * 1024
 MAX_WORKERS: Final = 64  # worker processes; more than cores only adds context switches
@@ -121,6 +124,7 @@ class BackendConfig:
     failure_threshold: int = 3  # consecutive failures before a backend is marked down
     retry_backoff_ms: int = 100  # first reconnect delay, doubled per failure
     retry_backoff_max_ms: int = 5000  # reconnect delay cap
+    acl_check: str = "warn"  # one of ACL_CHECKS: the backend user's ACL at start and reload
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +294,7 @@ _BACKEND_RULES: Final[dict[str, _Rule]] = {
     "failure_threshold": _int(1),
     "retry_backoff_ms": _int(1),
     "retry_backoff_max_ms": _int(1),
+    "acl_check": _one_of(*ACL_CHECKS),
 }
 _POOL_RULES: Final[dict[str, _Rule]] = {
     "hash": _one_of(*HASHES),
