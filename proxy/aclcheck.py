@@ -138,6 +138,15 @@ async def check_config(config: ProxyConfig) -> list[AclReport]:
     return list(await asyncio.gather(*(check_backend(s, config.backend, probes) for s in servers)))
 
 
+def warning(name: str, report: AclReport, mode: str) -> str:
+    """The log line for a backend whose user is not as `shardproxy acl` prints."""
+    return (
+        f"backend {name} ({report.addr}): the proxy's backend user {report.describe()}; scripts"
+        " (EVAL, FCALL) can run what the proxy refuses clients. Create it with `shardproxy acl"
+        f" -c FILE --user NAME` (backend.acl_check: {mode})"
+    )
+
+
 def refusal(reports: Iterable[AclReport]) -> str:
     """Why `refuse` mode refuses these reports ("" when it does not): one line."""
     bad = [f"{r.addr} {r.describe()}" for r in reports if r.failed]

@@ -228,6 +228,11 @@ def _one_of(*choices: str) -> _Rule:
     return lambda r, path, value, default: r.choice(path, value, default, choices)
 
 
+def _acl_check(r: Reader, path: str, value: object, default: Any) -> Any:
+    """One of ACL_CHECKS; YAML 1.1 reads a bare `off` as false, which means off too."""
+    return r.choice(path, "off" if value is False else value, default, ACL_CHECKS)
+
+
 def _bool(r: Reader, path: str, value: object, default: Any) -> Any:
     return r.boolean(path, value, default)
 
@@ -294,7 +299,7 @@ _BACKEND_RULES: Final[dict[str, _Rule]] = {
     "failure_threshold": _int(1),
     "retry_backoff_ms": _int(1),
     "retry_backoff_max_ms": _int(1),
-    "acl_check": _one_of(*ACL_CHECKS),
+    "acl_check": _acl_check,
 }
 _POOL_RULES: Final[dict[str, _Rule]] = {
     "hash": _one_of(*HASHES),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy import __version__
-from proxy.aclcheck import AclCheckError, AclReport, check_config, refusal
+from proxy.aclcheck import AclCheckError, AclReport, check_config, refusal, warning
 from proxy.admin import AdminServer
 from proxy.client import ClientConnection
 from proxy.config import ProxyConfig, config_hash, load_config
@@ -290,15 +290,7 @@ class ProxyServer:
                 continue
             self.metrics.backend_acl_ok.labels(name).set(0 if report.failed else 1)
             if report.failed:
-                log.warning(
-                    "backend %s (%s): the proxy's backend user %s; scripts (EVAL, FCALL) can"
-                    " run what the proxy refuses clients. Create it with `shardproxy acl -c"
-                    " FILE --user NAME` (backend.acl_check: %s)",
-                    name,
-                    report.addr,
-                    report.describe(),
-                    config.backend.acl_check,
-                )
+                log.warning("%s", warning(name, report, config.backend.acl_check))
         return refusal(reports)
 
     # -- health ----------------------------------------------------------------------------
