@@ -46,6 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config and show its rings")
     check.add_argument("-c", "--config", required=True)
     check.add_argument("--json", action="store_true", help="machine-readable output")
+    acl = sub.add_parser(
+        "acl",
+        help="print the ACL rules the proxy's backend user should have",
+        description="Rules for the backend user, from the command table and the config"
+        " (allow_flush): scripts run commands the proxy cannot see, so the backends must refuse"
+        " what the proxy refuses. Create the user on every backend with --user's output.",
+    )
+    acl.add_argument("-c", "--config", required=True)
+    acl.add_argument(
+        "--user", metavar="NAME", help="print a whole ACL SETUSER NAME command (password: PASSWORD)"
+    )
+    acl.add_argument("--json", action="store_true", help="rules, allowed and denied as JSON")
     add_migration_parsers(sub)
     return parser
 
@@ -122,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "check":
             return cmd_check(args)
+        if args.command == "acl":
+            return cmd_acl(args)
         if args.command == "status":
             return cmd_status(args)
         if args.command in MIGRATION_COMMANDS:
@@ -201,6 +215,7 @@ def _check_serve_args(args: argparse.Namespace) -> str:
 def _run(config: ProxyConfig, text: str, path: str | None, watch: bool, workers: int | None) -> int:
     import uvloop
 
+    from proxy.aclcheck import AclCheckError
     from proxy.server import ProxyServer
 
     async def serve() -> None:
@@ -215,6 +230,9 @@ def _run(config: ProxyConfig, text: str, path: str | None, watch: bool, workers:
         uvloop.run(serve())
     except OSError as exc:
         print(f"shardproxy: cannot serve: {exc}", file=sys.stderr)
+        return 1
+    except AclCheckError as exc:
+        print(f"shardproxy: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -261,6 +279,26 @@ def cmd_check(args: argparse.Namespace) -> int:
                 f"  {server['name']:<12} {server['addr']:<22} w{server['weight']:<3} "
                 f"{server['share'] * 100:6.2f}%  {bar}"
             )
+    return 0
+
+
+def cmd_acl(args: argparse.Namespace) -> int:
+    from proxy.acl import build_rules
+
+    user = args.user
+    if user is not None and (not user or any(c.isspace() or c in "<>" for c in user)):
+        print(f"shardproxy acl: --user {user!r} is not a usable ACL user name", file=sys.stderr)
+        return 2
+    config = load_config(args.config)
+    rules = build_rules(config.allow_flush)
+    if args.json:
+        out: dict[str, Any] = {"rules": list(rules.rules()), "allowed": list(rules.allowed)}
+        out |= {"denied": list(rules.denied), "allow_flush": config.allow_flush}
+        if user is not None:
+            out["setuser"] = rules.setuser(user)
+        print(json.dumps(out, indent=2))
+    else:
+        print(rules.line() if user is None else rules.setuser(user))
     return 0
 
 

@@ -29,6 +29,7 @@ from proxy.config_reader import (
 from proxy.errors import ConfigError
 
 __all__ = [
+    "ACL_CHECKS",
     "DEFAULT_ADMIN",
     "DEFAULT_LISTEN",
     "DISTRIBUTIONS",
@@ -56,6 +57,8 @@ PHASES: Final[tuple[str, ...]] = ("double-write", "backfill", "cut-read", "retir
 HASHES: Final[tuple[str, ...]] = ("murmur3", "fnv1a_64", "md5", "crc32a", "crc32")
 DISTRIBUTIONS: Final[tuple[str, ...]] = ("ketama", "modula")
 LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
+# warn: log and show a too-broad backend user; refuse: fail start and reloads; off: no check.
+ACL_CHECKS: Final[tuple[str, ...]] = ("warn", "refuse", "off")
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
 MIB: Final = 1024 * 1024
 MAX_WORKERS: Final = 64  # worker processes; more than cores only adds context switches
@@ -126,6 +129,7 @@ class BackendConfig:
     failure_threshold: int = 3  # consecutive failures before a backend is marked down
     retry_backoff_ms: int = 100  # first reconnect delay, doubled per failure
     retry_backoff_max_ms: int = 5000  # reconnect delay cap
+    acl_check: str = "warn"  # one of ACL_CHECKS: the backend user's ACL at start and reload
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +235,11 @@ def _one_of(*choices: str) -> _Rule:
     return lambda r, path, value, default: r.choice(path, value, default, choices)
 
 
+def _acl_check(r: Reader, path: str, value: object, default: Any) -> Any:
+    """One of ACL_CHECKS; YAML 1.1 reads a bare `off` as false, which means off too."""
+    return r.choice(path, "off" if value is False else value, default, ACL_CHECKS)
+
+
 def _bool(r: Reader, path: str, value: object, default: Any) -> Any:
     return r.boolean(path, value, default)
 
@@ -298,6 +307,7 @@ _BACKEND_RULES: Final[dict[str, _Rule]] = {
     "failure_threshold": _int(1),
     "retry_backoff_ms": _int(1),
     "retry_backoff_max_ms": _int(1),
+    "acl_check": _acl_check,
 }
 _POOL_RULES: Final[dict[str, _Rule]] = {
     "hash": _one_of(*HASHES),

@@ -147,6 +147,7 @@ GAUGE_MODES: dict[str, str] = {
     "shardproxy_client_memory_bytes": "livesum",
     "shardproxy_clients_throttled": "livesum",
     "shardproxy_backend_up": "livemin",  # down when any worker cannot reach it
+    "shardproxy_backend_acl_ok": "livemin",
     "shardproxy_migration_phase": "livemax",
     "shardproxy_backfill_progress_ratio": "livemax",
 }
@@ -218,6 +219,13 @@ class ProxyMetrics:
         self.config_reloads_total = config.reloads_total
         self.config_info = config.info
         self.commands: dict[str, CommandStats] = {}  # command label -> stats
+        self.backend_acl_ok = Gauge(
+            "shardproxy_backend_acl_ok",
+            "1 when the backend user's ACL matches `shardproxy acl` (backend.acl_check), 0 when"
+            " it allows what the proxy refuses or refuses what it needs; absent: not checked",
+            ["backend"],
+            registry=r,
+        )
 
     def command_stats(self, label: str) -> CommandStats:
         stats = self.commands.get(label)

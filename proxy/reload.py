@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import watchfiles
 
+from proxy.aclcheck import check_config, refusal
 from proxy.config import ConfigError, ProxyConfig, config_hash, parse_config
 from proxy.migration import ActiveMigration, active_migration, check_step, gate_reason, needs_gate
 from proxy.migrator import NO_FENCE, Executor, Fence, read_gate
@@ -71,6 +72,10 @@ async def validate_reload(
                 "(set migration.force: true to override)"
             )
         reason = await _gate_problem(new, pool, fence)
+        if reason:
+            return reason
+    if new.backend.acl_check == "refuse":
+        reason = refusal(await check_config(new))
         if reason:
             return reason
     return Accepted(new, text)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy import __version__
+from proxy.aclcheck import AclCheckError, AclReport, check_config, refusal, warning
 from proxy.admin import AdminServer
 from proxy.client import ClientConnection
 from proxy.config import ProxyConfig, config_hash, load_config
@@ -80,6 +81,7 @@ class ProxyServer:
         self._sized = False
         self.allow_flush = config.allow_flush
         self.slowlog_ms = config.slowlog_ms
+        self.acl_reports: dict[str, AclReport] = {}  # backend addr -> its user's last ACL check
         self.memory = MemoryGuard(
             self.clients, lambda: self.client_config.max_memory_bytes, self._on_memory_sweep
         )
@@ -99,6 +101,10 @@ class ProxyServer:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        if self._config.backend.acl_check == "refuse":
+            reason = await self.check_acl(self._config)
+            if reason:
+                raise AclCheckError(reason)
         generation = 1 if self.role is None else self.role.generation
         topology = build_topology(self._config, generation, config_hash(self._config_text))
         self.router = self.pool.sync(topology, self.migration)
@@ -125,6 +131,8 @@ class ProxyServer:
         self._spawn(self._health_loop())
         self._spawn(self._idle_loop())
         self._spawn(self.memory.run())
+        if self._config.backend.acl_check == "warn":
+            self._spawn(self.check_acl(self._config))
         self._on_topology()
         if self.watch and self.config_path is not None and self.role is None:
             self._spawn(watch_config(self.config_path, self.current_hash, self.reload_from_file))
@@ -249,6 +257,8 @@ class ProxyServer:
         self.metrics.config_reloads_total.labels("ok").inc()
         self._apply_config_info()
         log.info("config reloaded: generation %d (%s)", generation, topology.config_hash)
+        if config.backend.acl_check != "off":
+            self._spawn(self.check_acl(config))
         if topology.phase != old_phase:
             log.warning("migration phase %s -> %s", old_phase or "none", topology.phase or "none")
         self._on_topology()
@@ -290,6 +300,23 @@ class ProxyServer:
         self.metrics.config_reloads_total.labels("refused").inc()
         log.error("config reload refused, the old config keeps serving: %s", reason)
         return False, reason
+
+    # -- backend ACL -----------------------------------------------------------------------
+    async def check_acl(self, config: ProxyConfig) -> str:
+        """Check every backend's user (proxy/aclcheck.py), log what is wrong once per backend
+        and check, record it for /status and metrics; the refusal reason ("" when none)."""
+        reports = await check_config(config)
+        for report in reports:
+            self.acl_reports[report.addr] = report
+            backend = self.pool.backends.get(report.addr)
+            name = backend.name if backend is not None else report.addr
+            if report.verdict is None:
+                log.warning("backend %s (%s): ACL %s", name, report.addr, report.describe())
+                continue
+            self.metrics.backend_acl_ok.labels(name).set(0 if report.failed else 1)
+            if report.failed:
+                log.warning("%s", warning(name, report, config.backend.acl_check))
+        return refusal(reports)
 
     # -- health ----------------------------------------------------------------------------
     async def _health_loop(self) -> None:
@@ -372,6 +399,7 @@ class ProxyServer:
                     "addr": b.addr,
                     "up": b.up,
                     "reason": b.down_reason,
+                    "acl": self._acl_status(b.addr),
                     "inflight": b.inflight(),
                     "requests": b.stats.latency.count,
                     "p50_ms": b.stats.latency.quantile(0.5) * 1000,
@@ -387,6 +415,10 @@ class ProxyServer:
                 for b in self.pool.backends.values()
             ],
         }
+
+    def _acl_status(self, addr: str) -> str | None:
+        report = self.acl_reports.get(addr)
+        return None if report is None else report.describe()
 
 
 def load_server(path: str) -> ProxyServer:

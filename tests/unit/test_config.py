@@ -904,3 +904,13 @@ def test_migration_example() -> None:
     new = [s.addr for s in config.pool("new").servers]
     assert old == [f"127.0.0.1:{port}" for port in (7001, 7002, 7003)]
     assert new == [f"127.0.0.1:{port}" for port in range(7001, 7006)]
+
+
+def test_backend_acl_check_defaults_to_warn_and_reads_a_bare_off() -> None:
+    base = "pools:\n  main: {servers: [127.0.0.1:7001:1 r1]}\n"
+    assert parse_config(base, env={}).backend.acl_check == "warn"
+    for raw, mode in (("off", "off"), ("refuse", "refuse"), ('"off"', "off")):
+        text = f"backend:\n  acl_check: {raw}\n{base}"
+        assert parse_config(text, env={}).backend.acl_check == mode
+    with pytest.raises(ConfigError, match=r"backend\.acl_check"):
+        parse_config(f"backend:\n  acl_check: loud\n{base}", env={})
