@@ -35,6 +35,7 @@ from proxy.pool import Router
 from proxy.request import RequestReader
 from proxy.resp import OK, ProtocolError, encode_request
 from proxy.routing import plan_fanout, plan_multi, plan_same_backend, refusal_before_routing
+from proxy.stream import BulkStream, stream_head
 
 log = logging.getLogger("shardproxy.client")
 slow_log = logging.getLogger("shardproxy.slowlog")
@@ -73,11 +74,16 @@ class ClientConnection(asyncio.Protocol):
         self.dirty = False
         self.transport: asyncio.Transport | None = None
         self.reader = RequestReader()
+        self.reader.stream_gate = self._streamable
         self.session = Session(self.client_id, "", host.client_config.password)
         self.closed = False
         self._write_paused = False
         self._pending_paused = False
         self._throttled = False  # the proxy-wide memory guard stopped reading from this client
+        # A big value streamed through (proxy.stream): later requests wait for its reply.
+        self._stream: BulkStream | None = None
+        self._stream_paused = False  # the stream's backend connection is full, or it waits
+        self._hold = False  # dispatch nothing now: writes paused, or a stream's reply awaited
         cfg = host.client_config
         self._max_pending = cfg.max_pending_requests
         # Memory budget: replies in the transport, answered in the queue and still in flight.
@@ -116,6 +122,8 @@ class ClientConnection(asyncio.Protocol):
         self.host.clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._stream is not None:
+            self._stream.cancel()
         self.closed = True
         self.pending.clear()  # replies still owed by backends are dropped when they arrive
         self.host.clients.discard(self)
@@ -126,11 +134,12 @@ class ClientConnection(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self._write_paused = self._hold = True
         self._update_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._hold = self._stream is not None
         if self._backlog is not None:
             asyncio.get_running_loop().call_soon(self._resume_backlog)
         else:
@@ -158,7 +167,7 @@ class ClientConnection(asyncio.Protocol):
                     and lowest <= len(args) <= highest
                     and self.session.direct
                     and len(pending) < self._limit
-                    and not self._write_paused
+                    and not self._hold
                     and not args[key].startswith(RESERVED_PREFIX)  # refused by _dispatch
                 ):
                     self.last_active = now = perf_counter()
@@ -170,6 +179,8 @@ class ClientConnection(asyncio.Protocol):
                         self.flush()
                     return
         self._process(requests, reader.raws, 0, failure)
+        if reader.stream_args is not None and self._stream is None and not self.closed:
+            self._start_stream()
         if reader.has_buffered():
             self._drain_buffered()
 
@@ -209,7 +220,7 @@ class ClientConnection(asyncio.Protocol):
         limit = self._limit
         self.last_active = now = perf_counter()  # the requests of one read arrived together
         for i in range(start, len(requests)):
-            if len(pending) >= limit or self._write_paused:
+            if len(pending) >= limit or self._hold:
                 self._backlog = (requests, raws, i, failure)
                 self._pending_paused = True
                 self._update_reading()
@@ -400,6 +411,8 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         transport.write(out[0] if len(out) == 1 else b"".join(out))
+        if self._stream is not None and pending and pending[0] is self._stream.slot:
+            self._stream.at_head()
         self._learn_replies(biggest)
         if transport.get_write_buffer_size() > self._budget:
             self._over_budget(transport)
@@ -407,7 +420,7 @@ class ClientConnection(asyncio.Protocol):
         if self.session.closing and not pending and self._backlog is None:
             transport.close()
             self.closed = True
-        elif self._pending_paused and not self._write_paused and len(pending) <= self._limit // 2:
+        elif self._pending_paused and not self._hold and len(pending) <= self._limit // 2:
             if self._backlog is not None:
                 # Next loop iteration: no recursion however long the backlog of local replies.
                 asyncio.get_running_loop().call_soon(self._resume_backlog)
@@ -423,6 +436,69 @@ class ClientConnection(asyncio.Protocol):
             est = biggest
         self._reply_est = est
         self._limit = max(1, min(self._max_pending, int((self._budget >> 1) / (est + 64))))
+
+    # -- big values streamed through (proxy.stream) ---------------------------------------
+    def _streamable(self, head: list[bytes]) -> bool:
+        """RequestReader.stream_gate: may the big last argument after `head` be streamed?
+        Only a single-key command on the fast path (no migration, no refused MULTI), whose
+        key is in `head`; anything else is assembled and dispatched as usual."""
+        if not (self.session.direct and self.host.router.fast):
+            return False
+        spec = lookup(head)
+        if spec is None or spec.kind is not Kind.SINGLE or not spec.arity_ok(len(head) + 1):
+            return False
+        key = spec.first_key
+        return 0 < key < len(head) and not head[key].startswith(RESERVED_PREFIX)
+
+    def _start_stream(self) -> None:
+        """The reader stopped at a streamed value: its request takes its place in the queue;
+        its head goes out once the requests before it are answered (BulkStream.at_head)."""
+        reader = self.reader
+        head = reader.stream_args
+        assert head is not None
+        spec = lookup(head)
+        assert spec is not None
+        stats = self._stats.get(spec.name) or self._new_stats(spec)
+        slot = Slot(self, stats, perf_counter())
+        self.pending.append(slot)
+        router = self.host.router
+        backend = router.route_backends[router.node_for(head[spec.first_key])]
+        stream = BulkStream(self, backend, self.session.proto, stream_head(head, reader), slot)
+        self._stream = stream
+        self._hold = True
+        reader.begin_stream(stream)
+        if self.pending and self.pending[0] is slot:
+            stream.at_head()
+        try:
+            requests = reader.feed(b"")  # the value's first bytes, and what followed it
+        except ProtocolError as exc:
+            self._process(exc.requests, reader.raws, 0, exc)
+            return
+        if requests:
+            self._process(requests, reader.raws, 0, None)
+
+    def hold_reading(self, on: bool) -> None:
+        self._stream_paused = on
+        self._update_reading()
+
+    def on_stream_done(self) -> None:
+        """The streamed request is answered and its value all sent: go on with the rest."""
+        self._stream = None
+        self._stream_paused = False
+        self._hold = self._write_paused
+        if self._backlog is not None or self.reader.stream_args is not None:
+            self._pending_paused = True
+            asyncio.get_running_loop().call_soon(self._resume_stream_backlog)
+        else:
+            self._update_reading()
+
+    def _resume_stream_backlog(self) -> None:
+        if self._backlog is not None:
+            self._resume_backlog()
+        elif not self.closed and self._stream is None and self.reader.stream_args is not None:
+            self._pending_paused = False
+            self._start_stream()
+            self._update_reading()
 
     # -- the proxy-wide memory guard (proxy.memory.Holder) ----------------------------------
     def held_bytes(self) -> int:
@@ -469,6 +545,8 @@ class ClientConnection(asyncio.Protocol):
             return
         self._pending_paused = False
         self._process(*backlog)  # may pause again
+        if self._backlog is None and self.reader.stream_args is not None and self._stream is None:
+            self._start_stream()
         if self.reader.has_buffered():
             self._drain_buffered()
         if not self._pending_paused:
@@ -491,6 +569,7 @@ class ClientConnection(asyncio.Protocol):
             self._write_paused
             or self._pending_paused
             or self._throttled
+            or self._stream_paused
             or self._backlog is not None
         ):
             transport.pause_reading()

@@ -13,6 +13,9 @@ arrives over many reads is resumed where the last read stopped, never re-parsed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 from proxy.resp import ProtocolError, encode_request
 
 MAX_INLINE_BYTES = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
@@ -23,8 +26,19 @@ MAX_HEADER_BYTES = 32  # a `*N` / `$N` line longer than this cannot hold a valid
 UNAUTH_MAX_MULTIBULK = 10
 UNAUTH_MAX_BULK_BYTES = 16 * 1024
 
+# A last argument at least this big may be streamed through (see RequestReader.stream_gate).
+STREAM_MIN_BYTES = 1024 * 1024
+
 _CR = 13
 _LF = 10
+
+
+class BodySink(Protocol):
+    """Where a streamed value's bytes go, in order, as they arrive."""
+
+    def on_body(self, chunk: bytes) -> None: ...
+
+    def on_end(self) -> None: ...
 
 
 def strict_int(text: bytes) -> int | None:
@@ -60,8 +74,14 @@ class RequestReader:
         "_line",
         "_need",
         "_rest",
+        "_sink",
+        "_trail_left",
+        "_value_left",
         "authed",
         "raws",
+        "stream_args",
+        "stream_gate",
+        "stream_size",
     )
 
     def __init__(self) -> None:
@@ -78,10 +98,24 @@ class RequestReader:
         self._chunks: list[bytes] | None = None  # a bulk string being collected over reads
         self._need = 0  # bytes still missing from that bulk, its CRLF included
         self._got = 0  # bytes of that bulk collected so far
+        # Streaming: when a request's last argument is a bulk of STREAM_MIN_BYTES or more and
+        # stream_gate(the arguments before it) says yes, feed stops there and sets stream_args
+        # and stream_size; after begin_stream(sink), the value's bytes go to the sink as they
+        # arrive (never assembled) and parsing goes on after it.
+        self.stream_gate: Callable[[list[bytes]], bool] | None = None
+        self.stream_args: list[bytes] | None = None
+        self.stream_size = 0
+        self._sink: BodySink | None = None
+        self._value_left = 0  # value bytes still to pass to the sink
+        self._trail_left = 0  # bytes of the CRLF after the value still to skip
 
     def has_buffered(self) -> bool:
         """True when bytes already received may hold another complete request."""
-        return bool(self._rest)
+        return bool(self._rest) and self.stream_args is None
+
+    def begin_stream(self, sink: BodySink) -> None:
+        """Start passing the value announced by stream_args to `sink` (call feed next)."""
+        self._sink = sink
 
     def buffered_bytes(self) -> int:
         """What the reader holds of requests not yet complete (for memory budgets)."""
@@ -91,6 +125,16 @@ class RequestReader:
         out: list[list[bytes]] = []
         raws: list[bytes] = []
         self.raws = raws
+        if self.stream_args is not None:
+            if self._rest:
+                data = self._rest + data
+                self._rest = b""
+            if self._sink is None:  # stopped at a streamed value: the client begins it
+                self._rest = data
+                return out
+            data = self._pass_value(data)
+            if self.stream_args is not None or not data:
+                return out
         if self._chunks is not None:
             data = self._collect(data, out, raws)
             if self._chunks is not None or not data:
@@ -165,6 +209,9 @@ class RequestReader:
             if data[eol + 1] != _LF:
                 self._canon = False
             body = eol + 2
+            if size >= STREAM_MIN_BYTES and self._left == 1 and self._streams(size):
+                self._rest = data[body:]
+                return
             end = body + size
             if end + 2 > n:  # the rest of the value comes in later reads
                 self._chunks = [data[body:]]
@@ -180,6 +227,40 @@ class RequestReader:
             if self._left == 0:
                 raws.append(data[start:pos] if start >= 0 and self._canon else b"")
                 self._finish(out, raws)
+
+    def _streams(self, size: int) -> bool:
+        """Ask stream_gate whether the value announced now goes to a sink; if so, stop here."""
+        gate = self.stream_gate
+        if gate is None or not self.authed or not gate(self._args):
+            return False
+        self.stream_args = self._args
+        self.stream_size = size
+        self._value_left = size
+        self._trail_left = 2
+        self._args = []
+        self._args_bytes = 0
+        self._left = 0
+        self._canon = True
+        return True
+
+    def _pass_value(self, data: bytes) -> bytes:
+        """Pass the streamed value's bytes to the sink; return what follows its CRLF."""
+        sink = self._sink
+        assert sink is not None
+        take = min(len(data), self._value_left)
+        if take:
+            sink.on_body(data if take == len(data) else data[:take])
+            self._value_left -= take
+            data = data[take:] if take < len(data) else b""
+        if self._value_left == 0 and data:
+            skip = min(len(data), self._trail_left)  # Redis skips these two bytes unread
+            self._trail_left -= skip
+            data = data[skip:]
+        if self._value_left == 0 and self._trail_left == 0:
+            self._sink = None
+            self.stream_args = None
+            sink.on_end()
+        return data
 
     def _multibulk_header(self, data: bytes, pos: int) -> int:
         eol = data.find(b"\r", pos)

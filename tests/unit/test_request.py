@@ -224,3 +224,62 @@ def test_a_header_dripped_byte_by_byte() -> None:
     requests, raws = feed_in_chunks(data, list(range(1, len(data))))
     assert requests == [[b"GET", b"k" * 20], [b"PING"]]
     assert b"".join(raws) == encode_request([b"GET", b"k" * 20]) + encode_request([b"PING"])
+
+
+# -- streamed values (RequestReader.stream_gate) -------------------------------------------
+class Sink:
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.ended = False
+
+    def on_body(self, chunk: bytes) -> None:
+        assert not self.ended
+        self.chunks.append(chunk)
+
+    def on_end(self) -> None:
+        self.ended = True
+
+
+@pytest.mark.parametrize("step", [1000, 65536, 3_000_000])
+def test_a_big_last_argument_streams_to_the_sink(step: int) -> None:
+    from proxy.request import STREAM_MIN_BYTES
+
+    value = bytes(range(256)) * (STREAM_MIN_BYTES // 128)
+    data = (
+        encode_request([b"GET", b"a"])
+        + encode_request([b"SET", b"k", value])
+        + encode_request([b"GET", b"k"])
+    )
+    reader = RequestReader()
+    heads: list[list[bytes]] = []
+    reader.stream_gate = lambda head: heads.append(list(head)) is None
+    sink = Sink()
+    got: list[list[bytes]] = []
+    for at in range(0, len(data), step):
+        got += reader.feed(data[at : at + step])
+        if reader.stream_args is not None and not sink.chunks and not sink.ended:
+            assert reader.stream_args == [b"SET", b"k"] and reader.stream_size == len(value)
+            assert got == [[b"GET", b"a"]]  # what came before, handed out first
+            reader.begin_stream(sink)
+            got += reader.feed(b"")
+    assert heads == [[b"SET", b"k"]]
+    assert sink.ended and b"".join(sink.chunks) == value
+    assert got == [[b"GET", b"a"], [b"GET", b"k"]]
+    assert reader.buffered_bytes() == 0
+
+
+def test_a_refusing_gate_or_a_later_argument_assembles_as_before() -> None:
+    from proxy.request import STREAM_MIN_BYTES
+
+    value = b"x" * STREAM_MIN_BYTES
+    for gate, args in [
+        (lambda head: False, [b"SET", b"k", value]),
+        (lambda head: True, [b"SET", b"k", value, b"EX", b"10"]),  # not the last argument
+    ]:
+        reader = RequestReader()
+        reader.stream_gate = gate
+        requests, _ = [], None
+        data = encode_request(args)
+        for at in range(0, len(data), 65536):
+            requests += reader.feed(data[at : at + 65536])
+        assert requests == [args] and reader.stream_args is None
