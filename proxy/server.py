@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy import __version__
-from proxy.aclcheck import AclCheckError, AclReport, check_config, refusal, warning
+from proxy.aclcheck import AclCheckError, AclReport, check_config, log_reports, refusal
 from proxy.admin import AdminServer
 from proxy.client import ClientConnection
 from proxy.config import ProxyConfig, config_hash, load_config
@@ -101,7 +101,7 @@ class ProxyServer:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._config.backend.acl_check == "refuse":
+        if self._config.backend.acl_check == "refuse" and self.role is None:
             reason = await self.check_acl(self._config)
             if reason:
                 raise AclCheckError(reason)
@@ -131,7 +131,7 @@ class ProxyServer:
         self._spawn(self._health_loop())
         self._spawn(self._idle_loop())
         self._spawn(self.memory.run())
-        if self._config.backend.acl_check == "warn":
+        if self._config.backend.acl_check == "warn" and self.role is None:
             self._spawn(self.check_acl(self._config))
         self._on_topology()
         if self.watch and self.config_path is not None and self.role is None:
@@ -239,6 +239,7 @@ class ProxyServer:
             len(self.migration.repair),
             workers_override=self.workers_override,
             check_gate=check_gate,
+            check_acl=self.role is None,  # under a supervisor, the supervisor checks it once
             fence=self.phases.fence,
         )
 
@@ -257,7 +258,7 @@ class ProxyServer:
         self.metrics.config_reloads_total.labels("ok").inc()
         self._apply_config_info()
         log.info("config reloaded: generation %d (%s)", generation, topology.config_hash)
-        if config.backend.acl_check != "off":
+        if config.backend.acl_check != "off" and self.role is None:
             self._spawn(self.check_acl(config))
         if topology.phase != old_phase:
             log.warning("migration phase %s -> %s", old_phase or "none", topology.phase or "none")
@@ -306,16 +307,13 @@ class ProxyServer:
         """Check every backend's user (proxy/aclcheck.py), log what is wrong once per backend
         and check, record it for /status and metrics; the refusal reason ("" when none)."""
         reports = await check_config(config)
+        names = {addr: b.name for addr, b in self.pool.backends.items()}
+        log_reports(reports, names, config.backend.acl_check)
         for report in reports:
             self.acl_reports[report.addr] = report
-            backend = self.pool.backends.get(report.addr)
-            name = backend.name if backend is not None else report.addr
-            if report.verdict is None:
-                log.warning("backend %s (%s): ACL %s", name, report.addr, report.describe())
-                continue
-            self.metrics.backend_acl_ok.labels(name).set(0 if report.failed else 1)
-            if report.failed:
-                log.warning("%s", warning(name, report, config.backend.acl_check))
+            if report.verdict is not None:
+                name = names.get(report.addr, report.addr)
+                self.metrics.backend_acl_ok.labels(name).set(0 if report.failed else 1)
         return refusal(reports)
 
     # -- health ----------------------------------------------------------------------------
