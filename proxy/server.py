@@ -42,7 +42,9 @@ DRAIN_TIMEOUT_S = 5.0  # on stop, how long clients may take to receive replies a
 class WorkerRole:
     """A worker under a supervisor: it shares the listen port with its siblings (SO_REUSEPORT),
     leaves the admin port, signals and --watch to the supervisor, starts at the supervisor's
-    config generation, and takes reloads from it only (check on every worker, then apply)."""
+    config generation, and takes reloads from it only (check on every worker, then apply).
+    The supervisor checks the backend user's ACL, once for all; a worker's memory budget is its
+    share of client.max_memory_bytes."""
 
     index: int  # 0..workers-1; only worker 0 runs the migration's backfill job
     generation: int  # config generation at start
@@ -82,9 +84,13 @@ class ProxyServer:
         self.allow_flush = config.allow_flush
         self.slowlog_ms = config.slowlog_ms
         self.acl_reports: dict[str, AclReport] = {}  # backend addr -> its user's last ACL check
-        self.memory = MemoryGuard(
-            self.clients, lambda: self.client_config.max_memory_bytes, self._on_memory_sweep
-        )
+        self.memory = MemoryGuard(self.clients, self.memory_budget, self._on_memory_sweep)
+
+    def memory_budget(self) -> int:
+        """client.max_memory_bytes for this process: a worker's share of it, since the budget is
+        the container's and every worker of it holds clients."""
+        budget = self.client_config.max_memory_bytes
+        return budget if self.role is None else budget // max(1, self._config.workers)
 
     def _on_memory_sweep(self, held: int, throttled: int) -> None:
         self.metrics.client_memory_bytes.set(held)
@@ -391,6 +397,9 @@ class ProxyServer:
             "backfill": self.phases.backfill_status(),
             "clients": len(self.clients),
             "max_clients": self.max_clients,
+            "client_memory_bytes": self.memory.held,
+            "clients_throttled": len(self.memory.throttled),
+            "max_memory_bytes": self.memory_budget(),
             "backends": [
                 {
                     "name": b.name,
