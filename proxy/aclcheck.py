@@ -10,7 +10,8 @@ timeouts; an unreachable backend is reported unchecked and never blocks anything
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ from proxy.acl import AclProbes, AclVerdict, build_probes, judge, probe_args
 from proxy.config import BackendConfig, ProxyConfig, ServerConfig
 from proxy.probe import auth_command, os_reason
 from proxy.resp import encode_request
+
+log = logging.getLogger("shardproxy.aclcheck")
 
 # Each ARGV is one probe, its words separated by spaces; Lua's false would end the table, so 1/0.
 _SCRIPT = b"""local out = {}
@@ -131,6 +134,15 @@ def backend_addrs(config: ProxyConfig) -> list[ServerConfig]:
     return list(seen.values())
 
 
+def backend_names(config: ProxyConfig) -> dict[str, str]:
+    """Address -> display name (server name, else address), as the topology names backends."""
+    names: dict[str, str] = {}
+    for pool in config.pools.values():
+        for server in pool.servers:
+            names.setdefault(server.addr, server.name or server.addr)
+    return names
+
+
 async def check_config(config: ProxyConfig) -> list[AclReport]:
     """Every backend of `config`, checked concurrently."""
     probes = build_probes(config.allow_flush)
@@ -145,6 +157,16 @@ def warning(name: str, report: AclReport, mode: str) -> str:
         " (EVAL, FCALL) can run what the proxy refuses clients. Create it with `shardproxy acl"
         f" -c FILE --user NAME` (backend.acl_check: {mode})"
     )
+
+
+def log_reports(reports: Iterable[AclReport], names: Mapping[str, str], mode: str) -> None:
+    """One warning per backend whose user is not as `shardproxy acl` prints or was not checked."""
+    for report in reports:
+        name = names.get(report.addr, report.addr)
+        if report.verdict is None:
+            log.warning("backend %s (%s): ACL %s", name, report.addr, report.describe())
+        elif report.failed:
+            log.warning("%s", warning(name, report, mode))
 
 
 def refusal(reports: Iterable[AclReport]) -> str:

@@ -243,6 +243,7 @@ def _run_workers(
     """workers > 1: this process supervises them (proxy/supervisor.py)."""
     import uvloop
 
+    from proxy.aclcheck import AclCheckError
     from proxy.supervisor import Supervisor
 
     async def supervise() -> int:
@@ -257,7 +258,11 @@ def _run_workers(
         )
         return await supervisor.run()
 
-    return uvloop.run(supervise())
+    try:
+        return uvloop.run(supervise())
+    except AclCheckError as exc:  # checked once, before any worker starts
+        print(f"shardproxy: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -129,9 +129,14 @@ class ConfigMetrics:
 # directory (proxy/multiproc.py) and the supervisor's /metrics merges them: counters and
 # histograms are summed; a gauge combines by the mode below (prometheus-client's names; `live`:
 # a dead worker's value is dropped). The config families come from the supervisor alone, the
-# migration job's from the one worker that runs it.
+# migration job's from the one worker that runs it; the backend ACL check is the supervisor's.
 SUPERVISOR_FAMILIES = frozenset(
-    {"shardproxy_config_generation", "shardproxy_config_reloads", "shardproxy_config"}
+    {
+        "shardproxy_config_generation",
+        "shardproxy_config_reloads",
+        "shardproxy_config",
+        "shardproxy_backend_acl_ok",
+    }
 )
 JOB_FAMILIES = frozenset(
     {
@@ -147,10 +152,20 @@ GAUGE_MODES: dict[str, str] = {
     "shardproxy_client_memory_bytes": "livesum",
     "shardproxy_clients_throttled": "livesum",
     "shardproxy_backend_up": "livemin",  # down when any worker cannot reach it
-    "shardproxy_backend_acl_ok": "livemin",
     "shardproxy_migration_phase": "livemax",
     "shardproxy_backfill_progress_ratio": "livemax",
 }
+
+
+def acl_ok_gauge(r: CollectorRegistry) -> Gauge:
+    """Set by whoever runs backend.acl_check: a single proxy, or the supervisor of workers."""
+    return Gauge(
+        "shardproxy_backend_acl_ok",
+        "1 when the backend user's ACL matches `shardproxy acl` (backend.acl_check), 0 when"
+        " it allows what the proxy refuses or refuses what it needs; absent: not checked",
+        ["backend"],
+        registry=r,
+    )
 
 
 class SupervisorMetrics:
@@ -162,6 +177,7 @@ class SupervisorMetrics:
         r = self.registry
         r.register(_WorkerFilesCollector(metrics_dir))
         self.config = ConfigMetrics(r)
+        self.backend_acl_ok = acl_ok_gauge(r)  # the supervisor checks the backend user once
         self.workers = Gauge("shardproxy_workers", "Worker processes running", registry=r)
         self.worker_restarts_total = Counter(
             "shardproxy_worker_restarts_total", "Worker processes restarted after exiting",
@@ -219,13 +235,7 @@ class ProxyMetrics:
         self.config_reloads_total = config.reloads_total
         self.config_info = config.info
         self.commands: dict[str, CommandStats] = {}  # command label -> stats
-        self.backend_acl_ok = Gauge(
-            "shardproxy_backend_acl_ok",
-            "1 when the backend user's ACL matches `shardproxy acl` (backend.acl_check), 0 when"
-            " it allows what the proxy refuses or refuses what it needs; absent: not checked",
-            ["backend"],
-            registry=r,
-        )
+        self.backend_acl_ok = acl_ok_gauge(r)
 
     def command_stats(self, label: str) -> CommandStats:
         stats = self.commands.get(label)

@@ -42,13 +42,15 @@ async def validate_reload(
     *,
     workers_override: int | None = None,
     check_gate: bool = True,
+    check_acl: bool = True,
     fence: Fence = NO_FENCE,
 ) -> Accepted | str:
     """The new config when it may replace `old`, else the reason it may not.
 
     `workers_override` (serve --workers) replaces the file's `workers`, as it did at start.
     `check_gate` False skips the backfill -> cut-read gate: a supervised reload's apply step,
-    after every worker checked it."""
+    after every worker checked it. `check_acl` False leaves backend.acl_check's refusal to the
+    caller: a worker, whose supervisor checks the backend user once for the fleet."""
     try:
         new = parse_config(text, source)
     except ConfigError as exc:
@@ -74,7 +76,7 @@ async def validate_reload(
         reason = await _gate_problem(new, pool, fence)
         if reason:
             return reason
-    if new.backend.acl_check == "refuse":
+    if check_acl and new.backend.acl_check == "refuse":
         reason = refusal(await check_config(new))
         if reason:
             return reason

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy import __version__
-from proxy.aclcheck import AclCheckError, AclReport, check_config, refusal, warning
+from proxy.aclcheck import AclCheckError, AclReport, check_config, log_reports, refusal
 from proxy.admin import AdminServer
 from proxy.client import ClientConnection
 from proxy.config import ProxyConfig, config_hash, load_config
@@ -42,7 +42,9 @@ DRAIN_TIMEOUT_S = 5.0  # on stop, how long clients may take to receive replies a
 class WorkerRole:
     """A worker under a supervisor: it shares the listen port with its siblings (SO_REUSEPORT),
     leaves the admin port, signals and --watch to the supervisor, starts at the supervisor's
-    config generation, and takes reloads from it only (check on every worker, then apply)."""
+    config generation, and takes reloads from it only (check on every worker, then apply).
+    The supervisor checks the backend user's ACL, once for all; a worker's memory budget is its
+    share of client.max_memory_bytes."""
 
     index: int  # 0..workers-1; only worker 0 runs the migration's backfill job
     generation: int  # config generation at start
@@ -82,9 +84,13 @@ class ProxyServer:
         self.allow_flush = config.allow_flush
         self.slowlog_ms = config.slowlog_ms
         self.acl_reports: dict[str, AclReport] = {}  # backend addr -> its user's last ACL check
-        self.memory = MemoryGuard(
-            self.clients, lambda: self.client_config.max_memory_bytes, self._on_memory_sweep
-        )
+        self.memory = MemoryGuard(self.clients, self.memory_budget, self._on_memory_sweep)
+
+    def memory_budget(self) -> int:
+        """client.max_memory_bytes for this process: a worker's share of it, since the budget is
+        the container's and every worker of it holds clients."""
+        budget = self.client_config.max_memory_bytes
+        return budget if self.role is None else budget // max(1, self._config.workers)
 
     def _on_memory_sweep(self, held: int, throttled: int) -> None:
         self.metrics.client_memory_bytes.set(held)
@@ -101,7 +107,7 @@ class ProxyServer:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        if self._config.backend.acl_check == "refuse":
+        if self._config.backend.acl_check == "refuse" and self.role is None:
             reason = await self.check_acl(self._config)
             if reason:
                 raise AclCheckError(reason)
@@ -131,7 +137,7 @@ class ProxyServer:
         self._spawn(self._health_loop())
         self._spawn(self._idle_loop())
         self._spawn(self.memory.run())
-        if self._config.backend.acl_check == "warn":
+        if self._config.backend.acl_check == "warn" and self.role is None:
             self._spawn(self.check_acl(self._config))
         self._on_topology()
         if self.watch and self.config_path is not None and self.role is None:
@@ -239,6 +245,7 @@ class ProxyServer:
             len(self.migration.repair),
             workers_override=self.workers_override,
             check_gate=check_gate,
+            check_acl=self.role is None,  # under a supervisor, the supervisor checks it once
             fence=self.phases.fence,
         )
 
@@ -257,7 +264,7 @@ class ProxyServer:
         self.metrics.config_reloads_total.labels("ok").inc()
         self._apply_config_info()
         log.info("config reloaded: generation %d (%s)", generation, topology.config_hash)
-        if config.backend.acl_check != "off":
+        if config.backend.acl_check != "off" and self.role is None:
             self._spawn(self.check_acl(config))
         if topology.phase != old_phase:
             log.warning("migration phase %s -> %s", old_phase or "none", topology.phase or "none")
@@ -306,16 +313,13 @@ class ProxyServer:
         """Check every backend's user (proxy/aclcheck.py), log what is wrong once per backend
         and check, record it for /status and metrics; the refusal reason ("" when none)."""
         reports = await check_config(config)
+        names = {addr: b.name for addr, b in self.pool.backends.items()}
+        log_reports(reports, names, config.backend.acl_check)
         for report in reports:
             self.acl_reports[report.addr] = report
-            backend = self.pool.backends.get(report.addr)
-            name = backend.name if backend is not None else report.addr
-            if report.verdict is None:
-                log.warning("backend %s (%s): ACL %s", name, report.addr, report.describe())
-                continue
-            self.metrics.backend_acl_ok.labels(name).set(0 if report.failed else 1)
-            if report.failed:
-                log.warning("%s", warning(name, report, config.backend.acl_check))
+            if report.verdict is not None:
+                name = names.get(report.addr, report.addr)
+                self.metrics.backend_acl_ok.labels(name).set(0 if report.failed else 1)
         return refusal(reports)
 
     # -- health ----------------------------------------------------------------------------
@@ -393,6 +397,9 @@ class ProxyServer:
             "backfill": self.phases.backfill_status(),
             "clients": len(self.clients),
             "max_clients": self.max_clients,
+            "client_memory_bytes": self.memory.held,
+            "clients_throttled": len(self.memory.throttled),
+            "max_memory_bytes": self.memory_budget(),
             "backends": [
                 {
                     "name": b.name,

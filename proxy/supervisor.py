@@ -8,7 +8,8 @@ reload is checked by every running worker, then applied by all with one generati
 refuses it everywhere. Invariants: workers run the supervisor's current config text at its
 generation (reloads and (re)starts are serialized by one lock, so a restarted worker comes up on
 the config the others run); a worker that exits is restarted with a backoff; no worker outlives
-the supervisor.
+the supervisor. The backend user's ACL (backend.acl_check) is checked here, once for the fleet,
+before any worker starts and before a reload is applied: workers never check it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ from dataclasses import replace
 from typing import Any
 
 from proxy import __version__
+from proxy.aclcheck import (
+    AclCheckError,
+    AclReport,
+    backend_names,
+    check_config,
+    log_reports,
+    refusal,
+)
 from proxy.admin import AdminServer
 from proxy.config import ConfigError, ProxyConfig, config_hash, parse_config, read_config_text
 from proxy.metrics import SupervisorMetrics
@@ -76,6 +85,7 @@ class Supervisor:
         self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._admin: AdminServer | None = None
+        self.acl_reports: dict[str, AclReport] = {}  # backend addr -> its user's last ACL check
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> int:
@@ -87,11 +97,20 @@ class Supervisor:
             log.error("cannot serve: %s", exc)
             await self.stop()
             return 1
+        except AclCheckError:  # no worker was started; the caller prints it as one line
+            await self.stop()
+            raise
         await self._stop.wait()
         await self.stop()
         return 0
 
     async def start(self) -> None:
+        """Check the backend user's ACL (refuse: AclCheckError), then start every worker."""
+        acl_check = self._config.backend.acl_check
+        if acl_check == "refuse":
+            reason = await self.check_acl(self._config)
+            if reason:
+                raise AclCheckError(reason)
         log.info("starting %d workers (run dir %s)", len(self.workers), self.run_dir)
         async with self._lock:
             results = await asyncio.gather(
@@ -107,6 +126,8 @@ class Supervisor:
             await self._admin.start()
         for worker in self.workers:
             self._spawn(self._supervise(worker))
+        if acl_check == "warn":
+            self._spawn(self.check_acl(self._config))
         if self.watch and self.config_path is not None:
             self._spawn(watch_config(self.config_path, self.current_hash, self.reload_from_file))
         pids = ", ".join(str(w.pid) for w in self.workers)
@@ -235,24 +256,54 @@ class Supervisor:
             if refusals:
                 others = "the other workers accepted it; no worker changed its config"
                 return self._refused(combine_reasons(refusals, len(live), others))
+            acl = await check_config(config) if config.backend.acl_check == "refuse" else []
+            if refusal(acl):
+                return self._refused(refusal(acl))
             if self.workers_override is not None:
                 config = replace(config, workers=self.workers_override)
-            self._config, self._text, self.generation = config, text, self.generation + 1
-            applied = await asyncio.gather(*(w.apply_reload(text, self.generation) for w in live))
-            for worker, (ok, message) in zip(live, applied, strict=True):
-                if not ok:  # it checked the same step a moment ago: restart it on the new config
-                    log.error(
-                        "worker %d could not apply generation %d (%s): restarting it",
-                        worker.index, self.generation, message,
-                    )  # fmt: skip
-                    worker.terminate()
-            self.metrics.config.reloads_total.labels("ok").inc()
-            self._apply_config_metrics()
-            log.info(
-                "config reloaded on %d workers: generation %d (%s)",
-                len(live), self.generation, self.current_hash(),
-            )  # fmt: skip
+            await self._apply_everywhere(live, config, text)
+            if acl:
+                self._record_acl(acl, config)
+            elif config.backend.acl_check == "warn":
+                self._spawn(self.check_acl(config))
             return True, f"generation {self.generation}"
+
+    async def _apply_everywhere(
+        self, live: list[WorkerProcess], config: ProxyConfig, text: str
+    ) -> None:
+        """Every live worker checked `text`: make it the supervisor's config and apply it."""
+        self._config, self._text, self.generation = config, text, self.generation + 1
+        applied = await asyncio.gather(*(w.apply_reload(text, self.generation) for w in live))
+        for worker, (ok, message) in zip(live, applied, strict=True):
+            if not ok:  # it checked the same step a moment ago: restart it on the new config
+                log.error(
+                    "worker %d could not apply generation %d (%s): restarting it",
+                    worker.index, self.generation, message,
+                )  # fmt: skip
+                worker.terminate()
+        self.metrics.config.reloads_total.labels("ok").inc()
+        self._apply_config_metrics()
+        log.info(
+            "config reloaded on %d workers: generation %d (%s)",
+            len(live), self.generation, self.current_hash(),
+        )  # fmt: skip
+
+    # -- backend ACL -----------------------------------------------------------------------
+    async def check_acl(self, config: ProxyConfig) -> str:
+        """Check every backend's user once for all workers (proxy/aclcheck.py), log what is
+        wrong, record it for /status and metrics; the refusal reason ("" when none)."""
+        reports = await check_config(config)
+        self._record_acl(reports, config)
+        return refusal(reports)
+
+    def _record_acl(self, reports: list[AclReport], config: ProxyConfig) -> None:
+        names = backend_names(config)
+        log_reports(reports, names, config.backend.acl_check)
+        for report in reports:
+            self.acl_reports[report.addr] = report
+            if report.verdict is not None:
+                name = names.get(report.addr, report.addr)
+                self.metrics.backend_acl_ok.labels(name).set(0 if report.failed else 1)
 
     def current_hash(self) -> str:
         return config_hash(self._text)
@@ -287,7 +338,11 @@ class Supervisor:
             "phase": migration.phase if migration else "none",
             "migration": {"to": migration.to, "phase": migration.phase} if migration else None,
         }
-        return merge_status(base, self.workers, reports)
+        status = merge_status(base, self.workers, reports)
+        for row in status["backends"]:
+            report = self.acl_reports.get(row["addr"])
+            row["acl"] = None if report is None else report.describe()
+        return status
 
     async def readiness_report(self) -> tuple[bool, str]:
         reports = await asyncio.gather(*(w.status() for w in self.workers))

@@ -1,8 +1,10 @@
 """The supervisor's /status: its workers' reports merged into the shape of one proxy's /status
 (so `shardproxy status` reads either), plus a `workers` list.
 
-Sums where a quantity adds up (clients, in-flight, requests, errors, latency buckets); a backend
-is up only if every worker reaches it; the backfill is worker 0's, the one that runs it.
+Sums where a quantity adds up (clients, client limits, memory held and budgets, in-flight,
+requests, errors, busy and local-resource events, latency buckets); a backend is up only if every
+worker reaches it; the backfill is worker 0's, the one that runs it. The backend ACL check is the
+supervisor's own (workers do not run it): it fills each backend's `acl`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import Any, Protocol
 from proxy.metrics import FastHistogram
 
 BACKEND_ERROR_KINDS = ("timeout", "connection", "reply")
+SUMMED = ("clients", "max_clients", "client_memory_bytes", "clients_throttled", "max_memory_bytes")
+BACKEND_SUMMED = ("inflight", "requests", "busy_events", "local_resource_failures")
+PER_WORKER = ("clients", "max_clients", "client_memory_bytes", "max_memory_bytes")
 UNKNOWN_BACKFILL = {"state": "unknown (worker 0 is not answering)", "scanned": 0, "copied": 0,
                     "skipped": 0, "failed": 0, "progress": 0.0}  # fmt: skip
 
@@ -40,7 +45,8 @@ def merge_status(
     answered = [r for r in reports if r is not None]
     status = dict(base)
     status["backfill"] = reports[0]["backfill"] if reports[0] else dict(UNKNOWN_BACKFILL)
-    status["clients"] = sum(int(r["clients"]) for r in answered)
+    for key in SUMMED:
+        status[key] = sum(int(r.get(key, 0)) for r in answered)
     status["backends"] = merge_backends([r["backends"] for r in answered])
     now = time.monotonic()
     status["workers"] = [
@@ -52,7 +58,7 @@ def merge_status(
             "restarts": w.restarts,
             "uptime_s": round(now - w.started, 3) if r is not None else 0.0,
             "generation": r["generation"] if r else None,
-            "clients": r["clients"] if r else 0,
+            **{key: int(r.get(key, 0)) if r else 0 for key in PER_WORKER},
             "backfill": r["backfill"]["state"] if r else None,  # runs in worker 0 only
         }
         for w, r in zip(workers, reports, strict=True)
@@ -69,15 +75,15 @@ def merge_backends(per_worker: list[list[dict[str, Any]]]) -> list[dict[str, Any
             into = merged.get(name)
             if into is None:
                 into = merged[name] = {
-                    "name": name, "addr": row["addr"], "up": True, "reason": None,
-                    "inflight": 0, "requests": 0,
+                    "name": name, "addr": row["addr"], "up": True, "reason": None, "acl": None,
+                    **dict.fromkeys(BACKEND_SUMMED, 0),
                     "errors": dict.fromkeys(BACKEND_ERROR_KINDS, 0),
                 }  # fmt: skip
                 latency[name] = FastHistogram()
             into["up"] = into["up"] and bool(row["up"])
             into["reason"] = into["reason"] or row["reason"]
-            into["inflight"] += int(row["inflight"])
-            into["requests"] += int(row["requests"])
+            for key in BACKEND_SUMMED:
+                into[key] += int(row.get(key, 0))
             for kind in BACKEND_ERROR_KINDS:
                 into["errors"][kind] += int(row["errors"][kind])
             hist = latency[name]

@@ -58,6 +58,26 @@ class View:
     started: float = 1.0
 
 
+def test_merge_sums_limits_memory_and_backend_events() -> None:
+    def report(max_clients: int, held: int, busy: int, local: int) -> dict[str, Any]:
+        backend = row(True, 0, buckets()) | {"busy_events": busy, "local_resource_failures": local,
+                                             "acl": None}  # fmt: skip
+        return {"clients": 1, "max_clients": max_clients, "client_memory_bytes": held,
+                "clients_throttled": 1, "max_memory_bytes": 250, "backends": [backend],
+                "generation": 1, "ready": True, "backfill": {"state": "idle"}}  # fmt: skip
+
+    reports = [report(1000, 40, 2, 0), report(900, 2, 1, 5)]
+    status = merge_status({}, [View(0, 10), View(1, 11)], reports)
+    assert (status["max_clients"], status["client_memory_bytes"]) == (1900, 42)
+    assert (status["clients_throttled"], status["max_memory_bytes"]) == (2, 500)
+    [backend] = status["backends"]
+    assert (backend["busy_events"], backend["local_resource_failures"]) == (3, 5)
+    assert "acl" in backend
+    assert [(w["max_clients"], w["client_memory_bytes"]) for w in status["workers"]] == [
+        (1000, 40), (900, 2),
+    ]  # fmt: skip
+
+
 def test_merge_status_with_a_worker_not_answering() -> None:
     report = {"clients": 4, "backends": [row(True, 0, buckets())], "generation": 3,
               "ready": True, "backfill": {"state": "idle"}}  # fmt: skip
