@@ -24,15 +24,15 @@ if __package__ in (None, ""):  # run as a script: make `proxy` importable from t
 
 import uvloop
 
-from proxy.backend import Backend
-from proxy.client import ClientConnection
-from proxy.config import parse_config
-from proxy.connection import BackendConnection
-from proxy.fence import MigrationState
-from proxy.metrics import ProxyMetrics
-from proxy.pool import BackendPool
-from proxy.resp import encode_request
-from proxy.topology import build_topology
+from proxy.codec.resp import encode_request
+from proxy.config.schema import parse_config
+from proxy.net.backend import Backend
+from proxy.net.client import ClientConnection
+from proxy.net.connection import BackendConnection
+from proxy.net.fence import MigrationState
+from proxy.net.metrics import ProxyMetrics
+from proxy.net.pool import BackendPool
+from proxy.routing.topology import build_topology
 
 VALUE = b"x" * 64
 

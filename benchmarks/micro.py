@@ -22,9 +22,9 @@ if __package__ in (None, ""):  # run as a script: make `proxy` importable from t
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy import commands, request, resp, routing
-from proxy.config import PoolConfig, ServerConfig
-from proxy.hashing import HASH_NAMES, Ring
-from proxy.topology import build_pool
+from proxy.config.schema import PoolConfig, ServerConfig
+from proxy.routing.ring import HASH_NAMES, Ring
+from proxy.routing.topology import build_pool
 
 KEY = b"key:000000012345"  # redis-benchmark's key form
 TAGGED_KEY = b"user:{000000012345}:profile"

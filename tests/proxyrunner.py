@@ -11,8 +11,8 @@ from typing import Any
 
 import uvloop
 
-from proxy.config import parse_config
-from proxy.server import ProxyServer
+from proxy.config.schema import parse_config
+from proxy.server.server import ProxyServer
 from tests.support import free_port
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from proxy.acl import build_rules
-from proxy.aclcheck import AclCheckError
-from proxy.server import ProxyServer
+from proxy.commands.acl import build_rules
+from proxy.server.aclcheck import AclCheckError
+from proxy.server.server import ProxyServer
 from tests.proxyrunner import ProxyThread, running_proxy, simple_config
 from tests.support import RedisServer, free_port, redis_command, redis_servers, wait_until
 

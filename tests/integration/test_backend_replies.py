@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import uvloop
 
-from proxy.backend import Backend
-from proxy.config import BackendConfig
+from proxy.config.schema import BackendConfig
+from proxy.net.backend import Backend
 from tests.support import RedisServer
 
 

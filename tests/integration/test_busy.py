@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from proxy.backend import Backend
+from proxy.net.backend import Backend
 from tests.integration.wire import Err, RespConn, encode
 from tests.proxyrunner import ProxyThread, pool_yaml, running_proxy
 from tests.support import RedisServer, free_port, redis_servers, wait_until

@@ -9,8 +9,8 @@ from types import ModuleType
 import hiredis
 import pytest
 
-from proxy import command_table
-from proxy.commands import arity_error, lookup, unknown_error
+from proxy.commands import table as command_table
+from proxy.commands.spec import arity_error, lookup, unknown_error
 from tests.support import RedisServer, redis_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def test_committed_table_is_what_the_generator_reads_now(redis1: RedisServer) ->
     assert sorted(committed) == sorted(fresh)
     for name, row in fresh.items():
         assert committed[name][:7] == row[:7], name  # name arity flags first last step specs
-    text = (REPO / "proxy" / "command_table.py").read_text()
+    text = (REPO / "proxy" / "commands" / "table.py").read_text()
     assert dict(command_table.ACL_CATEGORIES) == categories
     assert gen.render_table(version, rows, categories) == text, "rerun scripts/gen_command_table.py"
 

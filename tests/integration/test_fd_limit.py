@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-import proxy.probe
+import proxy.net.probe
 from tests.integration.wire import Err, RespConn
 from tests.proxyrunner import running_proxy
 from tests.support import RedisServer, free_port, port_open, redis_command, wait_until
@@ -134,7 +134,7 @@ def test_health_checks_failing_for_want_of_fds_keep_backends_up(
     with running_proxy(config) as p, RespConn(p.port) as client:
         assert p.server is not None
         backends = list(p.server.pool.backends.values())
-        monkeypatch.setattr(proxy.probe, "call_once", out_of_fds)
+        monkeypatch.setattr(proxy.net.probe, "call_once", out_of_fds)
 
         def checked_while_up() -> bool:
             assert all(b.up for b in backends)

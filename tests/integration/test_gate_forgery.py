@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import redis
 
-from proxy.config import parse_config
-from proxy.gate import GateSeal
-from proxy.migration import ActiveMigration, active_migration, state_key, state_owner
+from proxy.config.schema import parse_config
+from proxy.migration.gate import GateSeal
+from proxy.migration.keys import state_key, state_owner
+from proxy.migration.phases import ActiveMigration, active_migration
 from tests.integration.test_migration_e2e import Cluster, layout_ketama_3_to_5, write_cold_keys
 from tests.support import RedisServer, redis_servers, wait_until
 

@@ -30,11 +30,12 @@ from typing import Any
 import pytest
 import redis
 
-from proxy.config import parse_config
-from proxy.connection import BackendConnection
-from proxy.executor import Executor, copy_key
-from proxy.migration import is_reserved, moved_shares
-from proxy.topology import PoolTopology, build_pool
+from proxy.config.schema import parse_config
+from proxy.jobs.executor import Executor, copy_key
+from proxy.migration.keys import is_reserved
+from proxy.migration.shares import moved_shares
+from proxy.net.connection import BackendConnection
+from proxy.routing.topology import PoolTopology, build_pool
 from tests.loadgen import TTL_S, Entry, Load, Worker, expected_value, normalize, read_args
 from tests.proxyrunner import ProxyThread
 from tests.support import RedisServer, free_port, redis_servers, wait_until

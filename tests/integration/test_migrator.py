@@ -19,19 +19,13 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-from proxy.cleanup import cleanup_pool
-from proxy.config import ProxyConfig, parse_config
-from proxy.executor import COPIED, SKIPPED, Executor, copy_key, open_backends
-from proxy.migration import (
-    ActiveMigration,
-    active_migration,
-    gate_reason,
-    is_reserved,
-    state_key,
-    state_owner,
-)
-from proxy.migrator import BackfillJob, read_gate
-from proxy.verifier import Verifier, VerifyReport
+from proxy.config.schema import ProxyConfig, parse_config
+from proxy.jobs.backfill import BackfillJob, read_gate
+from proxy.jobs.cleanup import cleanup_pool
+from proxy.jobs.executor import COPIED, SKIPPED, Executor, copy_key, open_backends
+from proxy.jobs.verify import Verifier, VerifyReport
+from proxy.migration.keys import is_reserved, state_key, state_owner
+from proxy.migration.phases import ActiveMigration, active_migration, gate_reason
 from tests.support import RedisServer, free_port, redis_servers
 
 T = TypeVar("T")

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from proxy.commands import lookup
-from proxy.migration import RESERVED_PREFIX
+from proxy.commands.spec import lookup
+from proxy.migration.keys import RESERVED_PREFIX
 from tests.integration.wire import Err, RespConn, encode
 from tests.proxyrunner import ProxyThread, proxy_for, running_proxy, simple_config
 from tests.support import RedisServer, free_port

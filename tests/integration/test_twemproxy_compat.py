@@ -18,7 +18,7 @@ from pathlib import Path
 import hiredis
 import pytest
 
-from proxy.hashing import Ring, hash_fn, ketama_label, ketama_points
+from proxy.routing.ring import Ring, hash_fn, ketama_label, ketama_points
 from tests.support import (
     NUTCRACKER,
     RedisServer,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy import command_table
-from proxy.acl import (
+from proxy.commands import table as command_table
+from proxy.commands.acl import (
     KEPT,
     PROXY_SENDS,
     AclProbes,
@@ -16,7 +16,7 @@ from proxy.acl import (
     proxy_needs,
     proxy_refuses,
 )
-from proxy.commands import Kind, all_specs
+from proxy.commands.spec import Kind, all_specs
 
 
 def test_rules_start_with_every_key_and_channel_and_deny_admin_and_dangerous() -> None:

@@ -9,8 +9,8 @@ from types import ModuleType
 
 import pytest
 
-from proxy import command_table
-from proxy.commands import (
+from proxy.commands import table as command_table
+from proxy.commands.spec import (
     COMMANDS,
     DENIED,
     EXTRA_ROWS,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import (
+from proxy.config.schema import (
     DEFAULT_ADMIN,
     DEFAULT_LISTEN,
     PHASES,

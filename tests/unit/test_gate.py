@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from proxy.config import parse_config
-from proxy.gate import MAC_FIELD, GateSeal, gate_key, gate_reason
-from proxy.migration import active_migration
+from proxy.config.schema import parse_config
+from proxy.migration.gate import MAC_FIELD, GateSeal, gate_key, gate_reason
+from proxy.migration.phases import active_migration
 
 GATE: dict[str, object] = {"backfill": "done", "mismatches_after_repair": 0, "checked": 9}
 CONFIG = """

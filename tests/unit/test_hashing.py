@@ -9,7 +9,7 @@ from bisect import bisect_left
 import mmh3
 import pytest
 
-from proxy.hashing import (
+from proxy.routing.ring import (
     DISTRIBUTIONS,
     HASH_NAMES,
     Ring,

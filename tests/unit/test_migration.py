@@ -9,22 +9,18 @@ from collections import Counter
 
 import pytest
 
-from proxy.config import PHASES, ProxyConfig, parse_config
-from proxy.migration import (
-    RESERVED_PREFIX,
+from proxy.config.schema import PHASES, ProxyConfig, parse_config
+from proxy.migration.keys import RESERVED_PREFIX, is_reserved, state_key, state_owner
+from proxy.migration.phases import (
     RULES,
     active_migration,
     check_step,
     gate_reason,
-    is_reserved,
     migration_id,
-    moved_shares,
     needs_gate,
-    share_method,
-    state_key,
-    state_owner,
 )
-from proxy.topology import PoolTopology, build_pool
+from proxy.migration.shares import moved_shares, share_method
+from proxy.routing.topology import PoolTopology, build_pool
 
 OLD = ["127.0.0.1:7001:1 r1", "127.0.0.1:7002:1 r2", "127.0.0.1:7003:1 r3"]
 NEW = [*OLD, "127.0.0.1:7004:1 r4", "127.0.0.1:7005:1 r5"]

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from proxy.fence import MigrationState
-from proxy.metrics import (
+from proxy.jobs.runner import PhaseRunner
+from proxy.net.fence import MigrationState
+from proxy.net.metrics import (
     GAUGE_MODES,
     JOB_FAMILIES,
     SUPERVISOR_FAMILIES,
@@ -19,9 +20,8 @@ from proxy.metrics import (
     ProxyMetrics,
     SupervisorMetrics,
 )
-from proxy.multiproc import MetricsPublisher, forget_worker
-from proxy.phaserunner import PhaseRunner
-from proxy.pool import BackendPool
+from proxy.net.pool import BackendPool
+from proxy.workers.metrics_files import MetricsPublisher, forget_worker
 
 
 class FakeWorker:

@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from proxy.resp import ReplyScanner
+from proxy.codec.resp import ReplyScanner
 
 # Values that look like protocol: CRLF inside, headers, CR or LF at the edges, table-edge sizes.
 TRICKY = [

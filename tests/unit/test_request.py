@@ -11,8 +11,8 @@ import random
 
 import pytest
 
-from proxy.request import MAX_MULTIBULK, RequestReader
-from proxy.resp import ProtocolError, encode_request
+from proxy.codec.request import MAX_MULTIBULK, RequestReader
+from proxy.codec.resp import ProtocolError, encode_request
 
 # Values that look like protocol: CRLF inside, headers, a bare `*2`, lengths at table edges.
 TRICKY = [
@@ -184,7 +184,7 @@ def test_unauthenticated_reader_hands_out_one_request_per_feed() -> None:
 
 # -- linear in the bytes received --------------------------------------------------------------
 def test_a_huge_request_in_small_reads_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    import proxy.request as request
+    import proxy.codec.request as request
 
     calls = 0
     real = request.strict_int
@@ -242,7 +242,7 @@ class Sink:
 
 @pytest.mark.parametrize("step", [1000, 65536, 3_000_000])
 def test_a_big_last_argument_streams_to_the_sink(step: int) -> None:
-    from proxy.request import STREAM_MIN_BYTES
+    from proxy.codec.request import STREAM_MIN_BYTES
 
     value = bytes(range(256)) * (STREAM_MIN_BYTES // 128)
     data = (
@@ -269,7 +269,7 @@ def test_a_big_last_argument_streams_to_the_sink(step: int) -> None:
 
 
 def test_a_refusing_gate_or_a_later_argument_assembles_as_before() -> None:
-    from proxy.request import STREAM_MIN_BYTES
+    from proxy.codec.request import STREAM_MIN_BYTES
 
     value = b"x" * STREAM_MIN_BYTES
     for gate, args in [

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from proxy.config import parse_config
-from proxy.server import ProxyServer, WorkerRole
+from proxy.config.schema import parse_config
+from proxy.server.server import ProxyServer, WorkerRole
 
 BUDGET = 1_000_000
 CONFIG = (

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from proxy.config import parse_config
-from proxy.metrics import LATENCY_BUCKETS_S
-from proxy.supervisor import Supervisor
-from proxy.workerstatus import combine_reasons, merge_backends, merge_status
+from proxy.config.schema import parse_config
+from proxy.net.metrics import LATENCY_BUCKETS_S
+from proxy.workers.status import combine_reasons, merge_backends, merge_status
+from proxy.workers.supervisor import Supervisor
 
 CONFIG = "listen: 127.0.0.1:7777\nworkers: 3\npools: {main: {servers: [127.0.0.1:7001 r1]}}\n"
 

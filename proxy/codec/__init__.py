@@ -1,0 +1,1 @@
+"""RESP, pure: client requests and backend replies, bytes in, frames out."""

@@ -1,0 +1,1 @@
+"""YAML -> frozen, validated dataclasses. Pure: one reader of the file."""

@@ -1,0 +1,511 @@
+"""YAML config -> frozen, validated dataclasses.
+
+Owns the schema, every default and every validation rule. Invariant: a ProxyConfig exists only
+for a wholly valid file; otherwise ConfigError lists *every* problem, each prefixed with the dotted
+path of the value at fault (``pools.main.servers[2]: port must be 1..65535``). Pure: PyYAML and
+the standard library; the only I/O is reading the file in read_config_text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Final
+
+from proxy.config.reader import (
+    SERVER_FORM,
+    Reader,
+    describe,
+    format_addr,
+    join_path,
+    load_yaml,
+    parse_host_port,
+    parse_server,
+)
+from proxy.errors import ConfigError
+
+__all__ = [
+    "ACL_CHECKS",
+    "DEFAULT_ADMIN",
+    "DEFAULT_LISTEN",
+    "DISTRIBUTIONS",
+    "HASHES",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "MAX_WORKERS",
+    "PHASES",
+    "Address",
+    "BackendConfig",
+    "BackfillConfig",
+    "ClientConfig",
+    "ConfigError",
+    "MigrationConfig",
+    "PoolConfig",
+    "ProxyConfig",
+    "ServerConfig",
+    "config_hash",
+    "load_config",
+    "parse_config",
+    "read_config_text",
+]
+
+PHASES: Final[tuple[str, ...]] = ("double-write", "backfill", "cut-read", "retire")
+HASHES: Final[tuple[str, ...]] = ("murmur3", "fnv1a_64", "md5", "crc32a", "crc32")
+DISTRIBUTIONS: Final[tuple[str, ...]] = ("ketama", "modula")
+LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
+# warn: log and show a too-broad backend user; refuse: fail start and reloads; off: no check.
+ACL_CHECKS: Final[tuple[str, ...]] = ("warn", "refuse", "off")
+LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
+MIB: Final = 1024 * 1024
+MAX_WORKERS: Final = 64  # worker processes; more than cores only adds context switches
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str  # IPv4, lower-cased hostname, or IPv6 *without* brackets
+    port: int  # TCP port; 0 (any free port) only where parse(allow_port_zero=True)
+
+    def __str__(self) -> str:
+        return format_addr(self.host, self.port)
+
+    @classmethod
+    def parse(cls, text: str, *, allow_port_zero: bool = False) -> Address:
+        """'host:port' or '[v6]:port' -> Address; ValueError says what is wrong."""
+        return cls(*parse_host_port(text, allow_port_zero))
+
+
+DEFAULT_LISTEN: Final = Address("127.0.0.1", 6380)
+DEFAULT_ADMIN: Final = Address("127.0.0.1", 9380)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str  # as in Address: IPv6 without brackets
+    port: int  # 1..65535
+    weight: int = 1  # share of the ring relative to the pool's other servers, >= 1
+    name: str | None = None  # twemproxy's server name (ketama label); None: hash the address
+
+    @property
+    def addr(self) -> str:
+        """'host:port' ('[v6]:port'): a backend's identity, shared across pools."""
+        return format_addr(self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    name: str
+    hash: str  # one of HASHES
+    distribution: str  # one of DISTRIBUTIONS
+    hash_tag: str  # "" (none) or exactly two characters, e.g. "{}"
+    servers: tuple[ServerConfig, ...]  # at least one; addresses and names unique
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    password: str | None = None  # clients must AUTH when set
+    max_connections: int = 10000  # accepted client connections, per proxy process
+    max_pending_requests: int = 10000  # per client; reading pauses beyond this
+    # Per client: replies unread, queued and in flight; reading pauses at a quarter of it, and
+    # requests in flight are capped at half of it; a client that holds more is closed.
+    max_output_buffer_bytes: int = 64 * MIB
+    # All clients together (sized for a 1 GB container): past it, the clients that hold the
+    # most stop being read, and then the biggest is closed.
+    max_memory_bytes: int = 768 * MIB
+    idle_timeout_s: float = 0.0  # close idle clients after this; 0 = never
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    connect_timeout_ms: int = 1000
+    command_timeout_ms: int = 2000
+    username: str | None = None  # ACL user for AUTH; None: AUTH with password only
+    password: str | None = None  # AUTH sent on connect when set
+    connections: int = 1  # shared pipelined connections per backend per protocol
+    health_check_interval_ms: int = 1000
+    failure_threshold: int = 3  # consecutive failures before a backend is marked down
+    retry_backoff_ms: int = 100  # first reconnect delay, doubled per failure
+    retry_backoff_max_ms: int = 5000  # reconnect delay cap
+    acl_check: str = "warn"  # one of ACL_CHECKS: the backend user's ACL at start and reload
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillConfig:
+    rate_keys_per_s: int = 5000  # keys examined per second, across the fleet's one runner
+    batch_keys: int = 100  # keys copied per pipelined batch
+    scan_count: int = 200  # COUNT hint per SCAN call
+    big_key_bytes: int = 8 * MIB  # DUMP payloads above this are logged and counted
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationConfig:
+    to: str  # target pool; never the route pool
+    phase: str  # one of PHASES
+    force: bool = False  # allow backfill -> cut-read without a clean verify
+    backfill: BackfillConfig = BackfillConfig()
+    shadow_sample_ratio: float = 0.01  # share of reads shadow-compared on the other pool, 0..1
+    verify_ttl_tolerance_ms: int = 2000  # TTL difference the verifier accepts
+    gate_secret: str | None = field(default=None, repr=False)  # HMAC key of the gate; see gate.py
+    gate_sample_keys: int = 256  # moved keys re-compared at backfill -> cut-read
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    listen: Address
+    admin: Address | None  # None: no admin HTTP server
+    workers: int  # proxy processes sharing the listen port (SO_REUSEPORT), 1..MAX_WORKERS
+    log_format: str  # one of LOG_FORMATS
+    log_level: str  # one of LOG_LEVELS
+    slowlog_ms: float  # log requests slower than this; 0 = off
+    allow_flush: bool  # FLUSHDB / FLUSHALL fan out only when true
+    client: ClientConfig
+    backend: BackendConfig
+    pools: Mapping[str, PoolConfig]  # read-only, in file order
+    route: str  # the pool that owns the keyspace
+    migration: MigrationConfig | None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pools, MappingProxyType):
+            object.__setattr__(self, "pools", MappingProxyType(dict(self.pools)))
+
+    def pool(self, name: str) -> PoolConfig:
+        try:
+            return self.pools[name]
+        except KeyError:
+            raise KeyError(f"no pool named {name!r}") from None
+
+
+def parse_config(
+    text: str, source: str = "<string>", env: Mapping[str, str] | None = None
+) -> ProxyConfig:
+    """Validate YAML text; raise ConfigError listing every problem. env defaults to os.environ."""
+    raw = load_yaml(text, source)
+    if raw is None:
+        raise ConfigError((f"{source}: config is empty; expected a mapping with 'pools'",), source)
+    if not isinstance(raw, dict):
+        message = f"{source}: top level must be a mapping, got {describe(raw)}"
+        raise ConfigError((message,), source)
+    reader = Reader(os.environ if env is None else env)
+    config = _read_config(reader, raw)
+    if reader.errors:
+        raise ConfigError(tuple(reader.errors), source)
+    return config
+
+
+def read_config_text(path: str) -> str:
+    """The file's raw text (newlines untouched, so config_hash matches the bytes on disk)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as file:
+            return file.read()
+    except UnicodeDecodeError:
+        raise ConfigError((f"{path}: cannot read config: not valid UTF-8",), path) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError((f"{path}: cannot read config: {reason}",), path) from None
+
+
+def load_config(path: str, env: Mapping[str, str] | None = None) -> ProxyConfig:
+    return parse_config(read_config_text(path), source=path, env=env)
+
+
+def config_hash(text: str) -> str:
+    """Short content hash of the raw config text, for metrics and /status."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+_POOL_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
+
+# --- the schema: one rule per plain field, then the sections that need cross-checks ---
+
+_Rule = Callable[[Reader, str, object, Any], Any]
+
+
+def _int(low: int, high: int | None = None) -> _Rule:
+    return lambda r, path, value, default: r.integer(path, value, default, low, high)
+
+
+def _float(low: float, high: float | None = None) -> _Rule:
+    return lambda r, path, value, default: r.number(path, value, default, low, high)
+
+
+def _one_of(*choices: str) -> _Rule:
+    return lambda r, path, value, default: r.choice(path, value, default, choices)
+
+
+def _acl_check(r: Reader, path: str, value: object, default: Any) -> Any:
+    """One of ACL_CHECKS; YAML 1.1 reads a bare `off` as false, which means off too."""
+    return r.choice(path, "off" if value is False else value, default, ACL_CHECKS)
+
+
+def _bool(r: Reader, path: str, value: object, default: Any) -> Any:
+    return r.boolean(path, value, default)
+
+
+def _secret(r: Reader, path: str, value: object, default: Any) -> Any:
+    return r.secret(path, value)
+
+
+def _listen(r: Reader, path: str, value: object, default: Any) -> Any:
+    host_port = r.address(path, value, allow_port_zero=True)
+    return default if host_port is None else Address(*host_port)
+
+
+def _admin(r: Reader, path: str, value: object, default: Any) -> Any:
+    return None if value is None else _listen(r, path, value, default)
+
+
+def _hash_tag(r: Reader, path: str, value: object, default: Any) -> Any:
+    text = "" if value is None else r.text(path, value)
+    if text is None:
+        return default
+    if len(text) not in (0, 2):
+        r.fail(path, f"must be empty or exactly 2 characters, got {text!r}")
+        return default
+    return text
+
+
+def _defaults_of(cls: type[Any]) -> dict[str, Any]:
+    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+
+_TOP_RULES: Final[dict[str, _Rule]] = {
+    "listen": _listen,
+    "admin": _admin,
+    "workers": _int(1, MAX_WORKERS),
+    "log_format": _one_of(*LOG_FORMATS),
+    "log_level": _one_of(*LOG_LEVELS),
+    "slowlog_ms": _float(0),
+    "allow_flush": _bool,
+}
+_TOP_DEFAULTS: Final[dict[str, Any]] = {
+    "listen": DEFAULT_LISTEN,
+    "admin": DEFAULT_ADMIN,
+    "workers": 1,
+    "log_format": "text",
+    "log_level": "info",
+    "slowlog_ms": 0.0,
+    "allow_flush": False,
+}
+_CLIENT_RULES: Final[dict[str, _Rule]] = {
+    "password": _secret,
+    "max_connections": _int(1),
+    "max_pending_requests": _int(1),
+    "max_output_buffer_bytes": _int(1),
+    "max_memory_bytes": _int(1),
+    "idle_timeout_s": _float(0),
+}
+_BACKEND_RULES: Final[dict[str, _Rule]] = {
+    "connect_timeout_ms": _int(1),
+    "command_timeout_ms": _int(1),
+    "username": _secret,
+    "password": _secret,
+    "connections": _int(1),
+    "health_check_interval_ms": _int(1),
+    "failure_threshold": _int(1),
+    "retry_backoff_ms": _int(1),
+    "retry_backoff_max_ms": _int(1),
+    "acl_check": _acl_check,
+}
+_POOL_RULES: Final[dict[str, _Rule]] = {
+    "hash": _one_of(*HASHES),
+    "distribution": _one_of(*DISTRIBUTIONS),
+    "hash_tag": _hash_tag,
+}
+_POOL_DEFAULTS: Final[dict[str, Any]] = {
+    "hash": "murmur3",
+    "distribution": "ketama",
+    "hash_tag": "{}",
+}
+_SERVER_RULES: Final[dict[str, _Rule]] = {"weight": _int(1)}
+_BACKFILL_RULES: Final[dict[str, _Rule]] = {
+    "rate_keys_per_s": _int(1),
+    "batch_keys": _int(1),
+    "scan_count": _int(1),
+    "big_key_bytes": _int(1),
+}
+_MIGRATION_RULES: Final[dict[str, _Rule]] = {
+    "force": _bool,
+    "shadow_sample_ratio": _float(0, 1),
+    "verify_ttl_tolerance_ms": _int(0),
+    "gate_secret": _secret,
+    "gate_sample_keys": _int(1),
+}
+
+
+def _read_fields(
+    r: Reader,
+    path: str,
+    mapping: dict[str, object],
+    rules: dict[str, _Rule],
+    defaults: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        name: rule(r, join_path(path, name), mapping[name], defaults[name])
+        if name in mapping
+        else defaults[name]
+        for name, rule in rules.items()
+    }
+
+
+def _read_section(
+    r: Reader, path: str, raw: object, rules: dict[str, _Rule], cls: type[Any]
+) -> Any:
+    mapping = r.section(path, raw, tuple(rules))
+    return cls(**_read_fields(r, path, mapping, rules, _defaults_of(cls)))
+
+
+def _read_config(r: Reader, raw: object) -> ProxyConfig:
+    top = r.section("", raw, (*_TOP_RULES, "client", "backend", "pools", "route", "migration"))
+    values = _read_fields(r, "", top, _TOP_RULES, _TOP_DEFAULTS)
+    listen, admin = values["listen"], values["admin"]
+    if admin is not None and admin == listen and listen.port != 0:
+        r.fail("admin", f"must differ from listen ({listen})")
+    if values["workers"] > 1 and listen.port == 0:
+        r.fail("listen", "port 0 (any free port) cannot be shared by workers > 1; give a port")
+    client = _read_section(r, "client", top.get("client"), _CLIENT_RULES, ClientConfig)
+    backend = _read_backend(r, top.get("backend"))
+    pools, names = _read_pools(r, top.get("pools"))
+    route = _read_route(r, top.get("route"), names)
+    return ProxyConfig(
+        **values,
+        client=client,
+        backend=backend,
+        pools=MappingProxyType(pools),
+        route=route,
+        migration=_read_migration(r, top.get("migration"), route, names),
+    )
+
+
+def _read_backend(r: Reader, raw: object) -> BackendConfig:
+    before = len(r.errors)
+    backend: BackendConfig = _read_section(r, "backend", raw, _BACKEND_RULES, BackendConfig)
+    if len(r.errors) == before and backend.retry_backoff_max_ms < backend.retry_backoff_ms:
+        minimum = backend.retry_backoff_ms
+        r.fail("backend.retry_backoff_max_ms", f"must be >= backend.retry_backoff_ms ({minimum})")
+    return backend
+
+
+def _read_pools(r: Reader, raw: object) -> tuple[dict[str, PoolConfig], list[str]]:
+    """The valid-enough pools, and every pool name given (for checking route and migration.to)."""
+    mapping = r.mapping("pools", raw)
+    if not mapping and (raw is None or isinstance(raw, dict)):
+        r.fail("pools", "at least one pool is required")
+    pools: dict[str, PoolConfig] = {}
+    for name, value in mapping.items():
+        path = f"pools.{name}"
+        if not _POOL_NAME_RE.fullmatch(name):
+            r.fail(path, "pool names may only use letters, digits, '_' and '-'")
+        if value is not None and not isinstance(value, dict):
+            r.fail(path, f"expected a mapping, got {describe(value)}")
+            continue
+        section = r.section(path, value, (*_POOL_RULES, "servers"))
+        settings = _read_fields(r, path, section, _POOL_RULES, _POOL_DEFAULTS)
+        servers = _read_servers(r, f"{path}.servers", section.get("servers"))
+        pools[name] = PoolConfig(name=name, servers=servers, **settings)
+    return pools, list(mapping)
+
+
+def _read_servers(r: Reader, path: str, raw: object) -> tuple[ServerConfig, ...]:
+    if raw is not None and not isinstance(raw, list):
+        r.fail(path, f"expected a list, got {describe(raw)}")
+        return ()
+    if not raw:
+        r.fail(path, "at least one server is required")
+        return ()
+    servers: list[ServerConfig] = []
+    addrs: set[str] = set()
+    names: set[str] = set()
+    for index, item in enumerate(raw):
+        item_path = f"{path}[{index}]"
+        server = _read_server(r, item_path, item)
+        if server is None:
+            continue
+        if server.addr in addrs:
+            r.fail(item_path, f"duplicate server {server.addr}")
+        if server.name is not None and server.name in names:
+            r.fail(item_path, f"duplicate name {server.name!r}")
+        addrs.add(server.addr)
+        if server.name is not None:
+            names.add(server.name)
+        servers.append(server)
+    return tuple(servers)
+
+
+def _read_server(r: Reader, path: str, raw: object) -> ServerConfig | None:
+    if isinstance(raw, dict):
+        return _read_server_mapping(r, path, raw)
+    if not isinstance(raw, str):
+        r.fail(path, f"expected {SERVER_FORM} or a mapping, got {describe(raw)}")
+        return None
+    text = r.expand(path, raw)
+    if text is None:
+        return None
+    try:
+        return ServerConfig(*parse_server(text))
+    except ValueError as exc:
+        r.fail(path, str(exc))
+        return None
+
+
+def _read_server_mapping(r: Reader, path: str, raw: object) -> ServerConfig | None:
+    mapping = r.section(path, raw, ("addr", "name", *_SERVER_RULES))
+    weight = _read_fields(r, path, mapping, _SERVER_RULES, {"weight": 1})["weight"]
+    name = None
+    if mapping.get("name") is not None:
+        name = r.text(f"{path}.name", mapping["name"])
+        if name is not None and not re.fullmatch(r"\S+", name):
+            r.fail(f"{path}.name", f"must be non-empty without spaces, got {name!r}")
+    if "addr" not in mapping:
+        r.fail(f"{path}.addr", "required")
+        return None
+    host_port = r.address(f"{path}.addr", mapping["addr"], allow_port_zero=False)
+    return None if host_port is None else ServerConfig(*host_port, weight, name)
+
+
+def _read_route(r: Reader, raw: object, pool_names: list[str]) -> str:
+    if raw is None:
+        if len(pool_names) > 1:
+            r.fail("route", f"required when there is more than one pool ({_list(pool_names)})")
+        return pool_names[0] if len(pool_names) == 1 else ""
+    return _read_pool_name(r, "route", raw, pool_names)
+
+
+def _read_pool_name(r: Reader, path: str, raw: object, pool_names: list[str]) -> str:
+    name = r.text(path, raw)
+    if name is None:
+        return ""
+    if pool_names and name not in pool_names:
+        r.fail(path, f"no pool named {name!r} ({_list(pool_names)})")
+    return name
+
+
+def _list(pool_names: list[str]) -> str:
+    return "pools: " + ", ".join(pool_names)
+
+
+def _read_migration(
+    r: Reader, raw: object, route: str, pool_names: list[str]
+) -> MigrationConfig | None:
+    if raw is None or not isinstance(raw, dict):
+        r.mapping("migration", raw)  # reports a non-mapping
+        return None
+    mapping = r.section("migration", raw, ("to", "phase", "backfill", *_MIGRATION_RULES))
+    to = phase = ""
+    if "to" not in mapping:
+        r.fail("migration.to", "required")
+    else:
+        to = _read_pool_name(r, "migration.to", mapping["to"], pool_names)
+        if to and to == route:
+            r.fail("migration.to", f"must name a pool other than route ({route!r})")
+    if "phase" not in mapping:
+        r.fail("migration.phase", "required")
+    else:
+        phase = r.choice("migration.phase", mapping["phase"], "", PHASES)
+    backfill = _read_section(
+        r, "migration.backfill", mapping.get("backfill"), _BACKFILL_RULES, BackfillConfig
+    )
+    values = _read_fields(r, "migration", mapping, _MIGRATION_RULES, _defaults_of(MigrationConfig))
+    return MigrationConfig(to=to, phase=phase, backfill=backfill, **values)

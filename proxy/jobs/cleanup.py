@@ -1,0 +1,49 @@
+"""Cleanup after retire: delete the keys a server kept from the old layout but no longer owns.
+
+For each server of a pool, SCAN it and UNLINK (in batches) every key the pool's ring places on
+another server. Reserved keys (the jobs' state and temporary keys) are never touched. Only safe once
+the target pool answers every read: the CLI allows it in phase retire, or after the migration block
+is gone when the operator names the pool the keys came from.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from proxy.jobs.executor import Executor, RateLimiter, request, scan_keys
+from proxy.migration.keys import is_reserved
+from proxy.routing.topology import PoolTopology
+
+__all__ = ["cleanup_pool"]
+
+UNLINK_BATCH: Final = 500  # keys per UNLINK
+
+
+async def cleanup_pool(
+    ex: Executor,
+    pool: PoolTopology,
+    *,
+    dry_run: bool,
+    scan_count: int = 500,
+    limiter: RateLimiter | None = None,
+) -> dict[str, int]:
+    """Per server address: how many keys it holds that `pool`'s ring places elsewhere (deleted
+    unless dry_run)."""
+    counts: dict[str, int] = {}
+    for addr in dict.fromkeys(pool.addrs):
+        counts[addr] = 0
+        doomed: list[bytes] = []
+        async for _, keys in scan_keys(ex, addr, scan_count):
+            if limiter is not None:
+                await limiter.take(len(keys))
+            strays = [k for k in keys if not is_reserved(k) and pool.addr_for(k) != addr]
+            counts[addr] += len(strays)
+            if dry_run:
+                continue
+            doomed += strays
+            if len(doomed) >= UNLINK_BATCH:
+                await request(ex, addr, b"UNLINK", *doomed)
+                doomed = []
+        if doomed:
+            await request(ex, addr, b"UNLINK", *doomed)
+    return counts

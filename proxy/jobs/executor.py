@@ -1,0 +1,180 @@
+"""How migration jobs talk to backends: the Executor, the per-key Fence, and copying one key.
+
+Every request of a job goes through `Executor.call` on connection 0 of the backend, the connection
+the proxy uses for all keyed traffic of a migration, so a job's DUMP is ordered with client writes.
+Invariant of copy_key: the target never ends up older than the source; writes that reach the proxy
+while a key is copied are held by the fence and sent after the RESTORE, on the same connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Final, Protocol, TypeVar
+
+import hiredis
+
+from proxy.codec.resp import decode_reply
+from proxy.config.schema import ProxyConfig
+from proxy.net.backend import Backend
+
+__all__ = [
+    "NO_FENCE",
+    "Executor",
+    "Fence",
+    "JobError",
+    "RateLimiter",
+    "copy_key",
+    "gather_bounded",
+    "open_backends",
+    "request",
+    "scan_keys",
+]
+
+T = TypeVar("T")
+
+JOB_CONNECTION: Final = 0  # the backend connection that carries a migration's keyed traffic
+
+
+class JobError(Exception):
+    """A job's request failed: an error reply, or the backend is unavailable."""
+
+
+class Fence(Protocol):
+    """The proxy's per-key fence: while held, requests touching the key are deferred; hold()
+    returns once the requests sent before it were answered; release() sends the deferred ones
+    (after the job's RESTORE, on the same backend connection)."""
+
+    async def hold(self, key: bytes) -> None: ...
+
+    def release(self, key: bytes) -> None: ...
+
+
+class _NoFence:
+    """For the CLI, where no proxy writes pass through this process."""
+
+    async def hold(self, key: bytes) -> None:
+        pass
+
+    def release(self, key: bytes) -> None:
+        pass
+
+
+NO_FENCE: Final[Fence] = _NoFence()
+
+
+class Executor:
+    """Sends a job's requests to backends by address."""
+
+    def __init__(self, backends: Mapping[str, Backend]) -> None:
+        self.backends = backends
+
+    def call(self, addr: str, args: list[bytes]) -> asyncio.Future[bytes]:
+        """Queue one request now on connection 0 of `addr`; the future gets the raw reply."""
+        return self.backends[addr].call(args, JOB_CONNECTION)
+
+
+def open_backends(config: ProxyConfig) -> dict[str, Backend]:
+    """One Backend per address of every pool (for the CLI); close each with `await b.close()`."""
+    backends: dict[str, Backend] = {}
+    for pool in config.pools.values():
+        for server in pool.servers:
+            if server.addr not in backends:
+                name = server.name or server.addr
+                backends[server.addr] = Backend(server.addr, name, config.backend)
+    return backends
+
+
+def parse(raw: bytes, addr: str) -> object:
+    """A raw reply decoded to Python values; an error reply raises JobError naming `addr`."""
+    value = decode_reply(raw)
+    if isinstance(value, hiredis.ReplyError):
+        text = str(value)
+        raise JobError(text if addr in text else f"{addr}: {text}")
+    return value
+
+
+async def request(ex: Executor, addr: str, *args: bytes) -> object:
+    return parse(await ex.call(addr, list(args)), addr)
+
+
+async def scan_keys(
+    ex: Executor, addr: str, count: int, cursor: bytes = b"0"
+) -> AsyncIterator[tuple[bytes, list[bytes]]]:
+    """SCAN one backend from `cursor`: yields (next cursor, keys of this page) until b"0"."""
+    while True:
+        reply = await request(ex, addr, b"SCAN", cursor, b"COUNT", b"%d" % count)
+        assert isinstance(reply, list)
+        cursor, keys = reply[0], reply[1]
+        yield cursor, keys
+        if cursor == b"0":
+            return
+
+
+async def gather_bounded(aws: Iterable[Awaitable[T]], limit: int) -> list[T]:
+    """Await `aws` at most `limit` at a time, in chunks (their requests pipeline together);
+    results in order. Coroutines are created lazily, chunk by chunk."""
+    results: list[T] = []
+    chunk: list[Awaitable[T]] = []
+    for aw in aws:
+        chunk.append(aw)
+        if len(chunk) >= limit:
+            results += await asyncio.gather(*chunk)
+            chunk = []
+    if chunk:
+        results += await asyncio.gather(*chunk)
+    return results
+
+
+class RateLimiter:
+    """Token bucket over keys: `take(n)` waits until n keys fit in rate_per_s (burst: 1 s)."""
+
+    def __init__(self, rate_per_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = float(rate_per_s)
+        self.clock = clock
+        self.tokens = self.rate
+        self.last = clock()
+
+    async def take(self, n: int) -> None:
+        now = self.clock()
+        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate) - n
+        self.last = now
+        if self.tokens < 0:
+            await asyncio.sleep(-self.tokens / self.rate)
+
+
+COPIED: Final = "copied"
+SKIPPED: Final = "skipped"  # gone on the source (and deleted on the target), or not moving
+FAILED: Final = "failed"
+
+
+async def copy_key(ex: Executor, fence: Fence, key: bytes, src: str, dst: str) -> str:
+    """Copy one key from `src` to `dst` with DUMP / PTTL / RESTORE ... REPLACE, under the fence.
+
+    Returns "copied", "skipped" (gone on src: it is deleted on dst too, so a deleted key never
+    comes back) or "failed" (an error reply; the key is left for the verifier to repair).
+    """
+    await fence.hold(key)
+    released = False
+    try:
+        dump_f = ex.call(src, [b"DUMP", key])
+        pttl_f = ex.call(src, [b"PTTL", key])
+        payload, pttl = parse(await dump_f, src), parse(await pttl_f, src)
+        if payload is None or pttl == -2:
+            done_f = ex.call(dst, [b"DEL", key])
+            outcome = SKIPPED
+        else:
+            assert isinstance(payload, bytes) and isinstance(pttl, int)
+            ttl = b"%d" % max(pttl, 0)  # PTTL -1 (no expiry) -> RESTORE's 0
+            done_f = ex.call(dst, [b"RESTORE", key, ttl, payload, b"REPLACE"])
+            outcome = COPIED
+        fence.release(key)  # queued writes follow the RESTORE on the same connection
+        released = True
+        parse(await done_f, dst)
+        return outcome
+    except JobError:
+        return FAILED
+    finally:
+        if not released:
+            fence.release(key)

@@ -1,0 +1,107 @@
+"""The re-shard plan: how much of the keyspace moves, from which server to which.
+
+Two views: ring arithmetic (migration.moved_shares: the share of the hash space per source ->
+target pair), and a sample of the real keys (SCAN up to N keys per source server, placed on both
+rings). Rendering is plain text for the CLI: one table row per pair, with a bar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from proxy.jobs.executor import Executor, JobError, scan_keys
+from proxy.migration.keys import is_reserved
+from proxy.migration.phases import ActiveMigration
+from proxy.migration.shares import moved_shares, share_method
+
+__all__ = ["KeySample", "render_plan", "sample_keys"]
+
+BAR_WIDTH: Final = 40  # characters of a 100% bar
+
+
+@dataclass(slots=True)
+class KeySample:
+    sampled: int = 0  # keys placed on both rings
+    stay: int = 0  # keys whose owner address does not change
+    moves: dict[tuple[str, str], int] = field(default_factory=dict)  # (source, target) -> keys
+    stale: int = 0  # keys on a source server that its ring does not place there
+    unreachable: dict[str, str] = field(default_factory=dict)  # address -> error
+
+
+async def sample_keys(ex: Executor, m: ActiveMigration, per_server: int) -> KeySample:
+    """SCAN up to `per_server` keys of each source server; count where each would move."""
+    sample = KeySample()
+    for addr in dict.fromkeys(m.source.addrs):
+        seen = 0
+        try:
+            async for _, keys in scan_keys(ex, addr, min(per_server, 1000)):
+                for key in keys[: per_server - seen]:
+                    _place(sample, m, addr, key)
+                seen += len(keys)
+                if seen >= per_server:
+                    break
+        except JobError as exc:
+            sample.unreachable[addr] = str(exc)
+    return sample
+
+
+def _place(sample: KeySample, m: ActiveMigration, addr: str, key: bytes) -> None:
+    if is_reserved(key):
+        return
+    if m.source.addr_for(key) != addr:
+        sample.stale += 1
+        return
+    sample.sampled += 1
+    dst = m.target.addr_for(key)
+    if dst == addr:
+        sample.stay += 1
+    else:
+        sample.moves[(addr, dst)] = sample.moves.get((addr, dst), 0) + 1
+
+
+def _bar(share: float) -> str:
+    return "#" * max(1, round(share * BAR_WIDTH)) if share > 0 else ""
+
+
+def render_plan(
+    m: ActiveMigration, names: Mapping[str, str], sample: KeySample | None
+) -> list[str]:
+    """The plan as lines of text: ring arithmetic, then the sample (or why there is none)."""
+    shares = moved_shares(m.source, m.target)
+    total = sum(shares.values())
+
+    def label(addr: str) -> str:
+        name = names.get(addr, addr)
+        return addr if name == addr else f"{name} {addr}"
+
+    lines = [
+        f"migration {m.mid}: pool {m.source.name} ({len(m.source.addrs)} servers,"
+        f" {m.source.ring.distribution} {m.source.ring.hash_name}) -> pool {m.target.name}"
+        f" ({len(m.target.addrs)} servers, {m.target.ring.distribution}"
+        f" {m.target.ring.hash_name}), phase {m.phase}",
+        f"keys that move: {total * 100:.2f}% of the hash space"
+        f" ({share_method(m.source, m.target)}); stay: {(1 - total) * 100:.2f}%",
+        f"  {'from':<30} {'to':<30} {'share':>7}",
+    ]
+    for (src, dst), share in sorted(shares.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {label(src):<30} {label(dst):<30} {share * 100:6.2f}%  {_bar(share)}")
+    if sample is None:
+        return lines
+    for addr, error in sample.unreachable.items():
+        lines.append(f"note: {label(addr)} did not answer ({error}); its keys are not sampled")
+    if not sample.sampled:
+        lines.append("sampled keys: none (no reachable source server holds a key)")
+        return lines
+    moved = sum(sample.moves.values())
+    lines.append(
+        f"sampled {sample.sampled} keys: {moved} would move ({moved / sample.sampled * 100:.1f}%)"
+        + (f"; {sample.stale} stale keys ignored" if sample.stale else "")
+    )
+    for (src, dst), count in sorted(sample.moves.items(), key=lambda kv: -kv[1]):
+        share = count / sample.sampled
+        lines.append(
+            f"  {label(src):<30} {label(dst):<30} {count:>7}  {share * 100:5.1f}%  {_bar(share)}"
+        )
+    return lines

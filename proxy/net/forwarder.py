@@ -1,0 +1,106 @@
+"""Sending a plan's fragments to backends and gathering their replies into one reply slot.
+
+A `Gather` owns one child slot per fragment; when the last child is answered it merges the raw
+replies (routing.merge_replies) into the parent slot, which sits in the client's ordered queue.
+"""
+
+from __future__ import annotations
+
+from proxy.codec.resp import decode_reply, encode_request
+from proxy.commands.local import ServerView, encode_info, info_body, sum_keyspace
+from proxy.commands.spec import Merge
+from proxy.net.connection import Slot
+from proxy.net.pool import Router
+from proxy.routing.plan import Plan, merge_replies
+
+
+class Gather:
+    __slots__ = ("children", "dirty", "parent", "plan", "resp3")
+    takes_views = False
+
+    def __init__(self, parent: Slot, plan: Plan, resp3: bool) -> None:
+        self.parent = parent
+        self.plan = plan
+        self.resp3 = resp3
+        self.dirty = False
+        self.children = [Slot(self, None, parent.start) for _ in plan.fragments]
+
+    def flush(self) -> None:
+        self.dirty = False
+        if self.parent.reply is not None:
+            return
+        replies = [c.reply for c in self.children]
+        if any(r is None for r in replies):
+            return
+        self.parent.reply = merge_replies(self.plan, replies, self.resp3)  # type: ignore[arg-type]
+        owner = self.parent.owner
+        if not owner.dirty:
+            owner.dirty = True
+            owner.flush()
+
+
+def send_plan(plan: Plan, router: Router, slot: Slot, proto: int, client_id: int) -> None:
+    """Send every fragment of `plan`; its (merged) reply lands in `slot`."""
+    if plan.error is not None:
+        slot.reply = plan.error
+        return
+    backends = router.backends
+    fragments = plan.fragments
+    if len(fragments) == 1 and plan.merge is None:
+        fragment = fragments[0]
+        backends[fragment.addr].send(proto, client_id, encode_request(fragment.args), slot)
+        return
+    gather = Gather(slot, plan, proto == 3)
+    alone = plan.merge is Merge.KILL  # not queued behind the script it is meant to stop
+    for fragment, child in zip(fragments, gather.children, strict=True):
+        if alone:
+            backends[fragment.addr].send_alone(fragment.args, child)
+        else:
+            backends[fragment.addr].send(proto, client_id, encode_request(fragment.args), child)
+    if all(c.reply is not None for c in gather.children):
+        # Every backend was down: answered already; merge now (the client flushes after).
+        gather.parent.reply = merge_replies(
+            plan,
+            [c.reply for c in gather.children],  # type: ignore[misc]
+            proto == 3,
+        )
+
+
+class InfoGather:
+    """INFO: the proxy's own sections plus `# Keyspace` summed over the route backends."""
+
+    __slots__ = ("args", "children", "dirty", "parent", "proto", "view")
+    takes_views = False
+
+    def __init__(self, parent: Slot, args: list[bytes], view: ServerView, proto: int, n: int):
+        self.parent = parent
+        self.args = args
+        self.view = view
+        self.proto = proto
+        self.dirty = False
+        self.children = [Slot(self, None, parent.start) for _ in range(n)]
+
+    def flush(self) -> None:
+        self.dirty = False
+        if self.parent.reply is not None or any(c.reply is None for c in self.children):
+            return
+        texts = []
+        for child in self.children:
+            value = decode_reply(child.reply or b"")
+            if isinstance(value, bytes):
+                texts.append(value)
+        body = info_body(self.args, self.view, sum_keyspace(texts))
+        self.parent.reply = encode_info(body, self.proto)
+        owner = self.parent.owner
+        if not owner.dirty:
+            owner.dirty = True
+            owner.flush()
+
+
+def send_info(args: list[bytes], router: Router, slot: Slot, view: ServerView, proto: int) -> None:
+    addrs = list(dict.fromkeys(router.topology.route.addrs))
+    gather = InfoGather(slot, args, view, proto, len(addrs))
+    payload = encode_request([b"INFO", b"keyspace"])
+    for addr, child in zip(addrs, gather.children, strict=True):
+        router.backends[addr].send(2, 0, payload, child)
+    gather.flush()

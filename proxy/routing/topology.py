@@ -1,0 +1,86 @@
+"""Immutable topology: the rings of every pool, built from a validated config.
+
+A reload builds a new Topology and the server swaps one reference; requests in flight keep the one
+they started with. Servers are identified by address: the same address in two pools is one Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from proxy.config.schema import PoolConfig, ProxyConfig
+from proxy.routing.ring import Ring, ketama_label
+
+
+@dataclass(frozen=True, slots=True)
+class PoolTopology:
+    name: str
+    ring: Ring
+    addrs: tuple[str, ...]  # ring node index -> server address "host:port"
+    names: tuple[str, ...]  # ring node index -> display name (server name, else address)
+
+    def addr_for(self, key: bytes) -> str:
+        return self.addrs[self.ring.node_for(key)]
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    generation: int
+    config: ProxyConfig
+    config_hash: str
+    pools: Mapping[str, PoolTopology]
+    route: PoolTopology  # the pool that owns the keyspace
+    target: PoolTopology | None  # migration.to, while re-sharding
+    phase: str | None  # migration phase, None when not re-sharding
+    names: Mapping[str, str]  # address -> display name, for every server of every pool
+
+    def active_addrs(self) -> tuple[str, ...]:
+        """Addresses that serve traffic now (route, plus target while migrating), in order."""
+        seen = dict.fromkeys(self.route.addrs)
+        if self.target is not None:
+            seen.update(dict.fromkeys(self.target.addrs))
+        return tuple(seen)
+
+    def all_addrs(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for pool in self.pools.values():
+            seen.update(dict.fromkeys(pool.addrs))
+        return tuple(seen)
+
+
+def build_pool(pool: PoolConfig) -> PoolTopology:
+    labels = [ketama_label(s.host, s.port, s.name) for s in pool.servers]
+    ring = Ring(
+        labels,
+        [s.weight for s in pool.servers],
+        hash_name=pool.hash,
+        distribution=pool.distribution,
+        hash_tag=pool.hash_tag.encode(),
+    )
+    return PoolTopology(
+        name=pool.name,
+        ring=ring,
+        addrs=tuple(s.addr for s in pool.servers),
+        names=tuple(s.name or s.addr for s in pool.servers),
+    )
+
+
+def build_topology(config: ProxyConfig, generation: int, config_hash: str) -> Topology:
+    pools = {name: build_pool(p) for name, p in config.pools.items()}
+    names: dict[str, str] = {}
+    for pool in pools.values():
+        for addr, name in zip(pool.addrs, pool.names, strict=True):
+            names.setdefault(addr, name)
+    migration = config.migration
+    return Topology(
+        generation=generation,
+        config=config,
+        config_hash=config_hash,
+        pools=MappingProxyType(pools),
+        route=pools[config.route],
+        target=pools[migration.to] if migration else None,
+        phase=migration.phase if migration else None,
+        names=MappingProxyType(names),
+    )

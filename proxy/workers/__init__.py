@@ -1,0 +1,2 @@
+"""Supervisor and worker processes (`workers: N`): spawning, reloads, merged status and
+metrics."""
