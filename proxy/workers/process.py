@@ -22,7 +22,8 @@ from proxy.workers.worker import StartMessage
 
 READY_TIMEOUT_S = 30.0  # from spawn to the worker's ready line (imports, bind, first publish)
 CONTROL_TIMEOUT_S = 5.0  # one request on a worker's control socket
-PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # so `-m proxy.workers.worker` imports this tree
+# The repository root, so that `-m proxy.workers.worker` imports this tree.
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class WorkerError(Exception):
