@@ -286,7 +286,8 @@ class ClientConnection(asyncio.Protocol):
             if refusal is not None:
                 self._reject(refusal, spec.label)
                 return
-        refusal = refusal_before_routing(spec, args)
+        # A huge request's keys are checked slice by slice (slicer.SlicedRequest.check_next).
+        refusal = None if wants_slices(spec, args) else refusal_before_routing(spec, args)
         if refusal is not None:
             self._reject(refusal, spec.label)
             return

@@ -15,13 +15,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from proxy import errors
 from proxy.commands import CommandSpec, Kind
 from proxy.connection import Slot
 from proxy.dualwrite import dispatch_migrating
 from proxy.forwarder import send_plan
 from proxy.pool import Router
 from proxy.routing import plan_multi
-from proxy.slicing import SliceMerge, slice_args, slice_count
+from proxy.slicing import SliceMerge, names_reserved, slice_args, slice_count
 
 # Keys per slice, and the size over which a request is sliced: planning or merging a slice of
 # this many keys takes about 2 ms (benchmarks/README.md, "Huge multi-key requests").
@@ -56,7 +57,7 @@ class SlicedRequest:
     """Owner of the slices' reply slots; fills `parent` once every slice is answered."""
 
     __slots__ = (
-        "client", "count", "dirty", "host", "keys", "loop", "merge", "parent", "request",
+        "checked", "client", "count", "dirty", "host", "keys", "loop", "merge", "parent", "request",
         "sent", "waiting",
     )  # fmt: skip
     takes_views = False
@@ -71,10 +72,28 @@ class SlicedRequest:
         self.dirty = False
         self.keys = SLICE_KEYS  # read once: a test may change SLICE_KEYS meanwhile
         self.count = slice_count(request.spec, request.args, self.keys)
+        self.checked = 0  # slices checked for reserved keys
         self.sent = 0
         self.waiting: deque[Slot] = deque()  # slices sent, not yet folded, in slice order
         self.merge = SliceMerge(request.spec.merge)
         self.loop = asyncio.get_running_loop()
+
+    def check_next(self) -> None:
+        """Look for a reserved key in one slice (the whole request is refused before any
+        slice is sent, as routing.refusal_before_routing refuses smaller ones); then send."""
+        if self.client.closed:
+            return
+        request = self.request
+        args = slice_args(request.spec, request.args, self.checked, self.keys)
+        if names_reserved(request.spec, args):
+            self.sent = self.count  # nothing is sent
+            self.client.on_slices_sent()
+            self.parent.stats = None  # refused by the proxy, not a command that ran
+            self.merge.add(errors.reserved_key(request.spec.name))
+            self.flush()
+            return
+        self.checked += 1
+        self.loop.call_soon(self.check_next if self.checked < self.count else self.send_next)
 
     def send_next(self) -> None:
         """Send one slice; schedule the next, or tell the client every slice is sent."""
@@ -123,7 +142,8 @@ class SlicedRequest:
 def send_sliced(
     request: SliceRequest, parent: Slot, client: SliceClient, host: RouterHolder
 ) -> SlicedRequest:
-    """Start sending `request` slice by slice (the first one now); its reply lands in `parent`."""
+    """Check `request`'s keys slice by slice (the first slice now), then send it slice by
+    slice; its reply lands in `parent`."""
     sliced = SlicedRequest(request, parent, client, host)
-    sliced.send_next()
+    sliced.check_next()
     return sliced

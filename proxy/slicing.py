@@ -8,6 +8,7 @@ is folded as it comes, so no step of the merge costs more than one slice's worth
 from __future__ import annotations
 
 from proxy.commands import CommandSpec, Merge
+from proxy.migration import RESERVED_PREFIX
 from proxy.resp import encode_int
 
 OK = b"+OK\r\n"
@@ -25,6 +26,11 @@ def slice_args(
     width = keys_per_slice * spec.key_step
     start = 1 + index * width
     return [args[0], *args[start : start + width]]
+
+
+def names_reserved(spec: CommandSpec, args: list[bytes]) -> bool:
+    """Does a slice (from slice_args) name a key under RESERVED_PREFIX?"""
+    return any(key.startswith(RESERVED_PREFIX) for key in args[1 :: spec.key_step])
 
 
 class SliceMerge:

@@ -143,3 +143,18 @@ def test_client_gone_mid_way_stops_the_slices(
     gone_at = next(sent for sent, gone in calls if gone)
     assert gone_at < len(keys) // 100  # slices left unsent
     assert calls[-1][1] and len(calls) == gone_at + 1  # nothing after that
+
+
+def test_reserved_key_in_a_late_slice_refuses_the_whole_request(
+    proxy: ProxyThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slicer, "SLICE_KEYS", 1000)
+    mset: list[bytes] = [b"MSET"]
+    for i in range(20_000):
+        mset += [b"r:%d" % i, b"v"]
+    mset[-2] = b"__shardproxy:gate"
+    with RespConn(proxy.port) as conn:
+        raw, _ = conn.call(*mset)
+        assert raw.startswith(b"-ERR 'mset' refused: keys under '__shardproxy:'")
+        assert conn.call("EXISTS", "r:0", "r:19998")[0] == b":0\r\n"  # no slice was sent
+        assert conn.call("PING")[0] == b"+PONG\r\n"
