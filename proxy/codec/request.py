@@ -55,7 +55,9 @@ class RequestReader:
     """Parses client requests, RESP multibulk and inline, as an explicit resumable state machine.
 
     `feed` returns the complete requests as lists of bytes arguments, and sets `raws` to their
-    canonical RESP bytes (the bytes received when they were canonical, else re-encoded). It
+    canonical RESP bytes: the bytes received, when they arrived in one read and were canonical;
+    else b"", and whoever forwards the request as one piece encodes it (encode_request): a
+    request split or merged anyway (a 1M-key MGET) is never encoded whole for nothing. It
     raises ProtocolError with Redis's wording on malformed input (the caller answers it and
     closes the connection), with the requests parsed before it in `ProtocolError.requests`.
 
@@ -318,11 +320,8 @@ class RequestReader:
         return data[take:]
 
     def _finish(self, out: list[list[bytes]], raws: list[bytes]) -> None:
-        """The request under way is complete: hand it out (raws[-1] b"": re-encode it)."""
-        args = self._args
-        out.append(args)
-        if not raws[-1]:
-            raws[-1] = encode_request(args)
+        """The request under way is complete: hand it out."""
+        out.append(self._args)
         self._args = []
         self._args_bytes = 0
         self._canon = True

@@ -5,6 +5,7 @@ Request path (all synchronous callbacks, no task per request):
     data_received --RequestReader--> [args, ...] --dispatch--> Slot appended to self.pending
         single key : router.backend_for(key).send(...)            (the hot path)
         multi/fan  : routing.plan_* -> forwarder.send_plan        (Gather merges into one slot)
+        huge multi : slicer.send_sliced, a slice per loop iteration; later requests wait
         local      : local.run_local -> slot filled at once
     BackendConnection.data_received fills slots -> owner.flush() -> replies leave from the head
     of self.pending while the head is answered, so pipelined replies keep request order.
@@ -34,6 +35,7 @@ from proxy.net.dualwrite import dispatch_migrating
 from proxy.net.forwarder import send_info, send_plan
 from proxy.net.metrics import LATENCY_BUCKETS_S, CommandStats, ProxyMetrics
 from proxy.net.pool import Router
+from proxy.net.slicer import SlicedRequest, SliceRequest, send_sliced, wants_slices
 from proxy.net.stream import BulkStream, stream_head
 from proxy.routing.plan import plan_fanout, plan_multi, plan_same_backend, refusal_before_routing
 
@@ -93,6 +95,7 @@ class ClientConnection(asyncio.Protocol):
         # It starts high, so a client's first burst is bounded until its replies are seen.
         self._reply_est = _FIRST_REPLY_EST
         self._limit = 0  # requests in flight allowed now
+        self._sliced: SlicedRequest | None = None  # a huge request still being sent
         self._learn_replies(0)
         # Cache of host.metrics.command_stats by command name (CommandSpec's own hash is slow).
         self._stats: dict[str, CommandStats] = {}
@@ -174,7 +177,8 @@ class ClientConnection(asyncio.Protocol):
                     slot = Slot(self, stats, now)
                     pending.append(slot)
                     backend = router.route_backends[router.node_for(args[key])]
-                    backend.send(self.session.proto, self.client_id, self.reader.raws[0], slot)
+                    raw = self.reader.raws[0] or encode_request(args)  # b"": not kept (see feed)
+                    backend.send(self.session.proto, self.client_id, raw, slot)
                     if pending[0].reply is not None:  # a backend down answers at once
                         self.flush()
                     return
@@ -236,11 +240,14 @@ class ClientConnection(asyncio.Protocol):
             ):
                 slot = Slot(self, stats, now)
                 pending.append(slot)
-                route_backends[node_for(args[key])].send(proto, cid, raws[i], slot)
+                route_backends[node_for(args[key])].send(proto, cid, raws[i] or encode_request(args), slot)
             else:
                 self._dispatch(args, router)
                 if session.closing:
                     break
+                if self._sliced is not None:  # sent slice by slice: the rest waits for it
+                    self._wait_for_slices(requests, raws, i + 1, failure)
+                    return
                 proto = session.proto
                 fast = router.fast and session.direct
         self._backlog = None
@@ -291,7 +298,8 @@ class ClientConnection(asyncio.Protocol):
             if refusal is not None:
                 self._reject(refusal, spec.label)
                 return
-        refusal = refusal_before_routing(spec, args)
+        # A huge request's keys are checked slice by slice (slicer.SlicedRequest.check_next).
+        refusal = None if wants_slices(spec, args) else refusal_before_routing(spec, args)
         if refusal is not None:
             self._reject(refusal, spec.label)
             return
@@ -348,6 +356,10 @@ class ClientConnection(asyncio.Protocol):
             return errors.denied(spec.name)
         if spec.needs_flush_permission and not self.host.allow_flush:
             return errors.flush_disabled(spec.name)
+        if wants_slices(spec, args):
+            request = SliceRequest(spec, args, proto, self.client_id)
+            self._sliced = send_sliced(request, slot, self, self.host)
+            return None
         if not router.fast:
             return dispatch_migrating(spec, args, router, slot, proto, self.client_id)
         if kind is Kind.SINGLE:
@@ -435,7 +447,10 @@ class ClientConnection(asyncio.Protocol):
         if biggest > est:
             est = biggest
         self._reply_est = est
-        self._limit = max(1, min(self._max_pending, int((self._budget >> 1) / (est + 64))))
+        if self._sliced is not None:
+            self._limit = 0  # see _wait_for_slices
+        else:
+            self._limit = max(1, min(self._max_pending, int((self._budget >> 1) / (est + 64))))
 
     # -- big values streamed through (proxy.stream) ---------------------------------------
     def _streamable(self, head: list[bytes]) -> bool:
@@ -539,9 +554,39 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def _wait_for_slices(
+        self,
+        requests: list[list[bytes]],
+        raws: list[bytes],
+        start: int,
+        failure: ProtocolError | None,
+    ) -> None:
+        """A huge request is being sent slice by slice: no later request may overtake it.
+        Requests already read wait as the backlog; while there are none, reading goes on (so
+        a client that goes away is seen), but no request fits under a limit of 0 in flight,
+        so the next ones read become the backlog (_process) until on_slices_sent."""
+        self._limit = 0
+        if start < len(requests) or failure is not None:
+            self._backlog = (requests, raws, start, failure)
+            self._pending_paused = True
+            self._update_reading()
+        else:
+            self._backlog = None
+        self.flush()
+
+    def on_slices_sent(self) -> None:
+        """The last slice of a huge request is sent: the requests after it may go."""
+        self._sliced = None
+        self._learn_replies(0)  # restores the limit
+        if self._backlog is not None:
+            self._resume_backlog()
+        elif self._pending_paused:
+            self._pending_paused = False
+            self._update_reading()
+
     def _resume_backlog(self) -> None:
         backlog = self._backlog
-        if self.closed or backlog is None:
+        if self.closed or backlog is None or self._sliced is not None:
             return
         self._pending_paused = False
         self._process(*backlog)  # may pause again

@@ -48,8 +48,10 @@ def feed_in_chunks(data: bytes, cuts: list[int]) -> tuple[list[list[bytes]], lis
     for cut in [*cuts, len(data)]:
         got = reader.feed(data[start:cut])
         assert len(reader.raws) == len(got)
+        for raw, args in zip(reader.raws, got, strict=True):
+            assert raw in (b"", encode_request(args))  # kept only when canonical and whole
         requests += got
-        raws += reader.raws
+        raws += [raw or encode_request(args) for raw, args in zip(reader.raws, got, strict=True)]
         start = cut
     return requests, raws
 
@@ -204,7 +206,7 @@ def test_a_huge_request_in_small_reads_is_parsed_once(monkeypatch: pytest.Monkey
         got += reader.feed(data[at : at + 4096])
         held.append(reader.buffered_bytes())
     assert got == [[b"MGET", *keys]]
-    assert reader.raws == [data]  # the last feed completed it: re-encoded, canonical
+    assert reader.raws == [b""]  # split over reads: not encoded whole (MGET is split anyway)
     # Each header was read once: no re-parsing of the partial request from its start.
     assert calls == 1 + 1 + len(keys)
     assert max(held) < len(data)  # holds the arguments, not a growing copy of the input
