@@ -240,7 +240,8 @@ class ClientConnection(asyncio.Protocol):
             ):
                 slot = Slot(self, stats, now)
                 pending.append(slot)
-                route_backends[node_for(args[key])].send(proto, cid, raws[i] or encode_request(args), slot)
+                raw = raws[i] or encode_request(args)  # b"": not kept (see RequestReader.feed)
+                route_backends[node_for(args[key])].send(proto, cid, raw, slot)
             else:
                 self._dispatch(args, router)
                 if session.closing:
