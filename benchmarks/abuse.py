@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +72,37 @@ class Pinger(threading.Thread):
         s = sorted(self.samples) or [0.0]
         p = lambda q: s[min(len(s) - 1, int(q * len(s)))]  # noqa: E731
         return f"PING p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms, max {s[-1]:.1f} ms"
+
+
+class PingerProcess:
+    """A Pinger in a process of its own: a benchmark client that parses a huge reply holds this
+    process's GIL, and a bystander thread here would measure that instead of the proxy."""
+
+    def __init__(self, port: int, password: bytes | None) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self._stop = ctx.Event()
+        self._recv, send = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(target=self._run, args=(port, password, send), daemon=True)
+        self.samples: list[float] = []
+        self.errors = 0
+
+    def _run(self, port: int, password: bytes | None, send: Connection) -> None:
+        pinger = Pinger(port, password)
+        pinger.start()
+        self._stop.wait()
+        pinger.stop.set()
+        pinger.join()
+        send.send((pinger.samples, pinger.errors))
+
+    def start(self) -> None:
+        self._proc.start()
+
+    def stop_and_join(self) -> None:
+        self._stop.set()
+        self.samples, self.errors = self._recv.recv()
+        self._proc.join(10)
+
+    summary = Pinger.summary
 
 
 def watch_peak(pid: int, stop: threading.Event, out: list[float]) -> None:

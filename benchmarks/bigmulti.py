@@ -23,7 +23,7 @@ import hiredis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.abuse import Pinger, _open  # noqa: E402
+from benchmarks.abuse import PingerProcess, _open  # noqa: E402
 from tests.support import free_port, redis_servers, wait_until  # noqa: E402
 
 
@@ -79,12 +79,11 @@ def run(n: int, extra: str) -> None:
         try:
             wait_until(lambda: _open(port), 10, "proxy up")
             for name, args in requests(n):
-                pinger = Pinger(port, None)
+                pinger = PingerProcess(port, None)
                 pinger.start()
                 time.sleep(0.2)
                 seconds, size = timed(port, args)
-                pinger.stop.set()
-                pinger.join()
+                pinger.stop_and_join()
                 print(
                     f"proxy  {name}: {seconds:.2f} s, reply {size} bytes; bystander "
                     f"{pinger.summary()}, {len(pinger.samples)} PINGs"

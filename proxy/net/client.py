@@ -48,6 +48,7 @@ _Known = tuple[int, int, int, CommandStats | None]
 _NOT_FAST: _Known = (0, 1, 0, None)  # no argument count fits
 _PRE_AUTH = frozenset({"auth", "hello", "quit", "reset"})
 _FIRST_REPLY_EST = 65536.0  # bytes: a new client's replies are taken to be big until seen
+_YIELD_BYTES = 256 * 1024  # a request under way this big yields the loop between its reads
 _EST_DECAY = 0.9  # per flush: how fast the reply size estimate forgets a big reply
 
 
@@ -86,6 +87,7 @@ class ClientConnection(asyncio.Protocol):
         self._stream: BulkStream | None = None
         self._stream_paused = False  # the stream's backend connection is full, or it waits
         self._hold = False  # dispatch nothing now: writes paused, or a stream's reply awaited
+        self._yielding = False  # reading paused until the next loop iteration (_yield_reading)
         cfg = host.client_config
         self._max_pending = cfg.max_pending_requests
         # Memory budget: replies in the transport, answered in the queue and still in flight.
@@ -187,6 +189,21 @@ class ClientConnection(asyncio.Protocol):
             self._start_stream()
         if reader.has_buffered():
             self._drain_buffered()
+        if reader.buffered_bytes() > _YIELD_BYTES:
+            self._yield_reading()
+
+    def _yield_reading(self) -> None:
+        """A huge request is under way: read its next chunk in the next loop iteration, not
+        in this one (libuv reads a ready socket up to 32 times per iteration: 8 MB of a 1M-key
+        MGET parsed in one go would hold every other client for a second)."""
+        if not self._yielding:
+            self._yielding = True
+            self._update_reading()
+            asyncio.get_running_loop().call_soon(self._end_yield)
+
+    def _end_yield(self) -> None:
+        self._yielding = False
+        self._update_reading()
 
     def _drain_buffered(self) -> None:
         """Before AUTH the reader hands out one request per feed, as Redis parses one and runs
@@ -616,6 +633,7 @@ class ClientConnection(asyncio.Protocol):
             or self._pending_paused
             or self._throttled
             or self._stream_paused
+            or self._yielding
             or self._backlog is not None
         ):
             transport.pause_reading()
