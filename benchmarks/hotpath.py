@@ -2,7 +2,7 @@
 
     python benchmarks/hotpath.py [--requests N] [--repeat R] [--hash NAME]
 
-A real ClientConnection, Router, Backend and BackendConnection (the same objects `serve` uses)
+A real ClientConnection, RouteTable, Backend and BackendConnection (the same objects `serve` uses)
 over in-memory transports: each round feeds a client read of `depth` GET requests (or SET 64 B),
 runs the event loop once so the backend write is flushed, feeds the three backends' replies, and
 lets the client write its replies. What is left out is only the kernel and uvloop's own socket
@@ -90,7 +90,8 @@ class Host:
         self.clients: set[ClientConnection] = set()
         self.metrics = ProxyMetrics()
         self.pool = BackendPool()
-        self.router = self.pool.sync(build_topology(config, 1, "bench"), MigrationState())
+        self.routes = self.pool.sync(build_topology(config, 1, "bench"))
+        self.migration = MigrationState(lambda: self.routes)
         self._ids = 0
 
     def next_client_id(self) -> int:
@@ -119,13 +120,13 @@ async def measure(command: bytes, depth: int, fan_in: int, total: int, hash_name
     """CPU µs per request: rounds of `fan_in` client reads of `depth` requests each, one loop
     iteration (the backends' coalesced writes), one read of replies per backend."""
     host = Host(hash_name)
-    conns = [connect_backend(b) for b in host.router.route_backends]
+    conns = [connect_backend(b) for b in host.routes.route_backends]
     clients = []
     for _ in range(fan_in):
         client = ClientConnection(host)
         client.connection_made(MemoryTransport())
         clients.append(client)
-    node_for = host.router.node_for
+    node_for = host.routes.node_for
     rounds: list[tuple[list[bytes], dict[int, bytes]]] = []
     for r in range(64):
         reads = []

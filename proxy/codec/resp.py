@@ -248,7 +248,7 @@ def _scan_replies(data: bytes, start: int, out: list[bytes]) -> tuple[list[bytes
 
     A reply of at least _VIEW_MIN bytes and at least a quarter of `data` is a memoryview of
     `data`, not a copy (it keeps at most 4x its size alive); the caller converts it to bytes for
-    anyone who does more with it than write it out (SlotOwner.takes_views)."""
+    anyone who does more with it than write it out (ReplyOwner.takes_views)."""
     n = len(data)
     view_min = max(_VIEW_MIN, n >> 2)
     while start < n:

@@ -22,7 +22,8 @@ from proxy.config.schema import PHASES
 from proxy.jobs.backfill import BackfillJob, Executor, copy_key
 from proxy.migration.phases import RULES, active_migration
 from proxy.net.fence import MigrationState
-from proxy.net.pool import BackendPool, Router
+from proxy.net.pool import BackendPool
+from proxy.net.route import RouteTable
 
 log = logging.getLogger("shardproxy.migration")
 
@@ -38,7 +39,7 @@ class RouterFence:
         self.runner = runner
 
     async def hold(self, key: bytes) -> None:
-        router = self.runner.router
+        router = self.runner.routes
         assert router is not None
         owners = {router.read.addr_for(key), router.other.addr_for(key)}
         await self.runner.migration.hold(key, [router.backends[a] for a in owners])
@@ -51,7 +52,7 @@ class PhaseRunner:
     def __init__(self, pool: BackendPool, migration: MigrationState) -> None:
         self.pool = pool
         self.migration = migration
-        self.router: Router | None = None
+        self.routes: RouteTable | None = None
         self.fence = RouterFence(self)
         self.job: BackfillJob | None = None
         self._job_task: asyncio.Task[None] | None = None
@@ -63,8 +64,8 @@ class PhaseRunner:
         # one queues the keys of its own failed secondary writes.
         self.runs_backfill = True
 
-    def apply(self, router: Router) -> None:
-        self.router = router
+    def apply(self, router: RouteTable) -> None:
+        self.routes = router
         topology = router.topology
         rules = RULES[topology.phase]
         active = active_migration(topology.config)
@@ -125,7 +126,7 @@ class PhaseRunner:
                 await asyncio.sleep(REPAIR_IDLE_S)
                 continue
             key, _ = queue.popitem(last=False)
-            router = self.router
+            router = self.routes
             assert router is not None
             src, dst = router.read.addr_for(key), router.other.addr_for(key)
             if src == dst:
@@ -156,7 +157,7 @@ class PhaseRunner:
         return dataclasses.asdict(self.job.snapshot())
 
     def collect(self) -> Iterator[Metric]:
-        phase = self.router.topology.phase if self.router is not None else None
+        phase = self.routes.topology.phase if self.routes is not None else None
         gauge = GaugeMetricFamily(
             "shardproxy_migration_phase", "1 for the current migration phase", labels=["phase"]
         )

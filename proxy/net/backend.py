@@ -17,9 +17,10 @@ import time
 from proxy import errors
 from proxy.codec.resp import encode_request
 from proxy.config.schema import BackendConfig
-from proxy.net.connection import BackendConnection, FutureOwner, Slot
+from proxy.net.connection import BackendConnection, FutureOwner
 from proxy.net.metrics import BackendStats
 from proxy.net.probe import ProbeOutcome, call_once, is_local_error, os_reason, probe
+from proxy.net.slot import Slot
 
 log = logging.getLogger("shardproxy.backend")
 
@@ -138,11 +139,7 @@ class Backend:
             reply = errors.backend_unavailable(self.name, self.addr, os_reason(exc))
         if reply is None:
             reply = errors.backend_timeout(self.name, self.addr, self.config.command_timeout_ms)
-        slot.reply = reply
-        owner = slot.owner
-        if not owner.dirty:
-            owner.dirty = True
-            owner.flush()
+        slot.answer(reply)
 
     def check_stalled(self, conn: BackendConnection) -> None:
         """Ask on a fresh connection whether the backend `conn` stalls on is busy with a script;

@@ -19,48 +19,21 @@ from typing import Protocol, cast
 from proxy import errors
 from proxy.codec.resp import ReplyScanner, encode_request
 from proxy.config.schema import BackendConfig
-from proxy.net.metrics import LATENCY_BUCKETS_S, BackendStats, CommandStats
+from proxy.net.metrics import LATENCY_BUCKETS_S, BackendStats
 from proxy.net.probe import BUSY_PREFIX, ProbeOutcome, auth_command
+from proxy.net.slot import ReplyOwner, Slot
 
 _READ_BYTES = 256 * 1024  # a backend connection's read buffer (uvloop reads this much)
 
 
-class SlotOwner(Protocol):
-    """Whoever waits for reply slots: a client connection, a gather, a handshake, a future."""
-
-    dirty: bool
-    # True: the owner only writes replies out, so it may get a big reply as a memoryview of the
-    # read it came in (ReplyScanner.views); every other owner gets bytes.
-    takes_views: bool
-
-    def flush(self) -> None: ...
-
-
-class Slot:
-    """One expected reply. `reply` is set (raw RESP bytes) once, then the owner is flushed.
-
-    `stats` and `start` (perf_counter seconds at dispatch) feed the latency histograms; slots
-    the proxy answers itself, and a gather's children, carry `stats` None.
-    """
-
-    __slots__ = ("owner", "reply", "start", "stats")
-
-    def __init__(self, owner: SlotOwner, stats: CommandStats | None, start: float) -> None:
-        self.owner = owner
-        self.reply: bytes | None = None
-        self.stats = stats
-        self.start = start
-
-
-class _Handshake:
+class _Handshake(ReplyOwner):
     """Owner of the connection's own HELLO/AUTH slots: checks their replies."""
 
-    __slots__ = ("conn", "dirty", "slots")
-    takes_views = False
+    __slots__ = ("conn", "slots")
 
     def __init__(self, conn: BackendConnection) -> None:
+        super().__init__()
         self.conn = conn
-        self.dirty = False
         self.slots: list[Slot] = []
 
     def flush(self) -> None:
@@ -80,14 +53,13 @@ class _Handshake:
             self.conn.on_ready()
 
 
-class FutureOwner:
+class FutureOwner(ReplyOwner):
     """Owner of a slot whose reply resolves an asyncio future (background jobs' requests)."""
 
-    __slots__ = ("dirty", "future", "slot")
-    takes_views = False
+    __slots__ = ("future", "slot")
 
     def __init__(self, future: asyncio.Future[bytes]) -> None:
-        self.dirty = False
+        super().__init__()
         self.future = future
         self.slot = Slot(self, None, 0.0)
 
@@ -211,7 +183,7 @@ class BackendConnection(asyncio.BufferedProtocol):
         if len(replies) > len(pending):
             self.fail("unexpected reply")
             return
-        touched: list[SlotOwner] = []
+        touched: list[ReplyOwner] = []
         stats = self.backend.stats
         latency = stats.latency
         buckets = latency.buckets
@@ -275,7 +247,7 @@ class BackendConnection(asyncio.BufferedProtocol):
             backend.stats.connection += 1
         pending, self.pending = self.pending, deque()
         self.out = []
-        touched: list[SlotOwner] = []
+        touched: list[ReplyOwner] = []
         for slot in pending:
             slot.reply = reply
             if not slot.owner.dirty:

@@ -15,11 +15,11 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from proxy.commands.spec import CommandSpec
 from proxy.net.backend import Backend
-from proxy.net.connection import Slot
+from proxy.net.route import RouteTable
+from proxy.net.slot import Slot
 
 log = logging.getLogger("shardproxy.migration")
 
@@ -38,12 +38,15 @@ class Deferred:
 
 
 class MigrationState:
-    """What outlives a reload during a migration: fences, the repair queue, counters."""
+    """What outlives a reload during a migration: fences, the repair queue, counters.
 
-    def __init__(self) -> None:
+    `current` gives the route table in use now: deferred requests are re-planned with it when
+    they go (a reload may have replaced the backends since they arrived)."""
+
+    def __init__(self, current: Callable[[], RouteTable]) -> None:
+        self.current = current
         self.held: dict[bytes, list[Callable[[], None]]] = {}  # key -> resumes on release
-        self.waiting: dict[int, deque[Deferred]] = {}  # client id -> its deferred requests
-        self.router: Any = None  # the Router in use now (set by BackendPool.sync)
+        self._waiting: dict[int, deque[Deferred]] = {}  # client id -> its deferred requests
         self.repair: OrderedDict[bytes, None] = OrderedDict()
         self.double_write_errors: dict[str, int] = {}  # backend name -> failed secondary writes
         self.shadow_compared = 0
@@ -64,6 +67,21 @@ class MigrationState:
     def release(self, key: bytes) -> None:
         for resume in self.held.pop(key, ()):
             resume()
+
+    def waiting_for(self, client_id: int) -> deque[Deferred] | None:
+        """The client's requests deferred behind the fence, in arrival order (None: none)."""
+        return self._waiting.get(client_id)
+
+    def defer(self, client_id: int, item: Deferred, key: bytes, resume: Callable[[], None]) -> None:
+        """Defer `item` behind the fence on `key`: the client's first deferred request, after
+        which its later ones queue behind it (waiting_for); `resume` runs on release."""
+        self._waiting.setdefault(client_id, deque()).append(item)
+        self.held[key].append(resume)
+
+    def drop_waiting(self, client_id: int) -> None:
+        """The client's deferred requests are all sent, or it closed: then what it still had
+        deferred is dropped, never sent."""
+        self._waiting.pop(client_id, None)
 
     def held_key(self, keys: tuple[bytes, ...]) -> bytes | None:
         """The first of `keys` behind the fence, if any."""

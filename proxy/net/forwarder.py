@@ -9,42 +9,38 @@ from __future__ import annotations
 from proxy.codec.resp import decode_reply, encode_request
 from proxy.commands.local import ServerView, encode_info, info_body, sum_keyspace
 from proxy.commands.spec import Merge
-from proxy.net.connection import Slot
-from proxy.net.pool import Router
-from proxy.routing.plan import Plan, merge_replies
+from proxy.net.route import RouteTable
+from proxy.net.slot import ReplyOwner, Slot
+from proxy.routing.merge import merge_replies
+from proxy.routing.plan import Plan
 
 
-class Gather:
-    __slots__ = ("children", "dirty", "parent", "plan", "resp3")
-    takes_views = False
+class Gather(ReplyOwner):
+    __slots__ = ("children", "parent", "plan", "resp3")
 
     def __init__(self, parent: Slot, plan: Plan, resp3: bool) -> None:
+        super().__init__()
         self.parent = parent
         self.plan = plan
         self.resp3 = resp3
-        self.dirty = False
         self.children = [Slot(self, None, parent.start) for _ in plan.fragments]
 
     def flush(self) -> None:
         self.dirty = False
         if self.parent.reply is not None:
             return
-        replies = [c.reply for c in self.children]
-        if any(r is None for r in replies):
+        replies = [c.reply for c in self.children if c.reply is not None]
+        if len(replies) < len(self.children):
             return
-        self.parent.reply = merge_replies(self.plan, replies, self.resp3)  # type: ignore[arg-type]
-        owner = self.parent.owner
-        if not owner.dirty:
-            owner.dirty = True
-            owner.flush()
+        self.parent.answer(merge_replies(self.plan, replies, self.resp3))
 
 
-def send_plan(plan: Plan, router: Router, slot: Slot, proto: int, client_id: int) -> None:
+def send_plan(plan: Plan, routes: RouteTable, slot: Slot, proto: int, client_id: int) -> None:
     """Send every fragment of `plan`; its (merged) reply lands in `slot`."""
     if plan.error is not None:
         slot.reply = plan.error
         return
-    backends = router.backends
+    backends = routes.backends
     fragments = plan.fragments
     if len(fragments) == 1 and plan.merge is None:
         fragment = fragments[0]
@@ -66,18 +62,17 @@ def send_plan(plan: Plan, router: Router, slot: Slot, proto: int, client_id: int
         )
 
 
-class InfoGather:
+class InfoGather(ReplyOwner):
     """INFO: the proxy's own sections plus `# Keyspace` summed over the route backends."""
 
-    __slots__ = ("args", "children", "dirty", "parent", "proto", "view")
-    takes_views = False
+    __slots__ = ("args", "children", "parent", "proto", "view")
 
     def __init__(self, parent: Slot, args: list[bytes], view: ServerView, proto: int, n: int):
+        super().__init__()
         self.parent = parent
         self.args = args
         self.view = view
         self.proto = proto
-        self.dirty = False
         self.children = [Slot(self, None, parent.start) for _ in range(n)]
 
     def flush(self) -> None:
@@ -90,17 +85,15 @@ class InfoGather:
             if isinstance(value, bytes):
                 texts.append(value)
         body = info_body(self.args, self.view, sum_keyspace(texts))
-        self.parent.reply = encode_info(body, self.proto)
-        owner = self.parent.owner
-        if not owner.dirty:
-            owner.dirty = True
-            owner.flush()
+        self.parent.answer(encode_info(body, self.proto))
 
 
-def send_info(args: list[bytes], router: Router, slot: Slot, view: ServerView, proto: int) -> None:
-    addrs = list(dict.fromkeys(router.topology.route.addrs))
+def send_info(
+    args: list[bytes], routes: RouteTable, slot: Slot, view: ServerView, proto: int
+) -> None:
+    addrs = list(dict.fromkeys(routes.topology.route.addrs))
     gather = InfoGather(slot, args, view, proto, len(addrs))
     payload = encode_request([b"INFO", b"keyspace"])
     for addr, child in zip(addrs, gather.children, strict=True):
-        router.backends[addr].send(2, 0, payload, child)
+        routes.backends[addr].send(2, 0, payload, child)
     gather.flush()

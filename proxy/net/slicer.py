@@ -17,11 +17,10 @@ from typing import Protocol
 
 from proxy import errors
 from proxy.commands.spec import CommandSpec, Kind
-from proxy.net.connection import Slot
-from proxy.net.dualwrite import dispatch_migrating
-from proxy.net.forwarder import send_plan
-from proxy.net.pool import Router
-from proxy.routing.plan import plan_multi
+from proxy.net.dualwrite import send_planned
+from proxy.net.fence import MigrationState
+from proxy.net.route import RouteTable
+from proxy.net.slot import ReplyOwner, Slot
 from proxy.routing.slicing import SliceMerge, names_reserved, slice_args, slice_count
 
 # Keys per slice, and the size over which a request is sliced: planning or merging a slice of
@@ -42,7 +41,8 @@ class SliceClient(Protocol):
 
 
 class RouterHolder(Protocol):
-    router: Router  # the router in use now (a reload swaps it)
+    routes: RouteTable  # the route table in use now (a reload swaps it)
+    migration: MigrationState
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,23 +53,22 @@ class SliceRequest:
     client_id: int
 
 
-class SlicedRequest:
+class SlicedRequest(ReplyOwner):
     """Owner of the slices' reply slots; fills `parent` once every slice is answered."""
 
     __slots__ = (
-        "checked", "client", "count", "dirty", "host", "keys", "loop", "merge", "parent", "request",
+        "checked", "client", "count", "host", "keys", "loop", "merge", "parent", "request",
         "sent", "waiting",
     )  # fmt: skip
-    takes_views = False
 
     def __init__(
         self, request: SliceRequest, parent: Slot, client: SliceClient, host: RouterHolder
     ) -> None:
+        super().__init__()
         self.request = request
         self.parent = parent
         self.client = client
         self.host = host
-        self.dirty = False
         self.keys = SLICE_KEYS  # read once: a test may change SLICE_KEYS meanwhile
         self.count = slice_count(request.spec, request.args, self.keys)
         self.checked = 0  # slices checked for reserved keys
@@ -104,16 +103,12 @@ class SlicedRequest:
         self.sent += 1
         slot = Slot(self, None, self.parent.start)
         self.waiting.append(slot)
-        router = self.host.router
-        if router.fast:
-            plan = plan_multi(request.spec, args, router.route)
-            send_plan(plan, router, slot, request.proto, request.client_id)
-        else:
-            refusal = dispatch_migrating(
-                request.spec, args, router, slot, request.proto, request.client_id
-            )
-            if refusal is not None:
-                slot.reply = refusal
+        host = self.host
+        refusal = send_planned(
+            request.spec, args, slot, host.routes, host.migration, request.proto, request.client_id
+        )
+        if refusal is not None:
+            slot.reply = refusal
         if self.sent < self.count:
             self.loop.call_soon(self.send_next)
         else:
@@ -132,11 +127,7 @@ class SlicedRequest:
             self.merge.add(waiting.popleft().reply)  # type: ignore[arg-type]
         if waiting or self.sent < self.count or self.parent.reply is not None:
             return
-        self.parent.reply = self.merge.reply()
-        owner = self.parent.owner
-        if not owner.dirty:
-            owner.dirty = True
-            owner.flush()
+        self.parent.answer(self.merge.reply())
 
 
 def send_sliced(

@@ -18,9 +18,10 @@ from proxy import errors
 from proxy.codec.request import RequestReader
 from proxy.config.schema import BackendConfig
 from proxy.net.backend import Backend
-from proxy.net.connection import BackendConnection, Slot
+from proxy.net.connection import BackendConnection
 from proxy.net.metrics import BackendStats
 from proxy.net.probe import os_reason
+from proxy.net.slot import ReplyOwner, Slot
 
 WAITING_MAX_BYTES = 1024 * 1024  # value bytes held while earlier replies are awaited
 
@@ -83,17 +84,16 @@ class _StreamConnection(BackendConnection):
         self.stream.on_backpressure(False)
 
 
-class BulkStream:
+class BulkStream(ReplyOwner):
     """One streamed request: its reply lands in `slot`, in the client's queue."""
 
     def __init__(
         self, client: StreamClient, backend: Backend, proto: int, head: bytes, slot: Slot
     ) -> None:
+        super().__init__()
         self.client = client
         self.slot = slot
         self.inner = Slot(self, None, 0.0)  # the dedicated connection's reply slot
-        self.dirty = False
-        self.takes_views = False
         self.ordered = False  # every earlier request of the client is answered: head sent
         self.body_done = False  # the client sent the whole value
         self.finished = False
@@ -165,11 +165,7 @@ class BulkStream:
 
     def _answer(self, reply: bytes) -> None:
         if self.slot.reply is None:
-            self.slot.reply = reply
-            owner = self.slot.owner
-            if not owner.dirty:
-                owner.dirty = True
-                owner.flush()
+            self.slot.answer(reply)
         if self._backpressure or self._waiting_bytes > WAITING_MAX_BYTES:
             self._backpressure = False
             self._waiting_bytes = 0

@@ -1,22 +1,20 @@
-"""Routing, pure: a request plus an immutable pool topology -> a plan of fragments and a merge.
+"""Routing, pure: a request plus the route table in use -> a plan of fragments and a merge.
 
-The single-key hot path lives in the client (one ring lookup); this module plans the requests
-that touch several keys or every backend, and merges their fragments' raw replies back into one
-reply in the client's key order. No await, clock or metric here.
+`plan` is the one planner for every kind sent to backends, inside a migration or not (a dual
+plan: the primary answers the client, the secondary is the migration's second write). The
+client's single-key fast path stands in for it when no migration runs (one ring lookup).
+No await, clock or metric here; merging the replies is merge.py's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from proxy import errors
-from proxy.codec.resp import encode_array_raw, encode_int, parse_int_reply, split_aggregate
-from proxy.commands.checks import RESERVED_PREFIX
 from proxy.commands.spec import CommandSpec, Kind, Merge
 from proxy.routing.topology import PoolTopology
-
-OK = b"+OK\r\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,109 +102,6 @@ def _plan_scan(args: list[bytes], pool: PoolTopology) -> Plan:
     return Plan((Fragment(addrs[index], fargs),), Merge.SCAN, scan_index=index, scan_count=count)
 
 
-def merge_replies(plan: Plan, replies: Sequence[bytes], resp3: bool) -> bytes:
-    """Combine the raw replies of `plan`'s fragments (same order) into the client's reply."""
-    merge = plan.merge
-    if merge is None:
-        return replies[0]
-    if merge is Merge.KILL:
-        return _merge_kill(replies)
-    for raw in replies:
-        if raw[:1] in (b"-", b"!"):
-            return raw  # the first error wins, as a failed single command would
-    if merge is Merge.SUM:
-        return encode_int(sum(parse_int_reply(r) or 0 for r in replies))
-    if merge is Merge.OK:
-        return OK
-    if merge is Merge.FIRST:
-        return replies[0]
-    if merge is Merge.VALUES:
-        return _merge_values(plan, replies)
-    if merge is Merge.CONCAT:
-        items: list[bytes] = []
-        for raw in replies:
-            items.extend(split_aggregate(raw) or ())
-        return encode_array_raw(_visible(items) if RESERVED_PREFIX in b"".join(items) else items)
-    if merge is Merge.ALL:
-        return _merge_all(replies)
-    if merge is Merge.SCAN:
-        return _merge_scan(plan, replies[0])
-    raise AssertionError(f"unhandled merge {merge}")
-
-
-def _merge_kill(replies: Sequence[bytes]) -> bytes:
-    """+OK when any backend stopped its script; else the first error other than NOTBUSY (a
-    -BUSY naming the other KILL, -UNKILLABLE, a backend unavailable), as one Redis would
-    answer; else Redis's -NOTBUSY."""
-    if any(raw[:1] == b"+" for raw in replies):
-        return OK
-    for raw in replies:
-        if not raw.startswith(b"-NOTBUSY"):
-            return raw
-    return errors.notbusy()
-
-
-def _merge_values(plan: Plan, replies: Sequence[bytes]) -> bytes:
-    values: list[bytes] = [b""] * plan.nkeys
-    for fragment, raw in zip(plan.fragments, replies, strict=True):
-        elements = split_aggregate(raw) or []
-        for pos, element in zip(fragment.positions, elements, strict=True):
-            values[pos] = element
-    return encode_array_raw(values)
-
-
-def _merge_all(replies: Sequence[bytes]) -> bytes:
-    columns = [split_aggregate(r) or [] for r in replies]
-    merged = [
-        encode_int(int(all(parse_int_reply(e) for e in row))) for row in zip(*columns, strict=True)
-    ]
-    return encode_array_raw(merged)
-
-
-def _merge_scan(plan: Plan, raw: bytes) -> bytes:
-    parts = split_aggregate(raw)
-    if parts is None or len(parts) != 2:
-        return raw
-    head, keys = parts
-    backend_cursor = int(head[head.index(b"\r\n") + 2 : -2])
-    index, count = plan.scan_index, plan.scan_count
-    if backend_cursor:
-        cursor = backend_cursor * count + index
-    else:
-        cursor = index + 1 if index + 1 < count else 0
-    text = b"%d" % cursor
-    if RESERVED_PREFIX in keys:  # rare: split only then (a page may get shorter, or empty)
-        keys = encode_array_raw(_visible(split_aggregate(keys) or []))
-    return b"*2\r\n$%d\r\n%s\r\n" % (len(text), text) + keys
-
-
-def _visible(items: list[bytes]) -> list[bytes]:
-    """KEYS and SCAN elements (raw bulk strings) without the proxy's reserved keys."""
-    return [i for i in items if not i[i.index(b"\r\n") + 2 :].startswith(RESERVED_PREFIX)]
-
-
-_KEYED = frozenset({Kind.SINGLE, Kind.MULTI, Kind.SAME_BACKEND})
-
-
-def refusal_before_routing(spec: CommandSpec, args: list[bytes]) -> bytes | None:
-    """The error to answer instead of routing a keyed request, or None.
-
-    Keys under RESERVED_PREFIX are the proxy's own (the migration gate, lease, cursors): a
-    command naming one as a key, wherever the command table says its keys are, is refused.
-    Then the same-backend commands that cannot be proxied as sent (same_backend_refusal)."""
-    kind = spec.kind
-    if kind not in _KEYED:
-        return None
-    for position in spec.key_positions(args):
-        if args[position].startswith(RESERVED_PREFIX):
-            return errors.reserved_key(spec.name)
-    return same_backend_refusal(spec, args) if kind is Kind.SAME_BACKEND else None
-
-
-def kind_needs_plan(kind: Kind) -> bool:
-    return kind in (Kind.MULTI, Kind.SAME_BACKEND, Kind.FANOUT)
-
-
 # -- migration: a read pool and, for writes, a second pool -----------------------------------
 
 _SCRIPTS = frozenset({"eval", "evalsha", "fcall"})
@@ -224,23 +119,32 @@ class DualPlan:
     keys: tuple[bytes, ...]  # every key the request touches (for the per-key fence)
 
 
-def plan_migrating(
-    spec: CommandSpec,
-    args: list[bytes],
-    read: PoolTopology,
-    other: PoolTopology,
-    writes_to_other: bool,
-) -> DualPlan:
-    """Plan a request during a migration phase.
+class RouteView(Protocol):
+    """What the planner needs of the route table in use (proxy.net.route.RouteTable)."""
 
-    Reads go to `read`. Writes are answered by `read` and, when `writes_to_other`, also applied
-    to `other`, except for keys both rings place on the same address (written once). Commands
-    that need their keys together must have them together in both rings.
+    @property
+    def read(self) -> PoolTopology: ...  # answers reads, and the writes' replies
+
+    @property
+    def other(self) -> PoolTopology: ...  # a migration's other pool (`read` itself outside one)
+
+    @property
+    def secondary_writes(self) -> bool: ...  # writes are also applied to `other`
+
+
+def plan(spec: CommandSpec, args: list[bytes], view: RouteView) -> DualPlan:
+    """THE planner: where a request goes, for every kind that is sent to backends.
+
+    Reads go to `view.read`. Writes are answered by `read` and, during the phases that write
+    both pools, also applied to `other`, except for keys both rings place on the same address
+    (written once). Commands that need their keys together must have them together in every
+    ring in use. Outside a migration `secondary` is always None.
     """
     kind = spec.kind
-    write = writes_to_other and mutates(spec)
+    read, other = view.read, view.other
+    write = view.secondary_writes and mutates(spec)
     if kind is Kind.FANOUT:
-        return DualPlan(_fanout_migrating(spec, args, read, other, write), None, ())
+        return DualPlan(_fanout(spec, args, read, other, write), None, ())
     positions = spec.key_positions(args)
     keys = tuple(args[p] for p in positions)
     if kind is Kind.MULTI:
@@ -273,7 +177,7 @@ def _multi_secondary(
     return plan_multi(spec, moved, other)
 
 
-def _fanout_migrating(
+def _fanout(
     spec: CommandSpec, args: list[bytes], read: PoolTopology, other: PoolTopology, write: bool
 ) -> Plan:
     if not write and not spec.name.startswith("script|") and spec.merge is not Merge.KILL:
@@ -282,35 +186,3 @@ def _fanout_migrating(
     # SCRIPT KILL and FUNCTION KILL too: a script may run on either pool.
     addrs = dict.fromkeys((*read.addrs, *other.addrs))
     return Plan(tuple(Fragment(a, args) for a in addrs), spec.merge)
-
-
-def same_backend_refusal(spec: CommandSpec, args: list[bytes]) -> bytes | None:
-    """Why a same-backend command cannot be proxied as sent (the error to answer), or None: an
-    XREAD BLOCK would hold a shared backend connection; see also _cross_database_option."""
-    if _has_block_option(spec, args):
-        return errors.blocking_option(spec.name)
-    return _cross_database_option(spec, args)
-
-
-def _cross_database_option(spec: CommandSpec, args: list[bytes]) -> bytes | None:
-    """COPY ... DB n reaches another database; SORT BY/GET patterns read keys that may live on
-    other backends (Redis Cluster refuses them too)."""
-    name = spec.name
-    if name == "copy":
-        if any(a.upper() == b"DB" for a in args[3:]):
-            return errors.select_db()
-    elif name in ("sort", "sort_ro"):
-        upper = [a.upper() for a in args[2:]]
-        for i, word in enumerate(upper[:-1]):
-            pattern = args[i + 3]
-            if (word == b"BY" and pattern.upper() != b"NOSORT" and b"*" in pattern) or (
-                word == b"GET" and pattern != b"#"
-            ):
-                return errors.sort_pattern()
-    return None
-
-
-def _has_block_option(spec: CommandSpec, args: list[bytes]) -> bool:
-    if spec.name not in ("xread", "xreadgroup"):
-        return False
-    return any(a.upper() == b"BLOCK" for a in args[1:])

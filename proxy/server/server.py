@@ -2,7 +2,7 @@
 the lifecycle (start, reload, graceful drain on stop) and every background task.
 
 A reload validates the whole new config, builds a new immutable topology, resolves it against the
-backend registry and swaps `self.router` in one assignment; requests in flight keep the router
+backend registry and swaps `self.routes` in one assignment; requests in flight keep the router
 they started with, and no client connection is touched. Under a supervisor (`workers: N > 1`,
 proxy/supervisor.py) the same server runs in each worker process with a WorkerRole.
 """
@@ -25,7 +25,8 @@ from proxy.net.client import ClientConnection
 from proxy.net.fence import MigrationState
 from proxy.net.memory import MemoryGuard
 from proxy.net.metrics import BackendRow, ProxyMetrics
-from proxy.net.pool import BackendPool, Router
+from proxy.net.pool import BackendPool
+from proxy.net.route import RouteTable
 from proxy.routing.topology import Topology, build_topology
 from proxy.server.aclcheck import AclCheckError, AclReport, check_config, log_reports, refusal
 from proxy.server.admin import AdminServer
@@ -62,7 +63,7 @@ class ProxyServer:
         self.role = role
         self.metrics = ProxyMetrics()
         self.pool = BackendPool()
-        self.migration = MigrationState()
+        self.migration = MigrationState(lambda: self.routes)
         self.phases = PhaseRunner(self.pool, self.migration)
         self.phases.runs_backfill = role is None or role.index == 0
         self.watch = False  # reload when the config file changes (serve --watch)
@@ -77,7 +78,7 @@ class ProxyServer:
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
-        self.router: Router  # set by start()
+        self.routes: RouteTable  # set by start()
         self.client_config = config.client
         self.max_clients = config.client.max_connections  # sized to the fd limit by start()
         self._sized = False
@@ -103,7 +104,7 @@ class ProxyServer:
 
     @property
     def topology(self) -> Topology:
-        return self.router.topology
+        return self.routes.topology
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -113,7 +114,7 @@ class ProxyServer:
                 raise AclCheckError(reason)
         generation = 1 if self.role is None else self.role.generation
         topology = build_topology(self._config, generation, config_hash(self._config_text))
-        self.router = self.pool.sync(topology, self.migration)
+        self.routes = self.pool.sync(topology)
         self.metrics.config_generation.set(generation)
         self._apply_config_info()
         self._size_clients()
@@ -251,9 +252,9 @@ class ProxyServer:
 
     def _apply(self, result: Accepted, generation: int) -> str:
         config, text = result.config, result.text
-        old_phase = self.router.topology.phase
+        old_phase = self.routes.topology.phase
         topology = build_topology(config, generation, config_hash(text))
-        self.router = self.pool.sync(topology, self.migration)
+        self.routes = self.pool.sync(topology)
         self._config = config
         self._config_text = text
         self.client_config = config.client
@@ -273,13 +274,13 @@ class ProxyServer:
 
     @property
     def generation(self) -> int:
-        return self.router.topology.generation
+        return self.routes.topology.generation
 
     def current_hash(self) -> str:
-        return self.router.topology.config_hash
+        return self.routes.topology.config_hash
 
     def _apply_config_info(self) -> None:
-        topology = self.router.topology
+        topology = self.routes.topology
         self.metrics.config_info.info(
             {
                 "hash": topology.config_hash,
@@ -301,7 +302,7 @@ class ProxyServer:
 
     def _on_topology(self) -> None:
         """Start or stop the phase's background work (backfill, repairs) for the new router."""
-        self.phases.apply(self.router)
+        self.phases.apply(self.routes)
 
     def _reload_refused(self, reason: str) -> tuple[bool, str]:
         self.metrics.config_reloads_total.labels("refused").inc()
@@ -347,13 +348,13 @@ class ProxyServer:
         return [(b.name, b.up, b.inflight(), b.stats) for b in self.pool.backends.values()]
 
     def readiness(self) -> tuple[bool, str]:
-        down = [b for b in self.router.route_backends if not b.up]
+        down = [b for b in self.routes.route_backends if not b.up]
         if down:
             return False, "backends down: " + ", ".join(f"{b.name} ({b.addr})" for b in down)
         return True, "ok"
 
     def info_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
-        topology = self.router.topology
+        topology = self.routes.topology
         return [
             ("Server", server_section(self.started)),
             (
@@ -372,7 +373,7 @@ class ProxyServer:
                     ("route_pool", topology.route.name),
                     ("phase", topology.phase or "none"),
                     ("backends", str(len(topology.route.addrs))),
-                    ("backends_down", str(sum(not b.up for b in self.router.route_backends))),
+                    ("backends_down", str(sum(not b.up for b in self.routes.route_backends))),
                 ],
             ),
         ]
@@ -384,7 +385,7 @@ class ProxyServer:
         return self.readiness()
 
     def status(self) -> dict[str, Any]:
-        topology = self.router.topology
+        topology = self.routes.topology
         migration = topology.config.migration
         return {
             "version": __version__,

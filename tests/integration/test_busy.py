@@ -51,13 +51,13 @@ def proxy(servers: list[RedisServer]) -> Iterator[ProxyThread]:
 
 def backends(proxy: ProxyThread) -> list[Backend]:
     assert proxy.server is not None
-    return list(proxy.server.router.route_backends)
+    return list(proxy.server.routes.route_backends)
 
 
 def key_on(proxy: ProxyThread, index: int, prefix: str) -> str:
     addr = backends(proxy)[index].addr
     assert proxy.server is not None
-    router = proxy.server.router
+    router = proxy.server.routes
     return next(
         k
         for k in (f"{prefix}:{i}" for i in range(1000))

@@ -164,8 +164,8 @@ def _inflight(proxy: ProxyThread, addr: str) -> int:
 def _owner_index(proxy: ProxyThread, key: str) -> int:
     server = proxy.server
     assert server is not None
-    backend = server.router.backend_for(key.encode())
-    return [b.addr for b in server.router.route_backends].index(backend.addr)
+    backend = server.routes.backend_for(key.encode())
+    return [b.addr for b in server.routes.route_backends].index(backend.addr)
 
 
 # -- hung backends -----------------------------------------------------------------------------

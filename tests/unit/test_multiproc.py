@@ -21,7 +21,12 @@ from proxy.net.metrics import (
     SupervisorMetrics,
 )
 from proxy.net.pool import BackendPool
+from proxy.net.route import RouteTable
 from proxy.workers.metrics_files import MetricsPublisher, forget_worker
+
+
+def _no_route_table() -> RouteTable:
+    raise AssertionError("no request is routed here")
 
 
 class FakeWorker:
@@ -31,7 +36,7 @@ class FakeWorker:
         self.metrics = ProxyMetrics()
         self.clients = 0
         self.backends: list[BackendRow] = []
-        self.phases = PhaseRunner(BackendPool(), MigrationState())
+        self.phases = PhaseRunner(BackendPool(), MigrationState(_no_route_table))
         self.metrics.add_live_collector(lambda: self.clients, lambda: self.backends,
                                         self.phases.collect)  # fmt: skip
 

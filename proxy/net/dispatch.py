@@ -1,0 +1,175 @@
+"""Dispatch: every request but the single-key fast path, by a table from command kind to handler.
+
+As in Envoy's command splitter: SINGLE, MULTI, SAME_BACKEND and FANOUT all go to one handler that
+sends what the one planner (routing.plan.plan) planned; LOCAL to the proxy's own answers; PINNED
+and DENIED to a refusal. The checks that come first (unknown command, auth, arity, a refused
+MULTI, reserved keys) are answered in the request's place in the client's queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from time import perf_counter
+from typing import Protocol
+
+from proxy import errors
+from proxy.codec.resp import OK, encode_request
+from proxy.commands.checks import refusal_before_routing
+from proxy.commands.local import ServerView, Session, run_local, wants_keyspace
+from proxy.commands.spec import CommandSpec, Kind, arity_error, lookup, unknown_error
+from proxy.net.dualwrite import send_planned
+from proxy.net.fence import MigrationState
+from proxy.net.forwarder import send_info
+from proxy.net.metrics import CommandStats, ProxyMetrics
+from proxy.net.route import RouteTable
+from proxy.net.slicer import SliceRequest, wants_slices
+from proxy.net.slot import ReplyOwner, Slot
+
+_PRE_AUTH = frozenset({"auth", "hello", "quit", "reset"})
+
+
+class DispatchHost(ServerView, Protocol):
+    routes: RouteTable  # the route table in use now (a reload swaps it)
+    migration: MigrationState
+    allow_flush: bool
+    metrics: ProxyMetrics
+
+
+class DispatchClient(Protocol):
+    """What dispatch needs of the client connection (net/client.py)."""
+
+    session: Session
+    client_id: int
+
+    @property
+    def host(self) -> DispatchHost: ...
+
+    @property
+    def owner(self) -> ReplyOwner: ...
+
+    def stats_for(self, spec: CommandSpec) -> CommandStats: ...
+
+    def append(self, slot: Slot) -> None: ...
+
+    def reject(self, reply: bytes, label: str) -> None: ...
+
+    def begin_slices(self, request: SliceRequest, slot: Slot) -> None: ...
+
+
+def dispatch(client: DispatchClient, args: list[bytes]) -> None:
+    """Check one request, then hand it to its kind's handler; its reply keeps its place."""
+    spec = lookup(args)
+    if spec is None:
+        client.reject(unknown_error(args), "unknown")
+        return
+    refusal = _refusal(client, spec, args)
+    if refusal is not None:
+        client.reject(refusal, spec.label)
+        return
+    stats = client.stats_for(spec)
+    slot = Slot(client.owner, stats, perf_counter())
+    client.append(slot)
+    problem = HANDLERS[spec.kind](client, spec, args, slot)
+    if problem is not None:
+        # Refused by the proxy: counted as rejected, not as a command that ran.
+        slot.reply = problem
+        slot.stats = None
+        stats.rejected += 1
+
+
+def _refusal(client: DispatchClient, spec: CommandSpec, args: list[bytes]) -> bytes | None:
+    session = client.session
+    if not session.authed and spec.name not in _PRE_AUTH:
+        client.host.metrics.client_errors_total.labels("auth").inc()
+        return errors.noauth()
+    if not spec.arity_ok(len(args)) or (
+        spec.kind is Kind.MULTI and (len(args) - 1) % spec.key_step
+    ):
+        return arity_error(spec)
+    if session.tx_refused:
+        refusal = refuse_in_tx(session, spec)
+        if refusal is not None:
+            return refusal
+    # A huge request's keys are checked slice by slice (slicer.SlicedRequest.check_next).
+    return None if wants_slices(spec, args) else refusal_before_routing(spec, args)
+
+
+def refuse_in_tx(session: Session, spec: CommandSpec) -> bytes | None:
+    """After a refused MULTI: nothing runs until EXEC or DISCARD ends the would-be transaction
+    (QUIT and RESET still work), so a transaction is never partly applied."""
+    name = spec.name
+    if name == "exec":
+        session.set_tx_refused(False)
+        return errors.execabort()
+    if name == "discard":
+        session.set_tx_refused(False)
+        return OK
+    if name in ("quit", "reset"):
+        return None
+    if name == "multi":
+        return errors.nested_multi()
+    if name == "watch":
+        return errors.watch_in_multi()
+    return errors.refused_in_multi(name)
+
+
+# -- the handlers: send `args` on its way (the reply lands in `slot`), or return a refusal ----
+Handler = Callable[[DispatchClient, CommandSpec, list[bytes], Slot], "bytes | None"]
+
+
+def send_keyed(
+    client: DispatchClient, spec: CommandSpec, args: list[bytes], slot: Slot
+) -> bytes | None:
+    """SINGLE MULTI SAME_BACKEND FANOUT: planned by the one planner and sent; a huge multi-key
+    request is sent slice by slice (net/slicer.py)."""
+    host = client.host
+    if spec.needs_flush_permission and not host.allow_flush:
+        return errors.flush_disabled(spec.name)
+    proto = client.session.proto
+    if wants_slices(spec, args):
+        client.begin_slices(SliceRequest(spec, args, proto, client.client_id), slot)
+        return None
+    return send_planned(spec, args, slot, host.routes, host.migration, proto, client.client_id)
+
+
+def answer_local(
+    client: DispatchClient, spec: CommandSpec, args: list[bytes], slot: Slot
+) -> bytes | None:
+    """Answered by the proxy (commands/local.py); COMMAND by a backend, as Redis's own."""
+    host = client.host
+    proto = client.session.proto
+    if spec.name == "command" or spec.name.startswith("command|"):
+        host.routes.route_backends[0].send(proto, client.client_id, encode_request(args), slot)
+    elif spec.name == "info" and wants_keyspace(args):
+        send_info(args, host.routes, slot, host, proto)
+    else:
+        slot.reply = run_local(spec, args, client.session, host)
+        if slot.reply[:10] == b"-WRONGPASS":
+            host.metrics.client_errors_total.labels("auth").inc()
+    return None
+
+
+def refuse_pinned(
+    client: DispatchClient, spec: CommandSpec, args: list[bytes], slot: Slot
+) -> bytes | None:
+    if spec.name == "multi":
+        client.session.set_tx_refused(True)
+        return errors.multi_refused()
+    return errors.not_supported_yet(spec.name)
+
+
+def refuse_denied(
+    client: DispatchClient, spec: CommandSpec, args: list[bytes], slot: Slot
+) -> bytes | None:
+    return errors.denied(spec.name)
+
+
+HANDLERS: dict[Kind, Handler] = {
+    Kind.SINGLE: send_keyed,
+    Kind.MULTI: send_keyed,
+    Kind.SAME_BACKEND: send_keyed,
+    Kind.FANOUT: send_keyed,
+    Kind.LOCAL: answer_local,
+    Kind.PINNED: refuse_pinned,
+    Kind.DENIED: refuse_denied,
+}

@@ -1,0 +1,165 @@
+"""The reply side of one client: its slots in request order, flushed from the head, within a budget.
+
+Replies leave in request order: a deque of slots, written from the head while the head is
+answered (pipelined replies keep their order whatever backend answers first). The client's memory
+budget (client.max_output_buffer_bytes) counts its unread replies, the answered ones queued behind
+an unanswered head and those still in flight: requests in flight are capped so that their replies
+fit in half of it (at the size of the client's replies lately), and a client that holds more than
+the budget anyway is closed, as Redis does past client-output-buffer-limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from bisect import bisect_left
+from collections import deque
+from time import perf_counter
+from typing import Protocol
+
+from proxy import errors
+from proxy.commands.local import Session
+from proxy.net.metrics import LATENCY_BUCKETS_S, ProxyMetrics
+from proxy.net.slot import ReplyOwner, Slot
+
+log = logging.getLogger("shardproxy.client")
+slow_log = logging.getLogger("shardproxy.slowlog")
+
+_FIRST_REPLY_EST = 65536.0  # bytes: a new client's replies are taken to be big until seen
+_EST_DECAY = 0.9  # per flush: how fast the reply size estimate forgets a big reply
+
+
+class ReplyHost(Protocol):
+    metrics: ProxyMetrics
+
+
+class ReplyQueue(ReplyOwner):
+    """Slots in request order and the memory budget; ClientConnection is the request side."""
+
+    takes_views = True  # replies are only written out (bytes or memoryview alike)
+
+    def __init__(
+        self, host: ReplyHost, session: Session, budget: int, max_pending: int, slow_ms: float
+    ) -> None:
+        super().__init__()
+        self.metrics = host.metrics
+        self.session = session
+        self.pending: deque[Slot] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._budget = budget
+        self._max_pending = max_pending
+        # A running estimate of this client's reply size (bytes), the largest lately: requests
+        # in flight are capped at half the budget's worth of such replies (see _learn_replies).
+        # It starts high, so a client's first burst is bounded until its replies are seen.
+        self._reply_est = _FIRST_REPLY_EST
+        self._limit = 0  # requests in flight allowed now
+        self._learn_replies(0)
+        self._slow_s = slow_ms / 1000 if slow_ms > 0 else float("inf")
+
+    def flush(self) -> None:
+        """Write every answered reply at the head of the queue, in order."""
+        self.dirty = False
+        pending = self.pending
+        if not pending or pending[0].reply is None:
+            return
+        if self.closed:
+            pending.clear()
+            return
+        out: list[bytes] = []
+        now = perf_counter()
+        slow_s = self._slow_s
+        budget = self._budget
+        biggest = 0
+        while pending:
+            slot = pending[0]
+            reply = slot.reply
+            if reply is None:
+                break
+            size = len(reply)
+            if size > biggest:
+                biggest = size
+            if size > budget:
+                reply = errors.reply_over_budget(size)
+            out.append(reply)
+            pending.popleft()
+            stats = slot.stats
+            if stats is not None:
+                elapsed = now - slot.start
+                stats.buckets[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1  # observe(), inlined
+                stats.total += elapsed
+                first = reply[0]
+                if first == 45 or first == 33:  # - or RESP3 !
+                    stats.errors += 1
+                if elapsed >= slow_s:
+                    self._log_slow(stats.label, elapsed)
+        transport = self.transport
+        assert transport is not None
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self._learn_replies(biggest)
+        if transport.get_write_buffer_size() > budget:
+            self._over_budget(transport)
+            return
+        self.after_flush(transport)
+
+    def after_flush(self, transport: asyncio.Transport) -> None:
+        """What the request side does once replies went out (ClientConnection: resume)."""
+
+    def _learn_replies(self, biggest: int) -> None:
+        """Fold the biggest reply of a flush into the estimate; cap requests in flight so that
+        their replies fit in half the budget (the other half: the transport's buffer)."""
+        est = self._reply_est * _EST_DECAY
+        if biggest > est:
+            est = biggest
+        self._reply_est = est
+        self._limit = max(1, min(self._max_pending, int((self._budget >> 1) / (est + 64))))
+
+    def reject(self, reply: bytes, label: str) -> None:
+        """Answer `reply` in its place in the queue, counted as a rejected `label`."""
+        self.metrics.command_stats(label).rejected += 1
+        slot = Slot(self, None, 0.0)
+        slot.reply = reply
+        self.pending.append(slot)
+
+    # -- the proxy-wide memory guard (proxy.net.memory.Holder) -----------------------------
+    def held_bytes(self) -> int:
+        """What this client makes the proxy hold: unread replies in its transport and replies
+        owed (at the estimated size of its replies)."""
+        transport = self.transport
+        buffered = transport.get_write_buffer_size() if transport is not None else 0
+        return buffered + int(len(self.pending) * self._reply_est)
+
+    def evict(self, reason: str) -> None:
+        self.metrics.client_errors_total.labels("memory").inc()
+        log.warning("client %d %s closed: %s", self.session.client_id, self.session.peer, reason)
+        self.abort()
+
+    def _over_budget(self, transport: asyncio.Transport) -> None:
+        """The client holds more than its budget of replies it does not read: close it, as
+        Redis does past client-output-buffer-limit, and drop what is still owed to it."""
+        self.metrics.client_errors_total.labels("memory").inc()
+        log.warning(
+            "client %d %s closed: %d bytes of replies unread, over its budget of %d bytes "
+            "(client.max_output_buffer_bytes)",
+            self.session.client_id,
+            self.session.peer,
+            transport.get_write_buffer_size(),
+            self._budget,
+        )
+        self.abort()
+
+    def abort(self) -> None:
+        """Close at once, dropping the replies owed (they are discarded as they arrive)."""
+        self.closed = True
+        self.pending.clear()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _log_slow(self, label: str, elapsed_s: float) -> None:
+        slow_log.warning(
+            "slow command: %s took %.1f ms (client %d %s)",
+            label,
+            elapsed_s * 1000,
+            self.session.client_id,
+            self.session.peer,
+        )

@@ -1,0 +1,59 @@
+"""The route table: one topology resolved to live Backend objects, immutable once built.
+
+What a client needs per request, and the planner's view (routing.plan.RouteView): ring lookups
+that return Backends; during a migration, the pool that answers reads, the other pool, and
+whether writes also go there. A reload builds a new table and swaps one reference (the server's
+`router`); requests in flight finish on the table they started with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from proxy.migration.phases import RULES
+from proxy.net.backend import Backend
+from proxy.routing.topology import PoolTopology, Topology
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    topology: Topology
+    route: PoolTopology  # the pool that owns the keyspace
+    node_for: Callable[[bytes], int]  # the route ring's lookup
+    route_backends: tuple[Backend, ...]  # by route node index
+    backends: Mapping[str, Backend]  # every backend of the topology, by address
+    # Single-key requests may take the client's fast path (one ring, one backend) only when no
+    # migration phase asks for a second ring.
+    fast: bool
+    read: PoolTopology  # answers reads (and the writes' replies)
+    other: PoolTopology  # a migration's other pool; `read` itself outside one
+    secondary_writes: bool  # writes are also applied to `other`
+    shadow_ratio: float  # share of safe reads compared on both pools
+    shadow: bool
+
+    def backend_for(self, key: bytes) -> Backend:
+        return self.route_backends[self.node_for(key)]
+
+
+def build_route_table(topology: Topology, backends: Mapping[str, Backend]) -> RouteTable:
+    rules = RULES[topology.phase]
+    route = topology.route
+    target = topology.target or route
+    read, other = (target, route) if rules.reads_target else (route, target)
+    cfg = topology.config.migration
+    shadow_ratio = cfg.shadow_sample_ratio if cfg is not None else 0.0
+    return RouteTable(
+        topology=topology,
+        route=route,
+        node_for=route.ring.node_for,
+        route_backends=tuple(backends[a] for a in route.addrs),
+        backends=MappingProxyType({a: backends[a] for a in topology.all_addrs()}),
+        fast=topology.phase is None,
+        read=read,
+        other=other,
+        secondary_writes=rules.secondary_writes,
+        shadow_ratio=shadow_ratio,
+        shadow=rules.shadow_compare and shadow_ratio > 0,
+    )
