@@ -157,7 +157,7 @@ def test_keys_and_scan_never_show_reserved_keys(
 
 
 def test_a_reserved_key_is_refused_during_a_migration(backends3: list[RedisServer]) -> None:
-    """In a migration phase every request takes dualwrite.dispatch_migrating: refused before."""
+    """In a migration phase every request takes dispatch and the dual plan (net/dualwrite.py): refused before."""
     addrs = [b.addr for b in backends3]
     migration = (
         "  new:\n    servers:\n"
