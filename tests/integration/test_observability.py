@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.proxyrunner import ProxyThread, proxy_for
-from tests.support import RedisServer, redis_servers, wait_until
+from tests.support.processes import RedisServer, redis_servers, wait_until
+from tests.support.proxy import ProxyThread, proxy_for
 
 
 @pytest.fixture
