@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support import free_port, redis_servers, wait_until  # noqa: E402
+from tests.support.processes import free_port, redis_servers, wait_until  # noqa: E402
 
 VALUE_KB = 100
 

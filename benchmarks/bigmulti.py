@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.abuse import PingerProcess, _open  # noqa: E402
-from tests.support import free_port, redis_servers, wait_until  # noqa: E402
+from tests.support.processes import free_port, redis_servers, wait_until  # noqa: E402
 
 
 def encode(args: list[bytes]) -> bytes:

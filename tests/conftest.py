@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import RedisServer, redis_servers
+from tests.support.processes import RedisServer, redis_servers
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import uvloop
 
 from proxy.config.schema import BackendConfig
 from proxy.net.backend import Backend
-from tests.support import RedisServer
+from tests.support.processes import RedisServer
 
 
 async def _calls(addr: str, requests: list[list[bytes]]) -> list[bytes]:

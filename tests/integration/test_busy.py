@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import pytest
 
 from proxy.net.backend import Backend
-from tests.integration.wire import Err, RespConn, encode
-from tests.proxyrunner import ProxyThread, pool_yaml, running_proxy
-from tests.support import RedisServer, free_port, redis_servers, wait_until
+from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
+from tests.support.proxy import ProxyThread, pool_yaml, running_proxy
+from tests.support.wire import Err, RespConn, encode
 
 COMMAND_TIMEOUT_MS = 500
 SPIN = "while true do end"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support import RedisServer, free_port, port_open, wait_until
+from tests.support.processes import RedisServer, free_port, port_open, wait_until
 
 CLI = [sys.executable, "-m", "proxy"]
 

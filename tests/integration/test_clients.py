@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import redis
 
-from tests.integration.wire import encode
-from tests.proxyrunner import ProxyThread, proxy_for, running_proxy, simple_config
-from tests.support import RedisServer, free_port, redis_servers, wait_until
+from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
+from tests.support.proxy import ProxyThread, proxy_for, running_proxy, simple_config
+from tests.support.wire import encode
 
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 needs_cli = pytest.mark.skipif(not os.access(REDIS_CLI, os.X_OK), reason="redis-cli missing")

@@ -11,7 +11,7 @@ import pytest
 
 from proxy.commands import table as command_table
 from proxy.commands.spec import arity_error, lookup, unknown_error
-from tests.support import RedisServer, redis_command
+from tests.support.processes import RedisServer, redis_command
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import redis
 
-from tests.integration.wire import Agg, Err, RespConn, parse, stream
-from tests.proxyrunner import ProxyThread, proxy_for
-from tests.support import RedisServer, redis_servers
+from tests.support.processes import RedisServer, redis_servers
+from tests.support.proxy import ProxyThread, proxy_for
+from tests.support.wire import Agg, Err, RespConn, parse, stream
 
 N_COMMANDS = 3000
 TTL_TOLERANCE_S = 2

@@ -17,9 +17,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.integration.wire import Agg, Err, RespConn, encode, exchange
-from tests.proxyrunner import ProxyThread, pool_yaml, running_proxy
-from tests.support import RedisServer, free_port, redis_servers, wait_until
+from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
+from tests.support.proxy import ProxyThread, pool_yaml, running_proxy
+from tests.support.wire import Agg, Err, RespConn, encode, exchange
 
 COMMAND_TIMEOUT_MS = 400
 CONNECT_TIMEOUT_MS = 400

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 import proxy.net.probe
-from tests.integration.wire import Err, RespConn
-from tests.proxyrunner import running_proxy
-from tests.support import RedisServer, free_port, port_open, redis_command, wait_until
+from tests.support.processes import RedisServer, free_port, port_open, redis_command, wait_until
+from tests.support.proxy import running_proxy
+from tests.support.wire import Err, RespConn
 
 NOFILE = 256
 CLIENTS = 400

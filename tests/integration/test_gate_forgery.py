@@ -22,7 +22,7 @@ from proxy.migration.gate import GateSeal
 from proxy.migration.keys import state_key, state_owner
 from proxy.migration.phases import ActiveMigration, active_migration
 from tests.integration.test_migration_e2e import Cluster, layout_ketama_3_to_5, write_cold_keys
-from tests.support import RedisServer, redis_servers, wait_until
+from tests.support.processes import RedisServer, redis_servers, wait_until
 
 SECRET_ENV = "SHARDPROXY_TEST_GATE_SECRET"
 

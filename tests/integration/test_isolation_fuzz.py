@@ -19,9 +19,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.integration.wire import encode
-from tests.proxyrunner import ProxyThread, running_proxy, simple_config
-from tests.support import RedisServer, free_port, redis_servers, wait_until
+from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
+from tests.support.proxy import ProxyThread, running_proxy, simple_config
+from tests.support.wire import encode
 
 ATTACK_S = 6.0  # bounded in time
 ATTACK_MAX_REQUESTS = 4000  # and in count

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.wire import encode
-from tests.support import RedisServer, free_port, port_open, redis_servers, wait_until
+from tests.support.processes import RedisServer, free_port, port_open, redis_servers, wait_until
+from tests.support.wire import encode
 
 MIB = 1024 * 1024
 VALUE_BYTES = 100 * 1024

@@ -1,7 +1,7 @@
 """Online re-sharding end to end, under a concurrent write load the whole time.
 
 Six client threads (RESP2 and RESP3, some pipelining) each own a disjoint key range and check
-every reply against an exact model (tests/loadgen.py) while the proxy walks every phase by a
+every reply against an exact model (tests/support/loadgen.py) while the proxy walks every phase by a
 config-file rewrite and a reload: none -> double-write -> backfill (until its gate) -> cut-read
 -> retire (and `shardproxy cleanup`) -> route: new with no migration block. Then every key must
 equal the model through the proxy and on its owner in the new ring, TTLs must be kept, no
@@ -36,9 +36,9 @@ from proxy.migration.keys import is_reserved
 from proxy.migration.shares import moved_shares
 from proxy.net.connection import BackendConnection
 from proxy.routing.topology import PoolTopology, build_pool
-from tests.loadgen import TTL_S, Entry, Load, Worker, expected_value, normalize, read_args
-from tests.proxyrunner import ProxyThread
-from tests.support import RedisServer, free_port, redis_servers, wait_until
+from tests.support.loadgen import TTL_S, Entry, Load, Worker, expected_value, normalize, read_args
+from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
+from tests.support.proxy import ProxyThread
 
 CLI = [sys.executable, "-m", "proxy"]
 TTL_TOLERANCE_S = 5.0

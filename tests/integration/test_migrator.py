@@ -26,7 +26,7 @@ from proxy.jobs.executor import COPIED, SKIPPED, Executor, copy_key, open_backen
 from proxy.jobs.verify import Verifier, VerifyReport
 from proxy.migration.keys import is_reserved, state_key, state_owner
 from proxy.migration.phases import ActiveMigration, active_migration, gate_reason
-from tests.support import RedisServer, free_port, redis_servers
+from tests.support.processes import RedisServer, free_port, redis_servers
 
 T = TypeVar("T")
 CLI = [sys.executable, "-m", "proxy"]

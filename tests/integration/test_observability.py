@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.proxyrunner import ProxyThread, proxy_for
-from tests.support import RedisServer, redis_servers, wait_until
+from proxy.config.schema import parse_config
+from tests.support.processes import RedisServer, redis_servers, wait_until
+from tests.support.proxy import ProxyThread, proxy_for
 
 
 @pytest.fixture
@@ -21,8 +22,10 @@ def cluster() -> Iterator[tuple[ProxyThread, list[RedisServer]]]:
 
 
 def admin_port(proxy: ProxyThread) -> int:
-    assert proxy.server is not None
-    return proxy.server._config.admin.port  # type: ignore[union-attr]
+    """The admin port the test configured (no reload here changes it)."""
+    admin = parse_config(proxy.config_text).admin
+    assert admin is not None
+    return admin.port
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:

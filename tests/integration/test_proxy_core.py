@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.proxyrunner import ProxyThread, proxy_for
-from tests.support import RedisServer
+from tests.support.processes import RedisServer
+from tests.support.proxy import ProxyThread, proxy_for
 
 
 @pytest.fixture(scope="module")

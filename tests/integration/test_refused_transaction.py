@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.integration.wire import Err, RespConn, encode
-from tests.proxyrunner import ProxyThread, proxy_for
-from tests.support import RedisServer
+from tests.support.processes import RedisServer
+from tests.support.proxy import ProxyThread, proxy_for
+from tests.support.wire import Err, RespConn, encode
 
 
 @pytest.fixture(scope="module")

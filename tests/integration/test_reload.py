@@ -24,9 +24,9 @@ import pytest
 import redis
 
 from proxy.config.schema import config_hash
-from tests.loadgen import Load, Worker
-from tests.proxyrunner import ProxyThread
-from tests.support import RedisServer, free_port, redis_servers, wait_until
+from tests.support.loadgen import Load, Worker
+from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
+from tests.support.proxy import ProxyThread
 
 CLI = [sys.executable, "-m", "proxy"]
 

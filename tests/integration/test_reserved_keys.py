@@ -15,9 +15,9 @@ import redis
 
 from proxy.commands.spec import lookup
 from proxy.migration.keys import RESERVED_PREFIX
-from tests.integration.wire import Err, RespConn, encode
-from tests.proxyrunner import ProxyThread, proxy_for, running_proxy, simple_config
-from tests.support import RedisServer, free_port
+from tests.support.processes import RedisServer, free_port
+from tests.support.proxy import ProxyThread, proxy_for, running_proxy, simple_config
+from tests.support.wire import Err, RespConn, encode
 
 GATE = b"__shardproxy:0123456789ab:gate"
 LEASE = b"__shardproxy:0123456789ab:lease"

@@ -17,9 +17,9 @@ import pytest
 
 from proxy.net import slicer
 from proxy.net.slicer import SlicedRequest
-from tests.integration.wire import RespConn, encode
-from tests.proxyrunner import ProxyThread, proxy_for
-from tests.support import RedisServer, wait_until
+from tests.support.processes import RedisServer, wait_until
+from tests.support.proxy import ProxyThread, proxy_for
+from tests.support.wire import RespConn, encode
 
 N = 50_000
 Command = Sequence[bytes | str | int]

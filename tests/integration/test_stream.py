@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.integration.wire import Err, RespConn, encode
-from tests.proxyrunner import ProxyThread, running_proxy, simple_config
-from tests.support import RedisServer, free_port, redis_servers, wait_until
+from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
+from tests.support.proxy import ProxyThread, running_proxy, simple_config
+from tests.support.wire import Err, RespConn, encode
 
 MIB = 1024 * 1024
 # Holds CR, LF, `$`, `*` and a RESP-looking header, so a wrong boundary shows.

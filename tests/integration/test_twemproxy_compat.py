@@ -19,7 +19,7 @@ import hiredis
 import pytest
 
 from proxy.routing.ring import Ring, hash_fn, ketama_label, ketama_points
-from tests.support import (
+from tests.support.processes import (
     NUTCRACKER,
     RedisServer,
     free_port,

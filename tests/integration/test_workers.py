@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import redis
 
-from tests.proxyrunner import simple_config
-from tests.support import RedisServer, free_port, port_open, wait_until
+from tests.support.processes import RedisServer, free_port, port_open, wait_until
+from tests.support.proxy import simple_config
 
 CLI = [sys.executable, "-m", "proxy"]
 WORKERS = "workers: 2\n"

@@ -21,8 +21,8 @@ from tests.integration.test_workers import (
     metric,
     supervised,
 )
-from tests.proxyrunner import simple_config
-from tests.support import RedisServer, free_port, wait_until
+from tests.support.processes import RedisServer, free_port, wait_until
+from tests.support.proxy import simple_config
 
 BUDGET = 64 * 1024 * 1024  # client.max_memory_bytes for the whole fleet
 

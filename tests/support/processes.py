@@ -1,4 +1,4 @@
-"""Test support: real redis-server / nutcracker processes on free loopback ports.
+"""Real redis-server / nutcracker processes on free loopback ports.
 
 Every process started here is owned by a fixture and stopped at teardown; waits are on conditions
 with deadlines, never bare sleeps.

@@ -13,7 +13,7 @@ import uvloop
 
 from proxy.config.schema import parse_config
 from proxy.server.server import ProxyServer
-from tests.support import free_port
+from tests.support.processes import free_port
 
 
 def pool_yaml(name: str, addrs: list[str], extra: str = "") -> str:

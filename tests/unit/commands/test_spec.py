@@ -28,7 +28,7 @@ from proxy.commands.spec import (
     unknown_error,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SPECS = {spec.name: spec for spec in all_specs()}
 CONTAINERS = {name.split("|")[0] for name in SPECS if "|" in name}
 

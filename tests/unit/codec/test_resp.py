@@ -1,4 +1,4 @@
-"""proxy.resp.ReplyScanner: reply boundaries in a backend's byte stream, cut anywhere.
+"""proxy.codec.resp.ReplyScanner: reply boundaries in a backend's byte stream, cut anywhere.
 
 Replies are matched to requests by position, so a wrong boundary would hand one client another
 client's reply: every test compares the raw bytes of each reply with what was sent (the

@@ -1,4 +1,5 @@
-"""The backend user's ACL rules (proxy/acl.py): pure, from the command table and allow_flush."""
+"""The backend user's ACL rules (proxy/commands/acl.py): pure, from the command table and
+allow_flush."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""proxy.request: the request parser against the encoder, cut at every kind of boundary.
+"""proxy.codec.request: the request parser against the encoder, cut at every kind of boundary.
 
 The proxy forwards each request's bytes as received (`RequestReader.raws`), so a wrong boundary
 would send one client's bytes as another command: every test checks the raw bytes as well as the

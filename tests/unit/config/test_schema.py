@@ -1,5 +1,6 @@
-"""proxy.config: defaults, every validation message (exact), error collection, env expansion,
-server forms, addresses, migration rules, immutability, and the files shipped in config/."""
+"""proxy.config.schema: defaults, every validation message (exact), error collection, env
+expansion, server forms, addresses, migration rules, immutability, and the files shipped
+in config/."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from proxy.config.schema import (
 )
 from proxy.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
 MINIMAL = "pools: {p: {servers: ['127.0.0.1:7001']}}"
 TWO_POOLS = """
 pools:

@@ -1,4 +1,4 @@
-"""proxy.hashing: hash vectors, hash tags, ketama and modula rings, and bad input."""
+"""proxy.routing.ring: hash vectors, hash tags, ketama and modula rings, and bad input."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """A tiny, independent RESP2/RESP3 client for tests that compare replies byte for byte.
 
-It deliberately shares no code with `proxy.resp`: the proxy is checked against real Redis through
-a parser of its own. `read_reply` returns the raw bytes of one reply and its decoded value.
+It deliberately shares no code with `proxy.codec.resp`: the proxy is checked against real Redis
+through a parser of its own. `read_reply` returns the raw bytes of one reply and its decoded value.
 """
 
 from __future__ import annotations
