@@ -21,7 +21,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `proxy` importable from this checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy import commands, request, resp, routing
+from proxy.codec import request, resp
+from proxy.commands import spec as commands
+from proxy.routing import plan as routing
 from proxy.config.schema import PoolConfig, ServerConfig
 from proxy.routing.ring import HASH_NAMES, Ring
 from proxy.routing.topology import build_pool

@@ -16,7 +16,7 @@ from proxy.commands.acl import build_rules
 from proxy.server.aclcheck import AclCheckError
 from proxy.server.server import ProxyServer
 from tests.support.processes import RedisServer, free_port, redis_command, redis_servers, wait_until
-from tests.support.proxy import ProxyThread, running_proxy, simple_config
+from tests.support.runner import ProxyThread, running_proxy, simple_config
 
 USER, PASSWORD = "shardproxy", "acl-test-pw"
 ACL_BACKEND = f"  username: {USER}\n  password: {PASSWORD}\n"

@@ -17,7 +17,7 @@ import pytest
 
 from proxy.net.backend import Backend
 from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
-from tests.support.proxy import ProxyThread, pool_yaml, running_proxy
+from tests.support.runner import ProxyThread, pool_yaml, running_proxy
 from tests.support.wire import Err, RespConn, encode
 
 COMMAND_TIMEOUT_MS = 500

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
-from tests.support.proxy import ProxyThread, proxy_for, running_proxy, simple_config
+from tests.support.runner import ProxyThread, proxy_for, running_proxy, simple_config
 from tests.support.wire import encode
 
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"

@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from tests.support.processes import RedisServer, redis_servers
-from tests.support.proxy import ProxyThread, proxy_for
+from tests.support.runner import ProxyThread, proxy_for
 from tests.support.wire import Agg, Err, RespConn, parse, stream
 
 N_COMMANDS = 3000

@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
-from tests.support.proxy import ProxyThread, pool_yaml, running_proxy
+from tests.support.runner import ProxyThread, pool_yaml, running_proxy
 from tests.support.wire import Agg, Err, RespConn, encode, exchange
 
 COMMAND_TIMEOUT_MS = 400

@@ -19,7 +19,7 @@ import pytest
 
 import proxy.net.probe
 from tests.support.processes import RedisServer, free_port, port_open, redis_command, wait_until
-from tests.support.proxy import running_proxy
+from tests.support.runner import running_proxy
 from tests.support.wire import Err, RespConn
 
 NOFILE = 256

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
-from tests.support.proxy import ProxyThread, running_proxy, simple_config
+from tests.support.runner import ProxyThread, running_proxy, simple_config
 from tests.support.wire import encode
 
 ATTACK_S = 6.0  # bounded in time

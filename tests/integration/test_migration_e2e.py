@@ -38,7 +38,7 @@ from proxy.net.connection import BackendConnection
 from proxy.routing.topology import PoolTopology, build_pool
 from tests.support.loadgen import TTL_S, Entry, Load, Worker, expected_value, normalize, read_args
 from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
-from tests.support.proxy import ProxyThread
+from tests.support.runner import ProxyThread
 
 CLI = [sys.executable, "-m", "proxy"]
 TTL_TOLERANCE_S = 5.0

@@ -12,7 +12,7 @@ import redis
 
 from proxy.config.schema import parse_config
 from tests.support.processes import RedisServer, redis_servers, wait_until
-from tests.support.proxy import ProxyThread, proxy_for
+from tests.support.runner import ProxyThread, proxy_for
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from tests.support.processes import RedisServer
-from tests.support.proxy import ProxyThread, proxy_for
+from tests.support.runner import ProxyThread, proxy_for
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.support.processes import RedisServer
-from tests.support.proxy import ProxyThread, proxy_for
+from tests.support.runner import ProxyThread, proxy_for
 from tests.support.wire import Err, RespConn, encode
 
 

@@ -26,7 +26,7 @@ import redis
 from proxy.config.schema import config_hash
 from tests.support.loadgen import Load, Worker
 from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
-from tests.support.proxy import ProxyThread
+from tests.support.runner import ProxyThread
 
 CLI = [sys.executable, "-m", "proxy"]
 

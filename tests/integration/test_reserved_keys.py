@@ -16,7 +16,7 @@ import redis
 from proxy.commands.spec import lookup
 from proxy.migration.keys import RESERVED_PREFIX
 from tests.support.processes import RedisServer, free_port
-from tests.support.proxy import ProxyThread, proxy_for, running_proxy, simple_config
+from tests.support.runner import ProxyThread, proxy_for, running_proxy, simple_config
 from tests.support.wire import Err, RespConn, encode
 
 GATE = b"__shardproxy:0123456789ab:gate"

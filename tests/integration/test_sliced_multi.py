@@ -18,7 +18,7 @@ import pytest
 from proxy.net import slicer
 from proxy.net.slicer import SlicedRequest
 from tests.support.processes import RedisServer, wait_until
-from tests.support.proxy import ProxyThread, proxy_for
+from tests.support.runner import ProxyThread, proxy_for
 from tests.support.wire import RespConn, encode
 
 N = 50_000

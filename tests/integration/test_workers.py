@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from tests.support.processes import RedisServer, free_port, port_open, wait_until
-from tests.support.proxy import simple_config
+from tests.support.runner import simple_config
 
 CLI = [sys.executable, "-m", "proxy"]
 WORKERS = "workers: 2\n"

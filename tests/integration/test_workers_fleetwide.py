@@ -22,7 +22,7 @@ from tests.integration.test_workers import (
     supervised,
 )
 from tests.support.processes import RedisServer, free_port, wait_until
-from tests.support.proxy import simple_config
+from tests.support.runner import simple_config
 
 BUDGET = 64 * 1024 * 1024  # client.max_memory_bytes for the whole fleet
 
