@@ -23,8 +23,8 @@ if __package__ in (None, ""):  # run as a script: make `proxy` importable from t
 
 from proxy.codec import request, resp
 from proxy.commands import spec as commands
-from proxy.routing import plan as routing
 from proxy.config.schema import PoolConfig, ServerConfig
+from proxy.routing import plan as routing
 from proxy.routing.ring import HASH_NAMES, Ring
 from proxy.routing.topology import build_pool
 

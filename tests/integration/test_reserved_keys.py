@@ -157,7 +157,8 @@ def test_keys_and_scan_never_show_reserved_keys(
 
 
 def test_a_reserved_key_is_refused_during_a_migration(backends3: list[RedisServer]) -> None:
-    """In a migration phase every request takes dispatch and the dual plan (net/dualwrite.py): refused before."""
+    """In a migration phase every request goes through dispatch and the dual plan: refused
+    before it."""
     addrs = [b.addr for b in backends3]
     migration = (
         "  new:\n    servers:\n"
