@@ -44,16 +44,10 @@ def view(phase: object) -> View:
     return View(read, other, rules.secondary_writes)
 
 
-def a_key(True) -> bytes:
-    return next(
-        k for k in (b"k%d" % i for i in range(1000)) if SOURCE.addr_for(k) != TARGET.addr_for(k)
-    )
-
-
-def a_key(False) -> bytes:
-    return next(
-        k for k in (b"k%d" % i for i in range(1000)) if SOURCE.addr_for(k) == TARGET.addr_for(k)
-    )
+def a_key(moves: bool) -> bytes:
+    """A key whose owner changes between the two rings (or not)."""
+    keys = (b"k%d" % i for i in range(1000))
+    return next(k for k in keys if (SOURCE.addr_for(k) != TARGET.addr_for(k)) is moves)
 
 
 def spec_of(args: list[bytes]) -> CommandSpec:
