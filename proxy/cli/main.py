@@ -16,6 +16,7 @@ from typing import Any
 from proxy import __version__
 from proxy.cli.embedded import EmbeddedError, LocalBackends
 from proxy.cli.fleet import fleet_ok, fleet_status, render_table
+from proxy.config.reader import read_config_file
 from proxy.config.schema import MAX_WORKERS, ConfigError, ProxyConfig, load_config, parse_config
 from proxy.routing.topology import build_pool
 from proxy.server.logformat import setup_logging
@@ -179,9 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             config = parse_config(text, "<local>")
             path = None
         else:
-            config = load_config(args.config)
-            with open(args.config, encoding="utf-8") as f:
-                text = f.read()
+            text = read_config_file(args.config).text  # as the reloads will read it
+            config = parse_config(text, args.config)
             path = args.config
         if args.workers is not None:
             config = replace(config, workers=args.workers)

@@ -3,12 +3,11 @@
 Owns the schema, every default and every validation rule. Invariant: a ProxyConfig exists only
 for a wholly valid file; otherwise ConfigError lists *every* problem, each prefixed with the dotted
 path of the value at fault (``pools.main.servers[2]: port must be 1..65535``). Pure: PyYAML and
-the standard library; the only I/O is reading the file in read_config_text.
+the standard library; the file is read by proxy/config/reader.py (read_config_file).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ from proxy.config.reader import (
     load_yaml,
     parse_host_port,
     parse_server,
+    read_config_file,
 )
 from proxy.errors import ConfigError
 
@@ -47,10 +47,8 @@ __all__ = [
     "PoolConfig",
     "ProxyConfig",
     "ServerConfig",
-    "config_hash",
     "load_config",
     "parse_config",
-    "read_config_text",
 ]
 
 PHASES: Final[tuple[str, ...]] = ("double-write", "backfill", "cut-read", "retire")
@@ -195,25 +193,8 @@ def parse_config(
     return config
 
 
-def read_config_text(path: str) -> str:
-    """The file's raw text (newlines untouched, so config_hash matches the bytes on disk)."""
-    try:
-        with open(path, encoding="utf-8", newline="") as file:
-            return file.read()
-    except UnicodeDecodeError:
-        raise ConfigError((f"{path}: cannot read config: not valid UTF-8",), path) from None
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ConfigError((f"{path}: cannot read config: {reason}",), path) from None
-
-
 def load_config(path: str, env: Mapping[str, str] | None = None) -> ProxyConfig:
-    return parse_config(read_config_text(path), source=path, env=env)
-
-
-def config_hash(text: str) -> str:
-    """Short content hash of the raw config text, for metrics and /status."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    return parse_config(read_config_file(path).text, source=path, env=env)
 
 
 _POOL_NAME_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")

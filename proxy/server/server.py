@@ -19,7 +19,8 @@ from typing import Any
 
 from proxy import __version__
 from proxy.commands.local import server_section
-from proxy.config.schema import ProxyConfig, config_hash
+from proxy.config.reader import config_hash, read_config_file
+from proxy.config.schema import ConfigError, ProxyConfig
 from proxy.jobs.runner import PhaseRunner
 from proxy.net.client import ClientConnection
 from proxy.net.fence import MigrationState
@@ -206,11 +207,10 @@ class ProxyServer:
         if self.config_path is None:
             return False, "no config file to reload (the proxy runs an embedded config)"
         try:
-            with open(self.config_path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            return self._reload_refused(f"cannot read {self.config_path}: {exc.strerror}")
-        return await self.reload_text(text)
+            file = read_config_file(self.config_path)
+        except ConfigError as exc:
+            return self._reload_refused(str(exc))
+        return await self.reload_text(file.text)
 
     async def reload_text(self, text: str) -> tuple[bool, str]:
         async with self._reload_lock:

@@ -25,13 +25,8 @@ from dataclasses import replace
 from typing import Any
 
 from proxy import __version__
-from proxy.config.schema import (
-    ConfigError,
-    ProxyConfig,
-    config_hash,
-    parse_config,
-    read_config_text,
-)
+from proxy.config.reader import config_hash, read_config_file
+from proxy.config.schema import ConfigError, ProxyConfig, parse_config
 from proxy.net.metrics import SupervisorMetrics
 from proxy.server.aclcheck import (
     AclCheckError,
@@ -241,10 +236,10 @@ class Supervisor:
         if self.config_path is None:
             return False, "no config file to reload (the proxy runs an embedded config)"
         try:
-            text = read_config_text(self.config_path)
+            file = read_config_file(self.config_path)
         except ConfigError as exc:
             return self._refused(str(exc))
-        return await self.reload_text(text)
+        return await self.reload_text(file.text)
 
     async def reload_text(self, text: str) -> tuple[bool, str]:
         async with self._lock:
