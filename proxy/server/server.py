@@ -10,17 +10,15 @@ proxy/supervisor.py) the same server runs in each worker process with a WorkerRo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from proxy import __version__
 from proxy.commands.local import server_section
-from proxy.config.reader import config_hash, read_config_file
-from proxy.config.schema import ConfigError, ProxyConfig
+from proxy.config.reader import config_hash
+from proxy.config.schema import ProxyConfig
 from proxy.jobs.runner import PhaseRunner
 from proxy.net.client import ClientConnection
 from proxy.net.fence import MigrationState
@@ -31,7 +29,8 @@ from proxy.routing.topology import Topology, build_topology
 from proxy.server.aclcheck import AclCheckError, AclReport, check_config, log_reports, refusal
 from proxy.server.admin import AdminServer
 from proxy.server.fdlimit import log_lowered, size_clients
-from proxy.server.reload import Accepted, validate_reload, watch_config
+from proxy.server.lifecycle import ConfigFamilies, Lifecycle
+from proxy.server.reload import Accepted, validate_reload
 
 log = logging.getLogger("shardproxy.server")
 
@@ -62,6 +61,12 @@ class ProxyServer:
         self.config_path = config_path
         self.role = role
         self.metrics = ProxyMetrics()
+        families = ConfigFamilies(
+            self.metrics.config_generation,
+            self.metrics.config_reloads_total,
+            self.metrics.config_info,
+        )
+        self.lifecycle = Lifecycle(families, log)
         self.pool = BackendPool()
         self.migration = MigrationState()
         self.phases = PhaseRunner(self.pool, self.migration)
@@ -75,8 +80,6 @@ class ProxyServer:
         self._next_client_id = 0
         self._server: asyncio.Server | None = None
         self._admin: AdminServer | None = None
-        self._stop = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
         self.router: Router  # set by start()
         self.client_config = config.client
@@ -115,8 +118,7 @@ class ProxyServer:
         generation = 1 if self.role is None else self.role.generation
         topology = build_topology(self._config, generation, config_hash(self._config_text))
         self.router = self.pool.sync(topology, self.migration)
-        self.metrics.config_generation.set(generation)
-        self._apply_config_info()
+        self.lifecycle.show_config(self._config, generation, topology.config_hash)
         self._size_clients()
         self.metrics.add_live_collector(
             lambda: len(self.clients), self._backend_rows, self.phases.collect
@@ -135,14 +137,14 @@ class ProxyServer:
         if admin is not None:
             self._admin = AdminServer(self, admin.host, admin.port)
             await self._admin.start()
-        self._spawn(self._health_loop())
-        self._spawn(self._idle_loop())
-        self._spawn(self.memory.run())
+        self.lifecycle.spawn(self._health_loop())
+        self.lifecycle.spawn(self._idle_loop())
+        self.lifecycle.spawn(self.memory.run())
         if self._config.backend.acl_check == "warn" and self.role is None:
-            self._spawn(self.check_acl(self._config))
+            self.lifecycle.spawn(self.check_acl(self._config))
         self._on_topology()
         if self.watch and self.config_path is not None and self.role is None:
-            self._spawn(watch_config(self.config_path, self.current_hash, self.reload_from_file))
+            self.lifecycle.watch(self.config_path, self.current_hash, self.reload_from_file)
         log.info(
             "serving on %s (admin %s), pool %s with %d backends",
             listen,
@@ -161,16 +163,16 @@ class ProxyServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload_from_file()))
+        """SIGTERM, SIGINT: stop; SIGHUP: reload the file (a worker installs its own)."""
+        self.lifecycle.install_signal_handlers(
+            lambda: self.lifecycle.spawn(self.reload_from_file())
+        )
 
     def request_stop(self) -> None:
-        self._stop.set()
+        self.lifecycle.request_stop()
 
     async def serve_until_stopped(self) -> None:
-        await self._stop.wait()
+        await self.lifecycle.wait_stop()
         await self.stop()
 
     async def stop(self) -> None:
@@ -185,11 +187,7 @@ class ProxyServer:
         for client in list(self.clients):
             if client.transport is not None:
                 client.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.lifecycle.cancel_tasks()
         if self._admin is not None:
             await self._admin.stop()
         await self.phases.close()
@@ -197,26 +195,15 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     # -- reload ----------------------------------------------------------------------------
     async def reload_from_file(self) -> tuple[bool, str]:
-        if self.config_path is None:
-            return False, "no config file to reload (the proxy runs an embedded config)"
-        try:
-            file = read_config_file(self.config_path)
-        except ConfigError as exc:
-            return self._reload_refused(str(exc))
-        return await self.reload_text(file.text)
+        return await self.lifecycle.reload_file(self.config_path, self.reload_text)
 
     async def reload_text(self, text: str) -> tuple[bool, str]:
         async with self._reload_lock:
             result = await self._validate(text, check_gate=True)
             if isinstance(result, str):
-                return self._reload_refused(result)
+                return self.lifecycle.refused(result)
             return True, self._apply(result, self.generation + 1)
 
     async def check_reload(self, text: str) -> str:
@@ -233,7 +220,7 @@ class ProxyServer:
         async with self._reload_lock:
             result = await self._validate(text, check_gate=False)
             if isinstance(result, str):
-                return self._reload_refused(result)
+                return self.lifecycle.refused(result)
             return True, self._apply(result, generation)
 
     async def _validate(self, text: str, check_gate: bool) -> Accepted | str:
@@ -260,12 +247,9 @@ class ProxyServer:
         self.allow_flush = config.allow_flush
         self.slowlog_ms = config.slowlog_ms
         self._size_clients()
-        self.metrics.config_generation.set(generation)
-        self.metrics.config_reloads_total.labels("ok").inc()
-        self._apply_config_info()
-        log.info("config reloaded: generation %d (%s)", generation, topology.config_hash)
+        self.lifecycle.accepted(config, generation, topology.config_hash, "")
         if config.backend.acl_check != "off" and self.role is None:
-            self._spawn(self.check_acl(config))
+            self.lifecycle.spawn(self.check_acl(config))
         if topology.phase != old_phase:
             log.warning("migration phase %s -> %s", old_phase or "none", topology.phase or "none")
         self._on_topology()
@@ -277,17 +261,6 @@ class ProxyServer:
 
     def current_hash(self) -> str:
         return self.router.topology.config_hash
-
-    def _apply_config_info(self) -> None:
-        topology = self.router.topology
-        self.metrics.config_info.info(
-            {
-                "hash": topology.config_hash,
-                "route": topology.route.name,
-                "phase": topology.phase or "none",
-                "generation": str(topology.generation),
-            }
-        )
 
     def _size_clients(self) -> None:
         """The client limit for the backends now in the pool (Redis's maxclients sizing)."""
@@ -302,11 +275,6 @@ class ProxyServer:
     def _on_topology(self) -> None:
         """Start or stop the phase's background work (backfill, repairs) for the new router."""
         self.phases.apply(self.router)
-
-    def _reload_refused(self, reason: str) -> tuple[bool, str]:
-        self.metrics.config_reloads_total.labels("refused").inc()
-        log.error("config reload refused, the old config keeps serving: %s", reason)
-        return False, reason
 
     # -- backend ACL -----------------------------------------------------------------------
     async def check_acl(self, config: ProxyConfig) -> str:

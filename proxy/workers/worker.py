@@ -122,15 +122,12 @@ async def _serve(start: StartMessage) -> None:
 
 
 def _install_signal_handlers(server: ProxyServer, supervisor_pid: int) -> None:
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, server.request_stop)
-    loop.add_signal_handler(signal.SIGINT, server.request_stop)
-    loop.add_signal_handler(
-        signal.SIGHUP,
+    """As a single proxy's, but SIGHUP is not a reload: the supervisor reloads every worker."""
+    server.lifecycle.install_signal_handlers(
         lambda: log.warning(
             "SIGHUP ignored: send it to the supervisor (pid %d), which reloads every worker",
             supervisor_pid,
-        ),
+        )
     )
 
 
