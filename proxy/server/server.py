@@ -1,10 +1,11 @@
 """The composition root: wires config, topology, backends, client listener and admin HTTP; owns
-the lifecycle (start, reload, graceful drain on stop) and every background task.
+the lifecycle (start, reload, graceful drain on stop; its shared steps and every background task
+through proxy/server/lifecycle.py). What the server shows of itself is in proxy/server/status.py.
 
 A reload validates the whole new config, builds a new immutable topology, resolves it against the
 backend registry and swaps `self.router` in one assignment; requests in flight keep the router
 they started with, and no client connection is touched. Under a supervisor (`workers: N > 1`,
-proxy/supervisor.py) the same server runs in each worker process with a WorkerRole.
+proxy/workers/supervisor.py) the same server runs in each worker process with a WorkerRole.
 """
 
 from __future__ import annotations
@@ -15,17 +16,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from proxy import __version__
-from proxy.commands.local import server_section
 from proxy.config.reader import config_hash
 from proxy.config.schema import ProxyConfig
 from proxy.jobs.runner import PhaseRunner
 from proxy.net.client import ClientConnection
 from proxy.net.fence import MigrationState
 from proxy.net.memory import MemoryGuard
-from proxy.net.metrics import BackendRow, ProxyMetrics
+from proxy.net.metrics import ProxyMetrics
 from proxy.net.pool import BackendPool, Router
 from proxy.routing.topology import Topology, build_topology
+from proxy.server import status as views
 from proxy.server.aclcheck import AclCheckError, AclReport, check_config, log_reports, refusal
 from proxy.server.admin import AdminServer
 from proxy.server.fdlimit import log_lowered, size_clients
@@ -121,7 +121,7 @@ class ProxyServer:
         self.lifecycle.show_config(self._config, generation, topology.config_hash)
         self._size_clients()
         self.metrics.add_live_collector(
-            lambda: len(self.clients), self._backend_rows, self.phases.collect
+            lambda: len(self.clients), lambda: views.backend_rows(self), self.phases.collect
         )
         loop = asyncio.get_running_loop()
         listen = self._config.listen
@@ -278,7 +278,7 @@ class ProxyServer:
 
     # -- backend ACL -----------------------------------------------------------------------
     async def check_acl(self, config: ProxyConfig) -> str:
-        """Check every backend's user (proxy/aclcheck.py), log what is wrong once per backend
+        """Check every backend's user (proxy/server/aclcheck.py), log what is wrong once per backend
         and check, record it for /status and metrics; the refusal reason ("" when none)."""
         reports = await check_config(config)
         names = {addr: b.name for addr, b in self.pool.backends.items()}
@@ -310,87 +310,18 @@ class ProxyServer:
                 if not client.pending and now - client.last_active > timeout_s:
                     client.close()
 
-    # -- views -----------------------------------------------------------------------------
-    def _backend_rows(self) -> list[BackendRow]:
-        return [(b.name, b.up, b.inflight(), b.stats) for b in self.pool.backends.values()]
-
+    # -- views (proxy/server/status.py) ----------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
-        down = [b for b in self.router.route_backends if not b.up]
-        if down:
-            return False, "backends down: " + ", ".join(f"{b.name} ({b.addr})" for b in down)
-        return True, "ok"
+        return views.readiness(self)
 
     def info_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
-        topology = self.router.topology
-        return [
-            ("Server", server_section(self.started)),
-            (
-                "Clients",
-                [
-                    ("connected_clients", str(len(self.clients))),
-                    ("maxclients", str(self.max_clients)),
-                ],
-            ),
-            (
-                "Proxy",
-                [
-                    ("shardproxy_version", __version__),
-                    ("config_generation", str(topology.generation)),
-                    ("config_hash", topology.config_hash),
-                    ("route_pool", topology.route.name),
-                    ("phase", topology.phase or "none"),
-                    ("backends", str(len(topology.route.addrs))),
-                    ("backends_down", str(sum(not b.up for b in self.router.route_backends))),
-                ],
-            ),
-        ]
+        return views.info_sections(self)
+
+    def status(self) -> dict[str, Any]:
+        return views.status(self)
 
     async def status_report(self) -> dict[str, Any]:
         return self.status()
 
     async def readiness_report(self) -> tuple[bool, str]:
         return self.readiness()
-
-    def status(self) -> dict[str, Any]:
-        topology = self.router.topology
-        migration = topology.config.migration
-        return {
-            "version": __version__,
-            "uptime_s": round(time.monotonic() - self.started, 3),
-            "generation": topology.generation,
-            "config_hash": topology.config_hash,
-            "route": topology.route.name,
-            "phase": topology.phase or "none",
-            "migration": {"to": migration.to, "phase": migration.phase} if migration else None,
-            "backfill": self.phases.backfill_status(),
-            "clients": len(self.clients),
-            "max_clients": self.max_clients,
-            "client_memory_bytes": self.memory.held,
-            "clients_throttled": len(self.memory.throttled),
-            "max_memory_bytes": self.memory_budget(),
-            "backends": [
-                {
-                    "name": b.name,
-                    "addr": b.addr,
-                    "up": b.up,
-                    "reason": b.down_reason,
-                    "acl": self._acl_status(b.addr),
-                    "inflight": b.inflight(),
-                    "requests": b.stats.latency.count,
-                    "p50_ms": b.stats.latency.quantile(0.5) * 1000,
-                    "p99_ms": b.stats.latency.quantile(0.99) * 1000,
-                    "errors": {
-                        "timeout": b.stats.timeout,
-                        "connection": b.stats.connection,
-                        "reply": b.stats.reply,
-                    },
-                    "busy_events": b.stats.busy,
-                    "local_resource_failures": b.stats.local,
-                }
-                for b in self.pool.backends.values()
-            ],
-        }
-
-    def _acl_status(self, addr: str) -> str | None:
-        report = self.acl_reports.get(addr)
-        return None if report is None else report.describe()
