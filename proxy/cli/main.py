@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_migration_parsers(sub: Any) -> None:
-    """plan, backfill, verify, cleanup: the migration jobs in the foreground (proxy/console.py)."""
+    """plan, backfill, verify, cleanup: the migration jobs in the foreground (cli/console.py)."""
     plan = sub.add_parser(
         "plan",
         help="show which share of the keys moves, per source and target server",
@@ -240,7 +240,7 @@ def _run(config: ProxyConfig, text: str, path: str | None, watch: bool, workers:
 def _run_workers(
     config: ProxyConfig, text: str, path: str | None, args: argparse.Namespace, log_format: str
 ) -> int:
-    """workers > 1: this process supervises them (proxy/supervisor.py)."""
+    """workers > 1: this process supervises them (proxy/workers/supervisor.py)."""
     import uvloop
 
     from proxy.server.aclcheck import AclCheckError

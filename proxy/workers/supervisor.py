@@ -1,6 +1,6 @@
 """`workers: N > 1`: the process the operator started supervises N worker processes
-(proxy/worker.py) that share the client listen port through SO_REUSEPORT, so the kernel spreads
-connections over N event loops.
+(proxy/workers/worker.py) that share the client listen port through SO_REUSEPORT, so the kernel
+spreads connections over N event loops.
 
 The supervisor owns what must be one per proxy: the admin port (/status and /readyz merge the
 workers' reports, /metrics merges their multiprocess files), signals, --watch and reloads. A
@@ -270,7 +270,7 @@ class Supervisor:
 
     # -- backend ACL -----------------------------------------------------------------------
     async def check_acl(self, config: ProxyConfig) -> str:
-        """Check every backend's user once for all workers (proxy/aclcheck.py), log what is
+        """Check every backend's user once for all workers (proxy/server/aclcheck.py), log what is
         wrong, record it for /status and metrics; the refusal reason ("" when none)."""
         reports = await check_config(config)
         self._record_acl(reports, config)

@@ -1,5 +1,5 @@
 """A worker process (`workers: N > 1`): one full ProxyServer on its own event loop, sharing the
-client listen port with its siblings through SO_REUSEPORT, run by proxy/supervisor.py as
+client listen port with its siblings through SO_REUSEPORT, run by proxy/workers/supervisor.py as
 `python -m proxy.workers.worker`.
 
 Protocol with the supervisor: a StartMessage (one JSON line) on stdin; one `ready` JSON line on
