@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     acl.add_argument("--json", action="store_true", help="rules, allowed and denied as JSON")
     add_migration_parsers(sub)
+    add_status_parser(sub)
     return parser
 
 
@@ -112,6 +113,10 @@ def add_migration_parsers(sub: Any) -> None:
     cleanup.add_argument("-c", "--config", required=True)
     cleanup.add_argument("--dry-run", action="store_true", help="only count, per server")
     cleanup.add_argument("--from-pool", metavar="OLD", help="after the migration block is gone")
+
+
+def add_status_parser(sub: Any) -> None:
+    """status: one table for a fleet of running proxies (proxy/cli/fleet.py)."""
     status = sub.add_parser(
         "status",
         help="one table for a fleet of running proxies (from each admin /status)",
