@@ -3,7 +3,7 @@
 Each `run_*` takes a loaded config, opens one Backend per address, runs the job on an event loop in
 the foreground, prints its result and returns the exit status: 0 done/clean, 1 the job found or left
 a problem (mismatches, a failure, a lease held elsewhere), 2 the config does not allow it. The jobs
-are the ones the proxy runs (proxy/migrator.py); here they run with NO_FENCE.
+are the ones the proxy runs (proxy/jobs/); here they run with NO_FENCE.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from typing import Any
 from proxy import __version__
 from proxy.cli.embedded import EmbeddedError, LocalBackends
 from proxy.cli.fleet import fleet_ok, fleet_status, render_table
+from proxy.config.reader import read_config_file
 from proxy.config.schema import MAX_WORKERS, ConfigError, ProxyConfig, load_config, parse_config
 from proxy.routing.topology import build_pool
 from proxy.server.logformat import setup_logging
@@ -59,11 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     acl.add_argument("--json", action="store_true", help="rules, allowed and denied as JSON")
     add_migration_parsers(sub)
+    add_status_parser(sub)
     return parser
 
 
 def add_migration_parsers(sub: Any) -> None:
-    """plan, backfill, verify, cleanup: the migration jobs in the foreground (proxy/console.py)."""
+    """plan, backfill, verify, cleanup: the migration jobs in the foreground (cli/console.py)."""
     plan = sub.add_parser(
         "plan",
         help="show which share of the keys moves, per source and target server",
@@ -111,6 +113,10 @@ def add_migration_parsers(sub: Any) -> None:
     cleanup.add_argument("-c", "--config", required=True)
     cleanup.add_argument("--dry-run", action="store_true", help="only count, per server")
     cleanup.add_argument("--from-pool", metavar="OLD", help="after the migration block is gone")
+
+
+def add_status_parser(sub: Any) -> None:
+    """status: one table for a fleet of running proxies (proxy/cli/fleet.py)."""
     status = sub.add_parser(
         "status",
         help="one table for a fleet of running proxies (from each admin /status)",
@@ -179,9 +185,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             config = parse_config(text, "<local>")
             path = None
         else:
-            config = load_config(args.config)
-            with open(args.config, encoding="utf-8") as f:
-                text = f.read()
+            text = read_config_file(args.config).text  # as the reloads will read it
+            config = parse_config(text, args.config)
             path = args.config
         if args.workers is not None:
             config = replace(config, workers=args.workers)
@@ -240,7 +245,7 @@ def _run(config: ProxyConfig, text: str, path: str | None, watch: bool, workers:
 def _run_workers(
     config: ProxyConfig, text: str, path: str | None, args: argparse.Namespace, log_format: str
 ) -> int:
-    """workers > 1: this process supervises them (proxy/supervisor.py)."""
+    """workers > 1: this process supervises them (proxy/workers/supervisor.py)."""
     import uvloop
 
     from proxy.server.aclcheck import AclCheckError

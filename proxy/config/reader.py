@@ -1,16 +1,22 @@
-"""The checking reader under proxy.config: YAML in, typed values out, every problem collected.
+"""The reader of the config file: bytes on disk in, text and typed values out, every problem
+collected.
 
-Owns what is generic about reading an operator's file: safe YAML loading that notices keys given
-twice, ${ENV_VAR} expansion, typed reads that report "dotted.path: message" and return a usable
-fallback so that reading goes on, and host:port parsing. Knows nothing of the schema. Pure.
+Owns what is generic about reading an operator's file: the one function that reads it from disk
+(read_config_file: its text with newlines untouched and the hash of its bytes, so every reader of
+the file, the proxy, the supervisor, `--watch` and the CLI, sees the same text and hash), safe YAML
+loading that notices keys given twice, ${ENV_VAR} expansion, typed reads that report
+"dotted.path: message" and return a usable fallback so that reading goes on, and host:port
+parsing. Knows nothing of the schema. Pure: its only I/O is reading the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import yaml
@@ -21,6 +27,38 @@ INT_RE: Final = re.compile(r"[+-]?[0-9]+")
 SERVER_FORM: Final = '"host:port[:weight] [name]"'
 _LABEL_RE: Final = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 _ENV_RE: Final = re.compile(r"\$?\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+# --- the file: read once, decoded strictly, newlines untouched ---
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigFile:
+    text: str  # the file's text as UTF-8, "\r\n" kept: text.encode() is the bytes on disk
+    hash: str  # config_hash(text): the short hash of those bytes
+
+
+def read_config_file(path: str) -> ConfigFile:
+    """The config file's text and hash; ConfigError if it cannot be read or is not UTF-8.
+
+    Universal newlines would turn a CRLF file's text (and hash) into its LF twin, so that two
+    readers of one file could disagree on its hash: the bytes are decoded as they are."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError((f"{path}: cannot read config: {reason}",), path) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError((f"{path}: cannot read config: not valid UTF-8",), path) from None
+    return ConfigFile(text, config_hash(text))
+
+
+def config_hash(text: str) -> str:
+    """Short content hash of the config text (of the file's bytes), for metrics and /status."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
 # --- YAML loading: safe, and keys given twice are remembered (PyYAML keeps the last silently) ---

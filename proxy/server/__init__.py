@@ -1,2 +1,3 @@
-"""The composition root and its lifecycle: the proxy server, reloads, admin HTTP, ACL and
-fd-limit checks."""
+"""The composition root and its lifecycle: the proxy server, the lifecycle steps it shares with
+the supervisor (signals, owned tasks, reload outcomes, config metrics), reloads, status views,
+admin HTTP, ACL and fd-limit checks."""

@@ -3,7 +3,7 @@
 One throwaway connection per backend, as the proxy's own user, asks Redis what that user may run
 without running it: `redis.acl_check_cmd` in one EVAL (allowed by the recommended rules, which
 deny ACL itself as @admin), else `ACL DRYRUN` per probe. The answers are judged against
-proxy/acl.py's probes. Checks run concurrently, each bounded by the connect and command
+proxy/commands/acl.py's probes. Checks run concurrently, each bounded by the connect and command
 timeouts; an unreachable backend is reported unchecked and never blocks anything.
 """
 

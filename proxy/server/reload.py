@@ -3,13 +3,13 @@
 A refused reload changes nothing: the old topology keeps serving and the reason is returned (and
 logged and counted by the caller). `watch_config` turns file changes into reloads, including the
 symlink swap Kubernetes does for a ConfigMap (it watches the directory, not the file, and compares
-content hashes, so a touch without change is not a reload).
+the file's hash, read_config_file's, with the hash of the config in use, so a touch without change
+is not a reload).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 
 import watchfiles
 
-from proxy.config.schema import ConfigError, ProxyConfig, config_hash, parse_config
+from proxy.config.reader import read_config_file
+from proxy.config.schema import ConfigError, ProxyConfig, parse_config
 from proxy.jobs.backfill import NO_FENCE, Executor, Fence, read_gate
 from proxy.jobs.verify import Verifier
 from proxy.migration.phases import (
@@ -137,10 +138,11 @@ async def watch_config(
     """Reload whenever the file's content changes (runs until cancelled)."""
     directory = os.path.dirname(os.path.abspath(path)) or "."
     async for _changes in watchfiles.awatch(directory, debounce=200, step=50):
-        with contextlib.suppress(OSError):
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-            if config_hash(text) != current_hash():
-                log.info("config file changed: reloading")
-                await reload()
+        try:
+            changed = read_config_file(path).hash != current_hash()
+        except ConfigError:  # gone or half-written during a swap: the next event tells
+            changed = False
+        if changed:
+            log.info("config file changed: reloading")
+            await reload()
         await asyncio.sleep(0)

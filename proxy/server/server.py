@@ -1,37 +1,37 @@
 """The composition root: wires config, topology, backends, client listener and admin HTTP; owns
-the lifecycle (start, reload, graceful drain on stop) and every background task.
+the lifecycle (start, reload, graceful drain on stop; its shared steps and every background task
+through proxy/server/lifecycle.py). What the server shows of itself is in proxy/server/status.py.
 
 A reload validates the whole new config, builds a new immutable topology, resolves it against the
 backend registry and swaps `self.routes` in one assignment; requests in flight keep the router
 they started with, and no client connection is touched. Under a supervisor (`workers: N > 1`,
-proxy/supervisor.py) the same server runs in each worker process with a WorkerRole.
+proxy/workers/supervisor.py) the same server runs in each worker process with a WorkerRole.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from proxy import __version__
-from proxy.commands.local import server_section
-from proxy.config.schema import ProxyConfig, config_hash, load_config
+from proxy.config.reader import config_hash
+from proxy.config.schema import ProxyConfig
 from proxy.jobs.runner import PhaseRunner
 from proxy.net.client import ClientConnection
 from proxy.net.fence import MigrationState
 from proxy.net.memory import MemoryGuard
-from proxy.net.metrics import BackendRow, ProxyMetrics
+from proxy.net.metrics import ProxyMetrics
 from proxy.net.pool import BackendPool
 from proxy.net.route import RouteTable
 from proxy.routing.topology import Topology, build_topology
+from proxy.server import status as views
 from proxy.server.aclcheck import AclCheckError, AclReport, check_config, log_reports, refusal
 from proxy.server.admin import AdminServer
 from proxy.server.fdlimit import log_lowered, size_clients
-from proxy.server.reload import Accepted, validate_reload, watch_config
+from proxy.server.lifecycle import ConfigFamilies, Lifecycle
+from proxy.server.reload import Accepted, validate_reload
 
 log = logging.getLogger("shardproxy.server")
 
@@ -62,6 +62,12 @@ class ProxyServer:
         self.config_path = config_path
         self.role = role
         self.metrics = ProxyMetrics()
+        families = ConfigFamilies(
+            self.metrics.config_generation,
+            self.metrics.config_reloads_total,
+            self.metrics.config_info,
+        )
+        self.lifecycle = Lifecycle(families, log)
         self.pool = BackendPool()
         self.migration = MigrationState(lambda: self.routes)
         self.phases = PhaseRunner(self.pool, self.migration)
@@ -75,8 +81,6 @@ class ProxyServer:
         self._next_client_id = 0
         self._server: asyncio.Server | None = None
         self._admin: AdminServer | None = None
-        self._stop = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._reload_lock = asyncio.Lock()
         self.routes: RouteTable  # set by start()
         self.client_config = config.client
@@ -115,11 +119,10 @@ class ProxyServer:
         generation = 1 if self.role is None else self.role.generation
         topology = build_topology(self._config, generation, config_hash(self._config_text))
         self.routes = self.pool.sync(topology)
-        self.metrics.config_generation.set(generation)
-        self._apply_config_info()
+        self.lifecycle.show_config(self._config, generation, topology.config_hash)
         self._size_clients()
         self.metrics.add_live_collector(
-            lambda: len(self.clients), self._backend_rows, self.phases.collect
+            lambda: len(self.clients), lambda: views.backend_rows(self), self.phases.collect
         )
         loop = asyncio.get_running_loop()
         listen = self._config.listen
@@ -135,14 +138,14 @@ class ProxyServer:
         if admin is not None:
             self._admin = AdminServer(self, admin.host, admin.port)
             await self._admin.start()
-        self._spawn(self._health_loop())
-        self._spawn(self._idle_loop())
-        self._spawn(self.memory.run())
+        self.lifecycle.spawn(self._health_loop())
+        self.lifecycle.spawn(self._idle_loop())
+        self.lifecycle.spawn(self.memory.run())
         if self._config.backend.acl_check == "warn" and self.role is None:
-            self._spawn(self.check_acl(self._config))
+            self.lifecycle.spawn(self.check_acl(self._config))
         self._on_topology()
         if self.watch and self.config_path is not None and self.role is None:
-            self._spawn(watch_config(self.config_path, self.current_hash, self.reload_from_file))
+            self.lifecycle.watch(self.config_path, self.current_hash, self.reload_from_file)
         log.info(
             "serving on %s (admin %s), pool %s with %d backends",
             listen,
@@ -161,16 +164,16 @@ class ProxyServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload_from_file()))
+        """SIGTERM, SIGINT: stop; SIGHUP: reload the file (a worker installs its own)."""
+        self.lifecycle.install_signal_handlers(
+            lambda: self.lifecycle.spawn(self.reload_from_file())
+        )
 
     def request_stop(self) -> None:
-        self._stop.set()
+        self.lifecycle.request_stop()
 
     async def serve_until_stopped(self) -> None:
-        await self._stop.wait()
+        await self.lifecycle.wait_stop()
         await self.stop()
 
     async def stop(self) -> None:
@@ -185,11 +188,7 @@ class ProxyServer:
         for client in list(self.clients):
             if client.transport is not None:
                 client.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.lifecycle.cancel_tasks()
         if self._admin is not None:
             await self._admin.stop()
         await self.phases.close()
@@ -197,27 +196,15 @@ class ProxyServer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     # -- reload ----------------------------------------------------------------------------
     async def reload_from_file(self) -> tuple[bool, str]:
-        if self.config_path is None:
-            return False, "no config file to reload (the proxy runs an embedded config)"
-        try:
-            with open(self.config_path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as exc:
-            return self._reload_refused(f"cannot read {self.config_path}: {exc.strerror}")
-        return await self.reload_text(text)
+        return await self.lifecycle.reload_file(self.config_path, self.reload_text)
 
     async def reload_text(self, text: str) -> tuple[bool, str]:
         async with self._reload_lock:
             result = await self._validate(text, check_gate=True)
             if isinstance(result, str):
-                return self._reload_refused(result)
+                return self.lifecycle.refused(result)
             return True, self._apply(result, self.generation + 1)
 
     async def check_reload(self, text: str) -> str:
@@ -234,7 +221,7 @@ class ProxyServer:
         async with self._reload_lock:
             result = await self._validate(text, check_gate=False)
             if isinstance(result, str):
-                return self._reload_refused(result)
+                return self.lifecycle.refused(result)
             return True, self._apply(result, generation)
 
     async def _validate(self, text: str, check_gate: bool) -> Accepted | str:
@@ -261,12 +248,9 @@ class ProxyServer:
         self.allow_flush = config.allow_flush
         self.slowlog_ms = config.slowlog_ms
         self._size_clients()
-        self.metrics.config_generation.set(generation)
-        self.metrics.config_reloads_total.labels("ok").inc()
-        self._apply_config_info()
-        log.info("config reloaded: generation %d (%s)", generation, topology.config_hash)
+        self.lifecycle.accepted(config, generation, topology.config_hash, "")
         if config.backend.acl_check != "off" and self.role is None:
-            self._spawn(self.check_acl(config))
+            self.lifecycle.spawn(self.check_acl(config))
         if topology.phase != old_phase:
             log.warning("migration phase %s -> %s", old_phase or "none", topology.phase or "none")
         self._on_topology()
@@ -279,17 +263,6 @@ class ProxyServer:
     def current_hash(self) -> str:
         return self.routes.topology.config_hash
 
-    def _apply_config_info(self) -> None:
-        topology = self.routes.topology
-        self.metrics.config_info.info(
-            {
-                "hash": topology.config_hash,
-                "route": topology.route.name,
-                "phase": topology.phase or "none",
-                "generation": str(topology.generation),
-            }
-        )
-
     def _size_clients(self) -> None:
         """The client limit for the backends now in the pool (Redis's maxclients sizing)."""
         wanted = self._config.client.max_connections
@@ -301,17 +274,12 @@ class ProxyServer:
         self.metrics.max_clients.set(limit.max_clients)
 
     def _on_topology(self) -> None:
-        """Start or stop the phase's background work (backfill, repairs) for the new router."""
+        """Start or stop the phase's background work (backfill, repairs) for the new route table."""
         self.phases.apply(self.routes)
-
-    def _reload_refused(self, reason: str) -> tuple[bool, str]:
-        self.metrics.config_reloads_total.labels("refused").inc()
-        log.error("config reload refused, the old config keeps serving: %s", reason)
-        return False, reason
 
     # -- backend ACL -----------------------------------------------------------------------
     async def check_acl(self, config: ProxyConfig) -> str:
-        """Check every backend's user (proxy/aclcheck.py), log what is wrong once per backend
+        """Check every backend's user (proxy/server/aclcheck.py), log what is wrong once per backend
         and check, record it for /status and metrics; the refusal reason ("" when none)."""
         reports = await check_config(config)
         names = {addr: b.name for addr, b in self.pool.backends.items()}
@@ -343,94 +311,18 @@ class ProxyServer:
                 if not client.pending and now - client.last_active > timeout_s:
                     client.close()
 
-    # -- views -----------------------------------------------------------------------------
-    def _backend_rows(self) -> list[BackendRow]:
-        return [(b.name, b.up, b.inflight(), b.stats) for b in self.pool.backends.values()]
-
+    # -- views (proxy/server/status.py) ----------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
-        down = [b for b in self.routes.route_backends if not b.up]
-        if down:
-            return False, "backends down: " + ", ".join(f"{b.name} ({b.addr})" for b in down)
-        return True, "ok"
+        return views.readiness(self)
 
     def info_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
-        topology = self.routes.topology
-        return [
-            ("Server", server_section(self.started)),
-            (
-                "Clients",
-                [
-                    ("connected_clients", str(len(self.clients))),
-                    ("maxclients", str(self.max_clients)),
-                ],
-            ),
-            (
-                "Proxy",
-                [
-                    ("shardproxy_version", __version__),
-                    ("config_generation", str(topology.generation)),
-                    ("config_hash", topology.config_hash),
-                    ("route_pool", topology.route.name),
-                    ("phase", topology.phase or "none"),
-                    ("backends", str(len(topology.route.addrs))),
-                    ("backends_down", str(sum(not b.up for b in self.routes.route_backends))),
-                ],
-            ),
-        ]
+        return views.info_sections(self)
+
+    def status(self) -> dict[str, Any]:
+        return views.status(self)
 
     async def status_report(self) -> dict[str, Any]:
         return self.status()
 
     async def readiness_report(self) -> tuple[bool, str]:
         return self.readiness()
-
-    def status(self) -> dict[str, Any]:
-        topology = self.routes.topology
-        migration = topology.config.migration
-        return {
-            "version": __version__,
-            "uptime_s": round(time.monotonic() - self.started, 3),
-            "generation": topology.generation,
-            "config_hash": topology.config_hash,
-            "route": topology.route.name,
-            "phase": topology.phase or "none",
-            "migration": {"to": migration.to, "phase": migration.phase} if migration else None,
-            "backfill": self.phases.backfill_status(),
-            "clients": len(self.clients),
-            "max_clients": self.max_clients,
-            "client_memory_bytes": self.memory.held,
-            "clients_throttled": len(self.memory.throttled),
-            "max_memory_bytes": self.memory_budget(),
-            "backends": [
-                {
-                    "name": b.name,
-                    "addr": b.addr,
-                    "up": b.up,
-                    "reason": b.down_reason,
-                    "acl": self._acl_status(b.addr),
-                    "inflight": b.inflight(),
-                    "requests": b.stats.latency.count,
-                    "p50_ms": b.stats.latency.quantile(0.5) * 1000,
-                    "p99_ms": b.stats.latency.quantile(0.99) * 1000,
-                    "errors": {
-                        "timeout": b.stats.timeout,
-                        "connection": b.stats.connection,
-                        "reply": b.stats.reply,
-                    },
-                    "busy_events": b.stats.busy,
-                    "local_resource_failures": b.stats.local,
-                }
-                for b in self.pool.backends.values()
-            ],
-        }
-
-    def _acl_status(self, addr: str) -> str | None:
-        report = self.acl_reports.get(addr)
-        return None if report is None else report.describe()
-
-
-def load_server(path: str) -> ProxyServer:
-    config = load_config(path)
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    return ProxyServer(config, text, path)

@@ -1,6 +1,6 @@
 """`workers: N > 1`: the process the operator started supervises N worker processes
-(proxy/worker.py) that share the client listen port through SO_REUSEPORT, so the kernel spreads
-connections over N event loops.
+(proxy/workers/worker.py) that share the client listen port through SO_REUSEPORT, so the kernel
+spreads connections over N event loops.
 
 The supervisor owns what must be one per proxy: the admin port (/status and /readyz merge the
 workers' reports, /metrics merges their multiprocess files), signals, --watch and reloads. A
@@ -18,20 +18,14 @@ import asyncio
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import time
 from dataclasses import replace
 from typing import Any
 
 from proxy import __version__
-from proxy.config.schema import (
-    ConfigError,
-    ProxyConfig,
-    config_hash,
-    parse_config,
-    read_config_text,
-)
+from proxy.config.reader import config_hash
+from proxy.config.schema import ConfigError, ProxyConfig, parse_config
 from proxy.net.metrics import SupervisorMetrics
 from proxy.server.aclcheck import (
     AclCheckError,
@@ -42,7 +36,7 @@ from proxy.server.aclcheck import (
     refusal,
 )
 from proxy.server.admin import AdminServer
-from proxy.server.reload import watch_config
+from proxy.server.lifecycle import ConfigFamilies, Lifecycle
 from proxy.server.server import DRAIN_TIMEOUT_S
 from proxy.workers.metrics_files import forget_worker
 from proxy.workers.process import WorkerError, WorkerProcess, describe_exit
@@ -86,10 +80,13 @@ class Supervisor:
         ]
         self.metrics = SupervisorMetrics(self.metrics_dir)
         self.metrics.workers.set_function(lambda: sum(w.running for w in self.workers))
+        config_metrics = self.metrics.config
+        families = ConfigFamilies(
+            config_metrics.generation, config_metrics.reloads_total, config_metrics.info
+        )
+        self.lifecycle = Lifecycle(families, log)
         self._lock = asyncio.Lock()  # one reload or one worker (re)start at a time
-        self._stop = asyncio.Event()
         self._stopping = False
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._admin: AdminServer | None = None
         self.acl_reports: dict[str, AclReport] = {}  # backend addr -> its user's last ACL check
 
@@ -106,7 +103,7 @@ class Supervisor:
         except AclCheckError:  # no worker was started; the caller prints it as one line
             await self.stop()
             raise
-        await self._stop.wait()
+        await self.lifecycle.wait_stop()
         await self.stop()
         return 0
 
@@ -125,17 +122,17 @@ class Supervisor:
         for result in results:
             if isinstance(result, BaseException):
                 raise result
-        self._apply_config_metrics()
+        self.lifecycle.show_config(self._config, self.generation, self.current_hash())
         admin = self._config.admin
         if admin is not None:
             self._admin = AdminServer(self, admin.host, admin.port)
             await self._admin.start()
         for worker in self.workers:
-            self._spawn(self._supervise(worker))
+            self.lifecycle.spawn(self._supervise(worker))
         if acl_check == "warn":
-            self._spawn(self.check_acl(self._config))
+            self.lifecycle.spawn(self.check_acl(self._config))
         if self.watch and self.config_path is not None:
-            self._spawn(watch_config(self.config_path, self.current_hash, self.reload_from_file))
+            self.lifecycle.watch(self.config_path, self.current_hash, self.reload_from_file)
         pids = ", ".join(str(w.pid) for w in self.workers)
         log.info(
             "serving on %s with %d workers (pids %s), admin %s",
@@ -143,13 +140,13 @@ class Supervisor:
         )  # fmt: skip
 
     def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload_from_file()))
+        """SIGTERM, SIGINT: stop; SIGHUP: reload the file on every worker."""
+        self.lifecycle.install_signal_handlers(
+            lambda: self.lifecycle.spawn(self.reload_from_file())
+        )
 
     def request_stop(self) -> None:
-        self._stop.set()
+        self.lifecycle.request_stop()
 
     async def stop(self) -> None:
         """Drain every worker (SIGTERM: they stop accepting and finish owed replies), then
@@ -157,14 +154,12 @@ class Supervisor:
         if self._stopping:
             return
         self._stopping = True
-        self._stop.set()
+        self.lifecycle.request_stop()
         async with self._lock:  # no worker is half-started now, and none starts after this
             for worker in self.workers:
                 worker.terminate()
             await asyncio.gather(*(self._reap(w) for w in self.workers if w.proc is not None))
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.lifecycle.cancel_tasks()
         if self._admin is not None:
             await self._admin.stop()
         for worker in self.workers:
@@ -179,11 +174,6 @@ class Supervisor:
             log.error("worker %d (pid %d) did not stop in time: killed", worker.index, worker.pid)
             worker.kill()
             await worker.wait()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _start_message(self, worker: WorkerProcess) -> StartMessage:
         return StartMessage(
@@ -217,7 +207,7 @@ class Supervisor:
                 "worker %d (pid %d) exited (%s); restarting it in %.1f s",
                 worker.index, worker.pid, describe_exit(code), delay_s,
             )  # fmt: skip
-            if await self._stopped_within(delay_s):
+            if await self.lifecycle.stop_within(delay_s):
                 return
             async with self._lock:
                 if self._stopping:
@@ -229,22 +219,9 @@ class Supervisor:
                     continue
             log.info("worker %d restarted (pid %d)", worker.index, worker.pid)
 
-    async def _stopped_within(self, delay_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._stop.wait(), delay_s)
-        except TimeoutError:
-            return False
-        return True
-
     # -- reload ----------------------------------------------------------------------------
     async def reload_from_file(self) -> tuple[bool, str]:
-        if self.config_path is None:
-            return False, "no config file to reload (the proxy runs an embedded config)"
-        try:
-            text = read_config_text(self.config_path)
-        except ConfigError as exc:
-            return self._refused(str(exc))
-        return await self.reload_text(text)
+        return await self.lifecycle.reload_file(self.config_path, self.reload_text)
 
     async def reload_text(self, text: str) -> tuple[bool, str]:
         async with self._lock:
@@ -253,25 +230,26 @@ class Supervisor:
             try:
                 config = parse_config(text, self.config_path or "<reload>")
             except ConfigError as exc:
-                return self._refused(str(exc))
+                return self.lifecycle.refused(str(exc))
             live = [w for w in self.workers if w.running]
             if not live:
-                return self._refused("no worker is running to check the new config; try again")
+                reason = "no worker is running to check the new config; try again"
+                return self.lifecycle.refused(reason)
             reasons = await asyncio.gather(*(w.check_reload(text) for w in live))
             refusals = [(w.index, r) for w, r in zip(live, reasons, strict=True) if r]
             if refusals:
                 others = "the other workers accepted it; no worker changed its config"
-                return self._refused(combine_reasons(refusals, len(live), others))
+                return self.lifecycle.refused(combine_reasons(refusals, len(live), others))
             acl = await check_config(config) if config.backend.acl_check == "refuse" else []
             if refusal(acl):
-                return self._refused(refusal(acl))
+                return self.lifecycle.refused(refusal(acl))
             if self.workers_override is not None:
                 config = replace(config, workers=self.workers_override)
             await self._apply_everywhere(live, config, text)
             if acl:
                 self._record_acl(acl, config)
             elif config.backend.acl_check == "warn":
-                self._spawn(self.check_acl(config))
+                self.lifecycle.spawn(self.check_acl(config))
             return True, f"generation {self.generation}"
 
     async def _apply_everywhere(
@@ -287,16 +265,12 @@ class Supervisor:
                     worker.index, self.generation, message,
                 )  # fmt: skip
                 worker.terminate()
-        self.metrics.config.reloads_total.labels("ok").inc()
-        self._apply_config_metrics()
-        log.info(
-            "config reloaded on %d workers: generation %d (%s)",
-            len(live), self.generation, self.current_hash(),
-        )  # fmt: skip
+        where = f" on {len(live)} workers"
+        self.lifecycle.accepted(config, self.generation, self.current_hash(), where)
 
     # -- backend ACL -----------------------------------------------------------------------
     async def check_acl(self, config: ProxyConfig) -> str:
-        """Check every backend's user once for all workers (proxy/aclcheck.py), log what is
+        """Check every backend's user once for all workers (proxy/server/aclcheck.py), log what is
         wrong, record it for /status and metrics; the refusal reason ("" when none)."""
         reports = await check_config(config)
         self._record_acl(reports, config)
@@ -313,23 +287,6 @@ class Supervisor:
 
     def current_hash(self) -> str:
         return config_hash(self._text)
-
-    def _refused(self, reason: str) -> tuple[bool, str]:
-        self.metrics.config.reloads_total.labels("refused").inc()
-        log.error("config reload refused, the old config keeps serving: %s", reason)
-        return False, reason
-
-    def _apply_config_metrics(self) -> None:
-        migration = self._config.migration
-        self.metrics.config.generation.set(self.generation)
-        self.metrics.config.info.info(
-            {
-                "hash": self.current_hash(),
-                "route": self._config.route,
-                "phase": migration.phase if migration else "none",
-                "generation": str(self.generation),
-            }
-        )
 
     # -- admin views -----------------------------------------------------------------------
     async def status_report(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """A worker process (`workers: N > 1`): one full ProxyServer on its own event loop, sharing the
-client listen port with its siblings through SO_REUSEPORT, run by proxy/supervisor.py as
+client listen port with its siblings through SO_REUSEPORT, run by proxy/workers/supervisor.py as
 `python -m proxy.workers.worker`.
 
 Protocol with the supervisor: a StartMessage (one JSON line) on stdin; one `ready` JSON line on
@@ -122,15 +122,12 @@ async def _serve(start: StartMessage) -> None:
 
 
 def _install_signal_handlers(server: ProxyServer, supervisor_pid: int) -> None:
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, server.request_stop)
-    loop.add_signal_handler(signal.SIGINT, server.request_stop)
-    loop.add_signal_handler(
-        signal.SIGHUP,
+    """As a single proxy's, but SIGHUP is not a reload: the supervisor reloads every worker."""
+    server.lifecycle.install_signal_handlers(
         lambda: log.warning(
             "SIGHUP ignored: send it to the supervisor (pid %d), which reloads every worker",
             supervisor_pid,
-        ),
+        )
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import redis
 
-from proxy.config.schema import config_hash
+from proxy.config.reader import config_hash
 from tests.support.loadgen import Load, Worker
 from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
 from tests.support.runner import ProxyThread

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from proxy.config.reader import config_hash, read_config_file
 from proxy.config.schema import (
     DEFAULT_ADMIN,
     DEFAULT_LISTEN,
@@ -26,10 +27,8 @@ from proxy.config.schema import (
     PoolConfig,
     ProxyConfig,
     ServerConfig,
-    config_hash,
     load_config,
     parse_config,
-    read_config_text,
 )
 from proxy.errors import ConfigError
 
@@ -813,7 +812,19 @@ def test_config_hash(tmp_path: Path) -> None:
     assert config_hash(MINIMAL + "\n") != digest
     path = tmp_path / "crlf.yaml"
     path.write_bytes(b"pools: {p: {servers: ['h:1']}}\r\n")
-    assert read_config_text(str(path)) == "pools: {p: {servers: ['h:1']}}\r\n"
+    assert read_config_file(str(path)).text == "pools: {p: {servers: ['h:1']}}\r\n"
+
+
+def test_read_config_file_hashes_the_bytes_on_disk(tmp_path: Path) -> None:
+    """Every reader of the file (serve, reloads, --watch, the supervisor) gets this one hash:
+    a CRLF file keeps its line ends, so its hash is that of its bytes, not of its LF twin."""
+    path = tmp_path / "crlf.yaml"
+    data = b"pools:\r\n  p: {servers: ['h:1']}\r\n"
+    path.write_bytes(data)
+    file = read_config_file(str(path))
+    assert file.hash == hashlib.sha256(data).hexdigest()[:12] == config_hash(file.text)
+    assert file.hash != config_hash(data.decode().replace("\r\n", "\n"))
+    assert load_config(str(path), env=NO_ENV) == parse(data.decode().replace("\r\n", "\n"))
 
 
 # --- the shipped example files ---
@@ -856,7 +867,7 @@ def test_example_documents_the_true_defaults() -> None:
 
 
 def test_example_migration_block_documents_the_true_defaults() -> None:
-    text = uncomment_migration(read_config_text(str(CONFIG_DIR / "proxy.example.yaml")))
+    text = uncomment_migration(read_config_file(str(CONFIG_DIR / "proxy.example.yaml")).text)
     raw = yaml.safe_load(text)
     raw["pools"]["new"] = {"servers": ["127.0.0.1:7001"]}
     config = parse(yaml.safe_dump(raw, sort_keys=False))
@@ -865,7 +876,7 @@ def test_example_migration_block_documents_the_true_defaults() -> None:
 
 def test_example_names_every_key() -> None:
     raw = yaml.safe_load(
-        uncomment_migration(read_config_text(str(CONFIG_DIR / "proxy.example.yaml")))
+        uncomment_migration(read_config_file(str(CONFIG_DIR / "proxy.example.yaml")).text)
     )
 
     def names(cls: type[Any]) -> set[str]:

@@ -1,0 +1,137 @@
+"""The config's model: frozen dataclasses, one per section, with every default, and the tables
+of legal values (phases, hashes, distributions, log formats...). proxy/config/schema.py validates
+a file into it and exports it: import these names from proxy.config.schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final
+
+from proxy.config.reader import format_addr, parse_host_port
+
+PHASES: Final[tuple[str, ...]] = ("double-write", "backfill", "cut-read", "retire")
+HASHES: Final[tuple[str, ...]] = ("murmur3", "fnv1a_64", "md5", "crc32a", "crc32")
+DISTRIBUTIONS: Final[tuple[str, ...]] = ("ketama", "modula")
+LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
+# warn: log and show a too-broad backend user; refuse: fail start and reloads; off: no check.
+ACL_CHECKS: Final[tuple[str, ...]] = ("warn", "refuse", "off")
+LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
+MIB: Final = 1024 * 1024
+MAX_WORKERS: Final = 64  # worker processes; more than cores only adds context switches
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str  # IPv4, lower-cased hostname, or IPv6 *without* brackets
+    port: int  # TCP port; 0 (any free port) only where parse(allow_port_zero=True)
+
+    def __str__(self) -> str:
+        return format_addr(self.host, self.port)
+
+    @classmethod
+    def parse(cls, text: str, *, allow_port_zero: bool = False) -> Address:
+        """'host:port' or '[v6]:port' -> Address; ValueError says what is wrong."""
+        return cls(*parse_host_port(text, allow_port_zero))
+
+
+DEFAULT_LISTEN: Final = Address("127.0.0.1", 6380)
+DEFAULT_ADMIN: Final = Address("127.0.0.1", 9380)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str  # as in Address: IPv6 without brackets
+    port: int  # 1..65535
+    weight: int = 1  # share of the ring relative to the pool's other servers, >= 1
+    name: str | None = None  # twemproxy's server name (ketama label); None: hash the address
+
+    @property
+    def addr(self) -> str:
+        """'host:port' ('[v6]:port'): a backend's identity, shared across pools."""
+        return format_addr(self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    name: str
+    hash: str  # one of HASHES
+    distribution: str  # one of DISTRIBUTIONS
+    hash_tag: str  # "" (none) or exactly two characters, e.g. "{}"
+    servers: tuple[ServerConfig, ...]  # at least one; addresses and names unique
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    password: str | None = None  # clients must AUTH when set
+    max_connections: int = 10000  # accepted client connections, per proxy process
+    max_pending_requests: int = 10000  # per client; reading pauses beyond this
+    # Per client: replies unread, queued and in flight; reading pauses at a quarter of it, and
+    # requests in flight are capped at half of it; a client that holds more is closed.
+    max_output_buffer_bytes: int = 64 * MIB
+    # All clients together (sized for a 1 GB container): past it, the clients that hold the
+    # most stop being read, and then the biggest is closed.
+    max_memory_bytes: int = 768 * MIB
+    idle_timeout_s: float = 0.0  # close idle clients after this; 0 = never
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    connect_timeout_ms: int = 1000
+    command_timeout_ms: int = 2000
+    username: str | None = None  # ACL user for AUTH; None: AUTH with password only
+    password: str | None = None  # AUTH sent on connect when set
+    connections: int = 1  # shared pipelined connections per backend per protocol
+    health_check_interval_ms: int = 1000
+    failure_threshold: int = 3  # consecutive failures before a backend is marked down
+    retry_backoff_ms: int = 100  # first reconnect delay, doubled per failure
+    retry_backoff_max_ms: int = 5000  # reconnect delay cap
+    acl_check: str = "warn"  # one of ACL_CHECKS: the backend user's ACL at start and reload
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillConfig:
+    rate_keys_per_s: int = 5000  # keys examined per second, across the fleet's one runner
+    batch_keys: int = 100  # keys copied per pipelined batch
+    scan_count: int = 200  # COUNT hint per SCAN call
+    big_key_bytes: int = 8 * MIB  # DUMP payloads above this are logged and counted
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationConfig:
+    to: str  # target pool; never the route pool
+    phase: str  # one of PHASES
+    force: bool = False  # allow backfill -> cut-read without a clean verify
+    backfill: BackfillConfig = BackfillConfig()
+    shadow_sample_ratio: float = 0.01  # share of reads shadow-compared on the other pool, 0..1
+    verify_ttl_tolerance_ms: int = 2000  # TTL difference the verifier accepts
+    gate_secret: str | None = field(default=None, repr=False)  # HMAC key of the gate; see gate.py
+    gate_sample_keys: int = 256  # moved keys re-compared at backfill -> cut-read
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    listen: Address
+    admin: Address | None  # None: no admin HTTP server
+    workers: int  # proxy processes sharing the listen port (SO_REUSEPORT), 1..MAX_WORKERS
+    log_format: str  # one of LOG_FORMATS
+    log_level: str  # one of LOG_LEVELS
+    slowlog_ms: float  # log requests slower than this; 0 = off
+    allow_flush: bool  # FLUSHDB / FLUSHALL fan out only when true
+    client: ClientConfig
+    backend: BackendConfig
+    pools: Mapping[str, PoolConfig]  # read-only, in file order
+    route: str  # the pool that owns the keyspace
+    migration: MigrationConfig | None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pools, MappingProxyType):
+            object.__setattr__(self, "pools", MappingProxyType(dict(self.pools)))
+
+    def pool(self, name: str) -> PoolConfig:
+        try:
+            return self.pools[name]
+        except KeyError:
+            raise KeyError(f"no pool named {name!r}") from None
