@@ -16,6 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Final
 
+from proxy.config.phase import Phase
 from proxy.config.reader import (
     SERVER_FORM,
     Reader,
@@ -53,7 +54,7 @@ __all__ = [
     "read_config_text",
 ]
 
-PHASES: Final[tuple[str, ...]] = ("double-write", "backfill", "cut-read", "retire")
+PHASES: Final[tuple[Phase, ...]] = tuple(p for p in Phase if p is not Phase.NONE)  # in a file
 HASHES: Final[tuple[str, ...]] = ("murmur3", "fnv1a_64", "md5", "crc32a", "crc32")
 DISTRIBUTIONS: Final[tuple[str, ...]] = ("ketama", "modula")
 LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
@@ -143,7 +144,7 @@ class BackfillConfig:
 @dataclass(frozen=True, slots=True)
 class MigrationConfig:
     to: str  # target pool; never the route pool
-    phase: str  # one of PHASES
+    phase: Phase  # one of PHASES, never Phase.NONE
     force: bool = False  # allow backfill -> cut-read without a clean verify
     backfill: BackfillConfig = BackfillConfig()
     shadow_sample_ratio: float = 0.01  # share of reads shadow-compared on the other pool, 0..1
@@ -493,7 +494,7 @@ def _read_migration(
         r.mapping("migration", raw)  # reports a non-mapping
         return None
     mapping = r.section("migration", raw, ("to", "phase", "backfill", *_MIGRATION_RULES))
-    to = phase = ""
+    to, phase = "", Phase.NONE
     if "to" not in mapping:
         r.fail("migration.to", "required")
     else:
@@ -503,7 +504,7 @@ def _read_migration(
     if "phase" not in mapping:
         r.fail("migration.phase", "required")
     else:
-        phase = r.choice("migration.phase", mapping["phase"], "", PHASES)
+        phase = Phase(r.choice("migration.phase", mapping["phase"], Phase.NONE, PHASES))
     backfill = _read_section(
         r, "migration.backfill", mapping.get("backfill"), _BACKFILL_RULES, BackfillConfig
     )

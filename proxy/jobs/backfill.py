@@ -22,10 +22,8 @@ from typing import Final
 
 from proxy.jobs.bigkey import copy_big_key
 from proxy.jobs.executor import (
-    COPIED,
-    FAILED,
     NO_FENCE,
-    SKIPPED,
+    CopyOutcome,
     Executor,
     Fence,
     JobError,
@@ -38,7 +36,7 @@ from proxy.jobs.executor import (
 )
 from proxy.jobs.verify import Verifier, VerifyReport
 from proxy.migration.keys import is_reserved, state_key, state_owner
-from proxy.migration.phases import ActiveMigration
+from proxy.migration.phases import ActiveMigration, BackfillState
 from proxy.routing.topology import PoolTopology
 
 __all__ = [
@@ -56,7 +54,7 @@ log = logging.getLogger("shardproxy.backfill")
 
 LEASE_MS: Final = 15_000  # a dead runner's lease expires after this; renewed every third of it
 DONE_CURSOR: Final = b"done"  # a source server's checkpoint once its SCAN finished
-STATES: Final = ("idle", "running", "done", "failed")
+_STATES: Final = {s.value: s for s in BackfillState}  # a shared status's "state" -> its state
 
 _RENEW: Final = b"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -79,7 +77,7 @@ class BackfillSnapshot:
     """What /status and the metrics show of a backfill."""
 
     mid: str  # migration id
-    state: str  # idle | running | done | failed
+    state: BackfillState
     step: str  # "scan" | "verify" | "" (what the running job does now)
     scanned: int  # source keys examined (cumulative across resumed runs)
     copied: int
@@ -162,7 +160,7 @@ class BackfillJob:
         self.home = state_owner(migration.target, migration.mid)  # where the state keys live
         self.limiter = RateLimiter(self.settings.rate_keys_per_s)
         self.counters = _Counters()
-        self.state, self.step, self.server, self.error = "idle", "", "", ""
+        self.state, self.step, self.server, self.error = BackfillState.IDLE, "", "", ""
         self.elsewhere, self.lease_owner, self.resumed = False, "", False
         self.finished_earlier = False
         self.verify: dict[str, object] | None = None
@@ -173,7 +171,11 @@ class BackfillJob:
 
     def snapshot(self) -> BackfillSnapshot:
         c = self.counters
-        progress = 1.0 if self.state == "done" else min(c.scanned / max(c.total_keys, 1), 0.999)
+        progress = (
+            1.0
+            if self.state is BackfillState.DONE
+            else min(c.scanned / max(c.total_keys, 1), 0.999)
+        )
         return BackfillSnapshot(
             mid=self.mid,
             state=self.state,
@@ -214,7 +216,7 @@ class BackfillJob:
         return self.snapshot()
 
     def _fail(self, reason: str) -> None:
-        self.state, self.error = "failed", reason
+        self.state, self.error = BackfillState.FAILED, reason
         log.warning("backfill %s failed: %s", self.mid, reason)
 
     async def _acquire(self) -> bool:
@@ -228,16 +230,16 @@ class BackfillJob:
 
     async def _follow(self) -> bool:
         """Mirror the lease holder's shared status; True once it reports done."""
-        self.elsewhere, self.state = True, "running"
+        self.elsewhere, self.state = True, BackfillState.RUNNING
         status = await _read_json(self.ex, self.home, self.key("backfill"))
         if status is None:
             return False
         self.counters.load(status)
         state = status.get("state")
-        self.state = state if isinstance(state, str) and state in STATES else "running"
+        self.state = _STATES.get(state if isinstance(state, str) else "", BackfillState.RUNNING)
         verify = status.get("verify")
         self.verify = verify if isinstance(verify, dict) else None
-        return self.state == "done"
+        return self.state is BackfillState.DONE
 
     async def _run_leased(self) -> None:
         work = asyncio.create_task(self._work())
@@ -254,14 +256,14 @@ class BackfillJob:
                 log.exception("backfill %s: unexpected error", self.mid)
             self._fail(str(exc) or type(exc).__name__)
             with contextlib.suppress(JobError):
-                await self._publish("failed")
+                await self._publish(BackfillState.FAILED)
         finally:
             for task in (work, renew):
                 task.cancel()
             await asyncio.gather(work, renew, return_exceptions=True)
             await self._release()
-            if self.state == "running":  # cancelled: stopped here, resumable from a checkpoint
-                self.state, self.step = "idle", ""
+            if self.state is BackfillState.RUNNING:  # cancelled: resumable from a checkpoint
+                self.state, self.step = BackfillState.IDLE, ""
 
     async def _keep_lease(self) -> None:
         lease, px = self.key("lease"), b"%d" % self.lease_ms
@@ -280,7 +282,7 @@ class BackfillJob:
                 await request(self.ex, self.home, b"EVAL", _RELEASE, b"1", lease, owner)
 
     async def _work(self) -> None:
-        self.state, self.error = "running", ""
+        self.state, self.error = BackfillState.RUNNING, ""
         if self.restart:
             await self._forget()
         else:
@@ -288,10 +290,10 @@ class BackfillJob:
             if status is not None:
                 self.counters.load(status)
                 self.resumed = True
-                if status.get("state") == "done":
+                if status.get("state") == BackfillState.DONE:
                     verify = status.get("verify")
                     self.verify = verify if isinstance(verify, dict) else None
-                    self.state, self.finished_earlier = "done", True
+                    self.state, self.finished_earlier = BackfillState.DONE, True
                     return
         if not self.resumed:
             self.counters.total_keys = await self._count_source_keys()
@@ -341,11 +343,11 @@ class BackfillJob:
         outcomes = await gather_bounded(
             (self._copy(key, addr, dst) for key, dst in moves), self.settings.batch_keys
         )
-        c.copied += outcomes.count(COPIED)
-        c.skipped += outcomes.count(SKIPPED)
-        c.failed += outcomes.count(FAILED)
+        c.copied += outcomes.count(CopyOutcome.COPIED)
+        c.skipped += outcomes.count(CopyOutcome.SKIPPED)
+        c.failed += outcomes.count(CopyOutcome.FAILED)
 
-    async def _copy(self, key: bytes, src: str, dst: str) -> str:
+    async def _copy(self, key: bytes, src: str, dst: str) -> CopyOutcome:
         try:
             size = await request(self.ex, src, b"MEMORY", b"USAGE", key)
         except JobError:
@@ -358,10 +360,10 @@ class BackfillJob:
 
     async def _checkpoint(self, cursor_key: bytes, cursor: bytes) -> None:
         cursor_f = self.ex.call(self.home, [b"SET", cursor_key, cursor])
-        await self._publish("running")
+        await self._publish(BackfillState.RUNNING)
         await cursor_f
 
-    async def _publish(self, state: str) -> None:
+    async def _publish(self, state: BackfillState) -> None:
         status: dict[str, object] = {
             "state": state,
             "owner": self.owner,
@@ -389,7 +391,7 @@ class BackfillJob:
         report: VerifyReport = await verifier.run()
         self.verify = report.as_dict()
         gate = {
-            "backfill": "done",
+            "backfill": BackfillState.DONE,
             "mismatches_after_repair": report.remaining,
             "verified_at": round(time.time(), 3),
             "checked": report.checked,
@@ -398,6 +400,6 @@ class BackfillJob:
         }
         sealed = json.dumps(self.m.seal.sign(gate)).encode()
         await request(self.ex, self.home, b"SET", self.key("gate"), sealed)
-        await self._publish("done")
-        self.state, self.step = "done", ""
+        await self._publish(BackfillState.DONE)
+        self.state, self.step = BackfillState.DONE, ""
         log.info("backfill %s done: %s", self.mid, self.verify)

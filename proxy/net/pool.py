@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from proxy.config.schema import BackendConfig
-from proxy.migration.phases import RULES
+from proxy.migration.phases import RULES, Phase
 from proxy.net.backend import Backend
 from proxy.net.fence import MigrationState
 from proxy.routing.topology import PoolTopology, Topology
@@ -43,7 +43,7 @@ class Router:
         self.backends: dict[str, Backend] = {a: backends[a] for a in topology.all_addrs()}
         # Single-key requests may take the client's fast path (one ring, one backend) only when
         # no migration phase asks for a second ring.
-        self.fast = topology.phase is None
+        self.fast = topology.phase is Phase.NONE
         self.migration = migration
         rules = RULES[topology.phase]
         target = topology.target or topology.route
