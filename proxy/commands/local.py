@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy import __version__, errors
-from proxy.codec.resp import OK, encode_bulk, encode_int, encode_map_raw, encode_simple
+from proxy.codec.resp import OK, PONG, encode_bulk, encode_int, encode_map_raw, encode_simple
 from proxy.commands.spec import CommandSpec
-
-REDIS_COMPAT_VERSION = "7.0.15"  # the Redis version whose command table the proxy serves
+from proxy.commands.table import REDIS_VERSION  # whose command table the proxy serves
 
 
 @dataclass
@@ -74,7 +73,7 @@ def _ping(args: list[bytes], session: Session, view: ServerView) -> bytes:
     if len(args) > 2:
         return b"-ERR wrong number of arguments for 'ping' command\r\n"
     if len(args) == 1:
-        return b"+PONG\r\n"
+        return PONG
     return encode_bulk(args[1])
 
 
@@ -151,7 +150,7 @@ def _hello(args: list[bytes], session: Session, view: ServerView) -> bytes:
     resp3 = proto == 3
     fields = [
         (b"server", encode_bulk(b"redis")),
-        (b"version", encode_bulk(REDIS_COMPAT_VERSION.encode())),
+        (b"version", encode_bulk(REDIS_VERSION.encode())),
         (b"proto", encode_int(proto)),
         (b"id", encode_int(session.client_id)),
         (b"mode", encode_bulk(b"standalone")),
@@ -285,7 +284,7 @@ def sum_keyspace(replies: list[bytes]) -> bytes:
 def server_section(started_monotonic: float) -> list[tuple[str, str]]:
     uptime = int(time.monotonic() - started_monotonic)
     return [
-        ("redis_version", REDIS_COMPAT_VERSION),
+        ("redis_version", REDIS_VERSION),
         ("redis_mode", "standalone"),
         ("shardproxy_version", __version__),
         ("process_id", str(os.getpid())),

@@ -322,7 +322,6 @@ EXTRA_ROWS: tuple[CommandRow, ...] = (
 _ALL: list[CommandSpec] = sorted(
     build_specs((*command_table.COMMANDS, *EXTRA_ROWS)), key=lambda s: s.name
 )
-REDIS_VERSION: str = command_table.REDIS_VERSION
 
 # Top-level commands (containers included) by uppercase name.
 COMMANDS: Mapping[bytes, CommandSpec] = {

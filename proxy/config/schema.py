@@ -34,7 +34,7 @@ __all__ = [
     "DEFAULT_ADMIN",
     "DEFAULT_LISTEN",
     "DISTRIBUTIONS",
-    "HASHES",
+    "HASH_NAMES",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "MAX_WORKERS",
@@ -55,7 +55,8 @@ __all__ = [
 ]
 
 PHASES: Final[tuple[Phase, ...]] = tuple(p for p in Phase if p is not Phase.NONE)  # in a file
-HASHES: Final[tuple[str, ...]] = ("murmur3", "fnv1a_64", "md5", "crc32a", "crc32")
+# Owned here, the lowest layer that reads them; routing/ring.py maps each to its function.
+HASH_NAMES: Final[tuple[str, ...]] = ("murmur3", "fnv1a_64", "md5", "crc32a", "crc32")
 DISTRIBUTIONS: Final[tuple[str, ...]] = ("ketama", "modula")
 LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
 # warn: log and show a too-broad backend user; refuse: fail start and reloads; off: no check.
@@ -99,7 +100,7 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
     name: str
-    hash: str  # one of HASHES
+    hash: str  # one of HASH_NAMES
     distribution: str  # one of DISTRIBUTIONS
     hash_tag: str  # "" (none) or exactly two characters, e.g. "{}"
     servers: tuple[ServerConfig, ...]  # at least one; addresses and names unique
@@ -311,7 +312,7 @@ _BACKEND_RULES: Final[dict[str, _Rule]] = {
     "acl_check": _acl_check,
 }
 _POOL_RULES: Final[dict[str, _Rule]] = {
-    "hash": _one_of(*HASHES),
+    "hash": _one_of(*HASH_NAMES),
     "distribution": _one_of(*DISTRIBUTIONS),
     "hash_tag": _hash_tag,
 }

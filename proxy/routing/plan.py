@@ -11,12 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proxy import errors
-from proxy.codec.resp import encode_array_raw, encode_int, parse_int_reply, split_aggregate
+from proxy.codec.resp import OK, encode_array_raw, encode_int, parse_int_reply, split_aggregate
 from proxy.commands.checks import RESERVED_PREFIX
 from proxy.commands.spec import CommandSpec, Kind, Merge
 from proxy.routing.topology import PoolTopology
-
-OK = b"+OK\r\n"
 
 
 @dataclass(frozen=True, slots=True)
