@@ -278,6 +278,11 @@ def _scan_replies(data: bytes, start: int, out: list[bytes]) -> tuple[list[bytes
     return out, start
 
 
+def is_error(reply: bytes) -> bool:
+    """An error reply: a simple error (`-`) or a RESP3 blob error (`!`)."""
+    return reply[:1] in (b"-", b"!")
+
+
 def decode_reply(raw: bytes) -> object:
     """Decode one raw reply to Python values (hiredis); errors become hiredis.ReplyError values."""
     reader = hiredis.Reader()

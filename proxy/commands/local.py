@@ -71,7 +71,7 @@ def run_local(spec: CommandSpec, args: list[bytes], session: Session, view: Serv
 
 def _ping(args: list[bytes], session: Session, view: ServerView) -> bytes:
     if len(args) > 2:
-        return b"-ERR wrong number of arguments for 'ping' command\r\n"
+        return errors.wrong_arity("ping")
     if len(args) == 1:
         return PONG
     return encode_bulk(args[1])
@@ -144,7 +144,7 @@ def _hello(args: list[bytes], session: Session, view: ServerView) -> bytes:
         return errors.hello_noauth()
     if name is not None:
         if _bad_name(name):
-            return _bad_name_error()
+            return errors.invalid_client_name()
         session.name = name or None
     session.proto = proto
     resp3 = proto == 3
@@ -164,13 +164,9 @@ def _bad_name(name: bytes) -> bool:
     return any(c <= 32 or c > 126 for c in name)
 
 
-def _bad_name_error() -> bytes:
-    return b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
-
-
 def _client_setname(args: list[bytes], session: Session, view: ServerView) -> bytes:
     if _bad_name(args[2]):
-        return _bad_name_error()
+        return errors.invalid_client_name()
     session.name = args[2] or None
     return OK
 
@@ -187,14 +183,14 @@ def _client_setinfo(args: list[bytes], session: Session, view: ServerView) -> by
     attr = args[2].lower()
     if attr == b"lib-name":
         if _bad_name(args[3]):
-            return b"-ERR lib-name cannot contain spaces, newlines or special characters.\r\n"
+            return errors.invalid_client_info("lib-name")
         session.lib_name = args[3]
     elif attr == b"lib-ver":
         if _bad_name(args[3]):
-            return b"-ERR lib-ver cannot contain spaces, newlines or special characters.\r\n"
+            return errors.invalid_client_info("lib-ver")
         session.lib_ver = args[3]
     else:
-        return b"-ERR Unrecognized option '" + args[2] + b"'\r\n"
+        return errors.unrecognized_option(args[2])
     return OK
 
 

@@ -13,6 +13,7 @@ import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from proxy import errors
 from proxy.commands import table as command_table
 from proxy.commands.table import CommandRow, KeySpecRow
 
@@ -379,25 +380,20 @@ def _c_string(arg: bytes, limit: int) -> bytes:
     return arg.split(b"\0", 1)[0][:limit]
 
 
-def _error_line(text: bytes) -> bytes:
-    return b"-" + text.replace(b"\r", b" ").replace(b"\n", b" ") + b"\r\n"
-
-
 def unknown_error(args: Sequence[bytes]) -> bytes:
     """Redis 7's exact reply to a command (or a container's subcommand) it does not know."""
     name = args[0] if args else b""
     if len(args) > 1 and name.upper() in _SUBCOMMANDS:
         sub = _c_string(args[1], 128)
-        return _error_line(b"ERR unknown subcommand '%s'. Try %s HELP." % (sub, name.upper()))
+        return errors.unknown_subcommand(sub, name.upper())
     shown = b""
     for arg in args[1:]:
         if len(shown) >= 128:
             break
         shown += b"'%s' " % _c_string(arg, 128 - len(shown))
-    text = b"ERR unknown command '%s', with args beginning with: %s"
-    return _error_line(text % (_c_string(name, 128), shown))
+    return errors.unknown_command(_c_string(name, 128), shown)
 
 
 def arity_error(spec: CommandSpec) -> bytes:
     """Redis 7's exact reply to a wrong number of arguments ('client|setname' for subcommands)."""
-    return b"-ERR wrong number of arguments for '%s' command\r\n" % spec.name.encode()
+    return errors.wrong_arity(spec.name)

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from proxy import errors
 from proxy.jobs.bigkey import copy_big_key
 from proxy.jobs.executor import (
     NO_FENCE,
@@ -250,7 +251,7 @@ class BackfillJob:
                 renew.result()  # raises LeaseLost or JobError
             work.result()
         except LeaseLost:
-            self._fail(f"lost the lease to {self.lease_owner or 'another runner'}")
+            self._fail(errors.lease_lost(self.lease_owner))
         except Exception as exc:  # a job in the background must end in a state, not a traceback
             if not isinstance(exc, JobError):
                 log.exception("backfill %s: unexpected error", self.mid)

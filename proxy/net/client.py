@@ -434,7 +434,7 @@ class ClientConnection(asyncio.Protocol):
                 elapsed = now - slot.start
                 stats.buckets[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1  # observe(), inlined
                 stats.total += elapsed
-                if reply[0] == 45:  # -
+                if reply[0] in (45, 33):  # - or RESP3 ! (codec.resp.is_error, inlined)
                     stats.errors += 1
                 if elapsed >= slow_s:
                     self._log_slow(stats.label, elapsed)
