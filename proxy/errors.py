@@ -191,10 +191,6 @@ def sort_pattern() -> bytes:
     )
 
 
-def internal(detail: str) -> bytes:
-    return _err(f"ERR shardproxy internal error: {detail}")
-
-
 class ConfigError(Exception):
     """A config that cannot be used. `errors` lists every problem, each "dotted.path: message"
     (whole-file problems use the file name as the path); str() joins them with "; "."""

@@ -305,7 +305,3 @@ _HANDLERS: dict[str, Handler] = {
     "time": _time,
     "info": _info,
 }
-
-
-def handles(name: str) -> bool:
-    return name in _HANDLERS

@@ -39,7 +39,7 @@ class Merge(enum.Enum):
     KILL = "kill"  # SCRIPT KILL, FUNCTION KILL: +OK if any backend stopped one, else its error
 
 
-_SINGLE = Kind.SINGLE  # Enum attribute access costs ~100 ns on 3.11; this runs per request
+_SINGLE = Kind.SINGLE  # Enum attribute access is slow on 3.11 (benchmarks/README.md); per request
 
 # The override table: the only hand-made decisions. Everything else follows from Redis's flags
 # and key specs in classify() below; tests check every name here exists in the table.

@@ -37,13 +37,6 @@ class Topology:
     phase: Phase  # migration phase, Phase.NONE when not re-sharding
     names: Mapping[str, str]  # address -> display name, for every server of every pool
 
-    def active_addrs(self) -> tuple[str, ...]:
-        """Addresses that serve traffic now (route, plus target while migrating), in order."""
-        seen = dict.fromkeys(self.route.addrs)
-        if self.target is not None:
-            seen.update(dict.fromkeys(self.target.addrs))
-        return tuple(seen)
-
     def all_addrs(self) -> tuple[str, ...]:
         seen: dict[str, None] = {}
         for pool in self.pools.values():

@@ -19,7 +19,7 @@ from typing import Any
 
 from proxy import __version__
 from proxy.commands.local import server_section
-from proxy.config.schema import ProxyConfig, config_hash, load_config
+from proxy.config.schema import ProxyConfig, config_hash
 from proxy.jobs.runner import PhaseRunner
 from proxy.net.client import ClientConnection
 from proxy.net.fence import MigrationState
@@ -426,10 +426,3 @@ class ProxyServer:
     def _acl_status(self, addr: str) -> str | None:
         report = self.acl_reports.get(addr)
         return None if report is None else report.describe()
-
-
-def load_server(path: str) -> ProxyServer:
-    config = load_config(path)
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    return ProxyServer(config, text, path)
