@@ -1,7 +1,7 @@
 """The backfill job: copies every key whose owner changes from the source pool to the target.
 
-One job runs per fleet: it holds a lease (a key on the target pool, renewed while it runs), and
-checkpoints each source server's SCAN cursor and its counters next to it, so a job that dies is
+One job runs per fleet: it holds a lease (lease.py, a key on the target pool renewed while it runs),
+and checkpoints each source server's SCAN cursor and its counters next to it, so a job that dies is
 resumed by the next one from its last finished page. After the scan a verify pass repairs from the
 source and writes the gate that backfill -> cut-read waits for. All shared state lives under
 state_key(mid, ...) on state_owner(target, mid): every proxy computes the same place.
@@ -13,9 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import secrets
-import socket
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -35,6 +32,7 @@ from proxy.jobs.executor import (
     request,
     scan_keys,
 )
+from proxy.jobs.lease import LEASE_MS, Lease, LeaseLost, runner_id
 from proxy.jobs.verify import Verifier, VerifyReport
 from proxy.migration.keys import is_reserved, state_key, state_owner
 from proxy.migration.phases import ActiveMigration, BackfillState
@@ -53,24 +51,8 @@ __all__ = [
 
 log = logging.getLogger("shardproxy.backfill")
 
-LEASE_MS: Final = 15_000  # a dead runner's lease expires after this; renewed every third of it
 DONE_CURSOR: Final = b"done"  # a source server's checkpoint once its SCAN finished
 _STATES: Final = {s.value: s for s in BackfillState}  # a shared status's "state" -> its state
-
-_RENEW: Final = b"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE: Final = b"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-class LeaseLost(Exception):
-    """Another runner holds the lease now (ours expired): this job must stop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +101,6 @@ class _Counters:
                 setattr(self, name, value)
 
 
-def runner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
 async def read_gate(ex: Executor, target: PoolTopology, mid: str) -> dict[str, object] | None:
     """The gate JSON a finished backfill wrote, or None (see migration.gate_reason)."""
     return await _read_json(ex, state_owner(target, mid), state_key(mid, "gate"))
@@ -155,10 +133,10 @@ class BackfillJob:
         self.ex, self.m, self.fence = ex, migration, fence
         self.settings = migration.settings.backfill
         self.owner = owner or runner_id()
-        self.lease_ms = lease_ms
         self.restart = restart
         self.mid = migration.mid
         self.home = state_owner(migration.target, migration.mid)  # where the state keys live
+        self.lease = Lease(ex, self.home, self.key("lease"), self.owner, lease_ms)
         self.limiter = RateLimiter(self.settings.rate_keys_per_s)
         self.counters = _Counters()
         self.state, self.step, self.server, self.error = BackfillState.IDLE, "", "", ""
@@ -206,10 +184,11 @@ class BackfillJob:
         shared progress until it finishes or its lease expires and this job takes over; without,
         return at once with `elsewhere` set."""
         try:
-            while not await self._acquire():
+            while (holder := await self.lease.acquire()) != self.owner:
+                self.lease_owner = holder
                 if await self._follow() or not wait:
                     return self.snapshot()
-                await asyncio.sleep(self.lease_ms / 3000)
+                await asyncio.sleep(self.lease.renew_s)
             self.elsewhere, self.lease_owner = False, self.owner
             await self._run_leased()
         except JobError as exc:
@@ -219,15 +198,6 @@ class BackfillJob:
     def _fail(self, reason: str) -> None:
         self.state, self.error = BackfillState.FAILED, reason
         log.warning("backfill %s failed: %s", self.mid, reason)
-
-    async def _acquire(self) -> bool:
-        px = b"%d" % self.lease_ms
-        lease, owner = self.key("lease"), self.owner.encode()
-        if await request(self.ex, self.home, b"SET", lease, owner, b"NX", b"PX", px) == b"OK":
-            return True
-        holder = await request(self.ex, self.home, b"GET", lease)
-        self.lease_owner = holder.decode() if isinstance(holder, bytes) else ""
-        return holder == owner
 
     async def _follow(self) -> bool:
         """Mirror the lease holder's shared status; True once it reports done."""
@@ -244,7 +214,7 @@ class BackfillJob:
 
     async def _run_leased(self) -> None:
         work = asyncio.create_task(self._work())
-        renew = asyncio.create_task(self._keep_lease())
+        renew = asyncio.create_task(self.lease.keep())
         try:
             await asyncio.wait({work, renew}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
@@ -262,25 +232,9 @@ class BackfillJob:
             for task in (work, renew):
                 task.cancel()
             await asyncio.gather(work, renew, return_exceptions=True)
-            await self._release()
+            await self.lease.release()
             if self.state is BackfillState.RUNNING:  # cancelled: resumable from a checkpoint
                 self.state, self.step = BackfillState.IDLE, ""
-
-    async def _keep_lease(self) -> None:
-        lease, px = self.key("lease"), b"%d" % self.lease_ms
-        while True:
-            await asyncio.sleep(self.lease_ms / 3000)
-            renewed = await request(
-                self.ex, self.home, b"EVAL", _RENEW, b"1", lease, self.owner.encode(), px
-            )
-            if renewed != 1:
-                raise LeaseLost
-
-    async def _release(self) -> None:
-        lease, owner = self.key("lease"), self.owner.encode()
-        with contextlib.suppress(JobError, TimeoutError):
-            async with asyncio.timeout(2):
-                await request(self.ex, self.home, b"EVAL", _RELEASE, b"1", lease, owner)
 
     async def _work(self) -> None:
         self.state, self.error = BackfillState.RUNNING, ""
