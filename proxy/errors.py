@@ -1,8 +1,8 @@
 """Every error text a client can see from the proxy itself, in one place.
 
 Each function returns the encoded RESP error line. Backend errors (WRONGTYPE...) never pass
-through here: they are forwarded byte for byte. ConfigError, at the end, is what operators see
-when a config file is rejected.
+through here: they are forwarded byte for byte. At the end, what operators see: ConfigError when
+a config file is rejected, and the texts (str) of the backend ACL check and the backfill job.
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ from typing import Any
 
 
 def _err(text: str) -> bytes:
-    return b"-" + text.replace("\r", " ").replace("\n", " ").encode() + b"\r\n"
+    return _err_bytes(text.encode())
+
+
+def _err_bytes(text: bytes) -> bytes:
+    """For texts that quote a client's own bytes (any encoding); newlines are flattened."""
+    return b"-" + text.replace(b"\r", b" ").replace(b"\n", b" ") + b"\r\n"
 
 
 def protocol_error(detail: str) -> bytes:
@@ -117,6 +122,33 @@ def auth_not_configured() -> bytes:
     )
 
 
+def wrong_arity(command: str) -> bytes:
+    """Redis 7's exact text; `command` is 'client|setname' for a subcommand."""
+    return _err(f"ERR wrong number of arguments for '{command}' command")
+
+
+def unknown_command(name: bytes, shown: bytes) -> bytes:
+    """Redis 7's exact text; `shown` is the first arguments, each quoted and followed by a space."""
+    return _err_bytes(b"ERR unknown command '%s', with args beginning with: %s" % (name, shown))
+
+
+def unknown_subcommand(sub: bytes, container: bytes) -> bytes:
+    return _err_bytes(b"ERR unknown subcommand '%s'. Try %s HELP." % (sub, container))
+
+
+def invalid_client_name() -> bytes:
+    return _err("ERR Client names cannot contain spaces, newlines or special characters.")
+
+
+def invalid_client_info(attr: str) -> bytes:
+    """CLIENT SETINFO with a lib-name or lib-ver Redis would refuse."""
+    return _err(f"ERR {attr} cannot contain spaces, newlines or special characters.")
+
+
+def unrecognized_option(option: bytes) -> bytes:
+    return _err_bytes(b"ERR Unrecognized option '%s'" % option)
+
+
 def select_db() -> bytes:
     return _err("ERR DB index is out of range (shardproxy serves db 0 only)")
 
@@ -152,8 +184,11 @@ def reserved_key(command: str) -> bytes:
     )
 
 
-def internal(detail: str) -> bytes:
-    return _err(f"ERR shardproxy internal error: {detail}")
+def sort_pattern() -> bytes:
+    return _err(
+        "ERR SORT with BY or GET patterns is not supported by shardproxy: the pattern's keys "
+        "may live on other backends (BY NOSORT and GET # are fine)"
+    )
 
 
 class ConfigError(Exception):
@@ -172,8 +207,42 @@ class ConfigError(Exception):
         return (type(self), (self.errors, self.source))
 
 
-def sort_pattern() -> bytes:
-    return _err(
-        "ERR SORT with BY or GET patterns is not supported by shardproxy: the pattern's keys "
-        "may live on other backends (BY NOSORT and GET # are fine)"
+# --- operator-visible texts (logs, /status, the CLI) ----------------------------------------
+
+
+def acl_no_answer(timeout_s: float) -> str:
+    return f"no answer within {timeout_s:g} s"
+
+
+def acl_auth_failed(reply: object) -> str:
+    return f"AUTH failed: {reply}"
+
+
+def acl_admin_denied(eval_reply: object) -> str:
+    return f"EVAL refused ({eval_reply}); ACL DRYRUN refused too, so @admin is denied"
+
+
+def acl_unchecked(eval_reply: object, dryrun_reply: object) -> str:
+    return f"EVAL failed ({eval_reply}) and ACL DRYRUN failed ({dryrun_reply})"
+
+
+def acl_too_broad(name: str, addr: str, verdict: str, mode: str) -> str:
+    """The log line for a backend whose user is not as `shardproxy acl` prints."""
+    return (
+        f"backend {name} ({addr}): the proxy's backend user {verdict}; scripts"
+        " (EVAL, FCALL) can run what the proxy refuses clients. Create it with `shardproxy acl"
+        f" -c FILE --user NAME` (backend.acl_check: {mode})"
     )
+
+
+def acl_refused(bad: Iterable[str]) -> str:
+    """Why backend.acl_check: refuse refuses: `bad` holds "addr verdict" per backend."""
+    return (
+        "backend.acl_check is refuse and the backend user's ACL does not match "
+        "`shardproxy acl`: " + "; ".join(bad)
+    )
+
+
+def lease_lost(owner: str) -> str:
+    """A backfill stopped because another runner holds its lease ("" when unknown)."""
+    return f"lost the lease to {owner or 'another runner'}"

@@ -25,7 +25,6 @@ _ATTRIBUTE = 124  # |
 
 OK = b"+OK\r\n"
 PONG = b"+PONG\r\n"
-QUEUED = b"+QUEUED\r\n"
 
 
 class ProtocolError(Exception):
@@ -208,8 +207,9 @@ def _split_replies(data: bytes) -> tuple[list[bytes], int]:
 
     The fast path splits the chunk on CRLF once and takes bulk strings whose value is exactly
     the token after their header (so the value holds no CRLF), nil bulk strings and one-line
-    replies: about 25 % faster per GET reply than scanning them one at a time. Anything else (an
-    aggregate, RESP3 types, a value holding CRLF, a partial reply) is left to the scan."""
+    replies, which is faster per GET reply than scanning them one at a time (figure in
+    benchmarks/README.md). Anything else (an aggregate, RESP3 types, a value holding CRLF, a
+    partial reply) is left to the scan."""
     if len(data) > _SPLIT_MAX:
         return _scan_replies(data, 0, [])
     parts = data.split(b"\r\n")
@@ -276,6 +276,11 @@ def _scan_replies(data: bytes, start: int, out: list[bytes]) -> tuple[list[bytes
             out.append(memoryview(data)[start:end])  # type: ignore[arg-type]  # see docstring
         start = end
     return out, start
+
+
+def is_error(reply: bytes) -> bool:
+    """An error reply: a simple error (`-`) or a RESP3 blob error (`!`)."""
+    return reply[:1] in (b"-", b"!")
 
 
 def decode_reply(raw: bytes) -> object:

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy import __version__, errors
-from proxy.codec.resp import OK, encode_bulk, encode_int, encode_map_raw, encode_simple
+from proxy.codec.resp import OK, PONG, encode_bulk, encode_int, encode_map_raw, encode_simple
 from proxy.commands.spec import CommandSpec
-
-REDIS_COMPAT_VERSION = "7.0.15"  # the Redis version whose command table the proxy serves
+from proxy.commands.table import REDIS_VERSION  # whose command table the proxy serves
 
 
 @dataclass
@@ -72,9 +71,9 @@ def run_local(spec: CommandSpec, args: list[bytes], session: Session, view: Serv
 
 def _ping(args: list[bytes], session: Session, view: ServerView) -> bytes:
     if len(args) > 2:
-        return b"-ERR wrong number of arguments for 'ping' command\r\n"
+        return errors.wrong_arity("ping")
     if len(args) == 1:
-        return b"+PONG\r\n"
+        return PONG
     return encode_bulk(args[1])
 
 
@@ -145,13 +144,13 @@ def _hello(args: list[bytes], session: Session, view: ServerView) -> bytes:
         return errors.hello_noauth()
     if name is not None:
         if _bad_name(name):
-            return _bad_name_error()
+            return errors.invalid_client_name()
         session.name = name or None
     session.proto = proto
     resp3 = proto == 3
     fields = [
         (b"server", encode_bulk(b"redis")),
-        (b"version", encode_bulk(REDIS_COMPAT_VERSION.encode())),
+        (b"version", encode_bulk(REDIS_VERSION.encode())),
         (b"proto", encode_int(proto)),
         (b"id", encode_int(session.client_id)),
         (b"mode", encode_bulk(b"standalone")),
@@ -165,13 +164,9 @@ def _bad_name(name: bytes) -> bool:
     return any(c <= 32 or c > 126 for c in name)
 
 
-def _bad_name_error() -> bytes:
-    return b"-ERR Client names cannot contain spaces, newlines or special characters.\r\n"
-
-
 def _client_setname(args: list[bytes], session: Session, view: ServerView) -> bytes:
     if _bad_name(args[2]):
-        return _bad_name_error()
+        return errors.invalid_client_name()
     session.name = args[2] or None
     return OK
 
@@ -188,14 +183,14 @@ def _client_setinfo(args: list[bytes], session: Session, view: ServerView) -> by
     attr = args[2].lower()
     if attr == b"lib-name":
         if _bad_name(args[3]):
-            return b"-ERR lib-name cannot contain spaces, newlines or special characters.\r\n"
+            return errors.invalid_client_info("lib-name")
         session.lib_name = args[3]
     elif attr == b"lib-ver":
         if _bad_name(args[3]):
-            return b"-ERR lib-ver cannot contain spaces, newlines or special characters.\r\n"
+            return errors.invalid_client_info("lib-ver")
         session.lib_ver = args[3]
     else:
-        return b"-ERR Unrecognized option '" + args[2] + b"'\r\n"
+        return errors.unrecognized_option(args[2])
     return OK
 
 
@@ -285,7 +280,7 @@ def sum_keyspace(replies: list[bytes]) -> bytes:
 def server_section(started_monotonic: float) -> list[tuple[str, str]]:
     uptime = int(time.monotonic() - started_monotonic)
     return [
-        ("redis_version", REDIS_COMPAT_VERSION),
+        ("redis_version", REDIS_VERSION),
         ("redis_mode", "standalone"),
         ("shardproxy_version", __version__),
         ("process_id", str(os.getpid())),
@@ -310,7 +305,3 @@ _HANDLERS: dict[str, Handler] = {
     "time": _time,
     "info": _info,
 }
-
-
-def handles(name: str) -> bool:
-    return name in _HANDLERS

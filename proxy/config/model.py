@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
+from proxy.config.phase import Phase
 from proxy.config.reader import format_addr, parse_host_port
 
-PHASES: Final[tuple[str, ...]] = ("double-write", "backfill", "cut-read", "retire")
-HASHES: Final[tuple[str, ...]] = ("murmur3", "fnv1a_64", "md5", "crc32a", "crc32")
+PHASES: Final[tuple[Phase, ...]] = tuple(p for p in Phase if p is not Phase.NONE)  # in a file
+# Owned here, the lowest layer that reads them; routing/ring.py maps each to its function.
+HASH_NAMES: Final[tuple[str, ...]] = ("murmur3", "fnv1a_64", "md5", "crc32a", "crc32")
 DISTRIBUTIONS: Final[tuple[str, ...]] = ("ketama", "modula")
 LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
 # warn: log and show a too-broad backend user; refuse: fail start and reloads; off: no check.
@@ -57,7 +59,7 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
     name: str
-    hash: str  # one of HASHES
+    hash: str  # one of HASH_NAMES
     distribution: str  # one of DISTRIBUTIONS
     hash_tag: str  # "" (none) or exactly two characters, e.g. "{}"
     servers: tuple[ServerConfig, ...]  # at least one; addresses and names unique
@@ -102,7 +104,7 @@ class BackfillConfig:
 @dataclass(frozen=True, slots=True)
 class MigrationConfig:
     to: str  # target pool; never the route pool
-    phase: str  # one of PHASES
+    phase: Phase  # one of PHASES, never Phase.NONE
     force: bool = False  # allow backfill -> cut-read without a clean verify
     backfill: BackfillConfig = BackfillConfig()
     shadow_sample_ratio: float = 0.01  # share of reads shadow-compared on the other pool, 0..1

@@ -22,7 +22,7 @@ from proxy.config.model import (
     DEFAULT_ADMIN,
     DEFAULT_LISTEN,
     DISTRIBUTIONS,
-    HASHES,
+    HASH_NAMES,
     LOG_FORMATS,
     LOG_LEVELS,
     MAX_WORKERS,
@@ -36,6 +36,7 @@ from proxy.config.model import (
     ProxyConfig,
     ServerConfig,
 )
+from proxy.config.phase import Phase
 from proxy.config.reader import (
     SERVER_FORM,
     Reader,
@@ -52,7 +53,7 @@ __all__ = [
     "DEFAULT_ADMIN",
     "DEFAULT_LISTEN",
     "DISTRIBUTIONS",
-    "HASHES",
+    "HASH_NAMES",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "MAX_WORKERS",
@@ -186,7 +187,7 @@ _BACKEND_RULES: Final[dict[str, _Rule]] = {
     "acl_check": _acl_check,
 }
 _POOL_RULES: Final[dict[str, _Rule]] = {
-    "hash": _one_of(*HASHES),
+    "hash": _one_of(*HASH_NAMES),
     "distribution": _one_of(*DISTRIBUTIONS),
     "hash_tag": _hash_tag,
 }
@@ -369,7 +370,7 @@ def _read_migration(
         r.mapping("migration", raw)  # reports a non-mapping
         return None
     mapping = r.section("migration", raw, ("to", "phase", "backfill", *_MIGRATION_RULES))
-    to = phase = ""
+    to, phase = "", Phase.NONE
     if "to" not in mapping:
         r.fail("migration.to", "required")
     else:
@@ -379,7 +380,7 @@ def _read_migration(
     if "phase" not in mapping:
         r.fail("migration.phase", "required")
     else:
-        phase = r.choice("migration.phase", mapping["phase"], "", PHASES)
+        phase = Phase(r.choice("migration.phase", mapping["phase"], Phase.NONE, PHASES))
     backfill = _read_section(
         r, "migration.backfill", mapping.get("backfill"), _BACKFILL_RULES, BackfillConfig
     )

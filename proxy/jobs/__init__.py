@@ -1,2 +1,2 @@
-"""The migration's background jobs over live backends: backfill, verify, cleanup, big-key
-copies, the phase runner and the plan forecast."""
+"""The migration's background jobs over live backends: backfill and its lease, verify,
+cleanup, big-key copies, the phase runner and the plan forecast."""

@@ -1,7 +1,7 @@
 """The backfill job: copies every key whose owner changes from the source pool to the target.
 
-One job runs per fleet: it holds a lease (a key on the target pool, renewed while it runs), and
-checkpoints each source server's SCAN cursor and its counters next to it, so a job that dies is
+One job runs per fleet: it holds a lease (lease.py, a key on the target pool renewed while it runs),
+and checkpoints each source server's SCAN cursor and its counters next to it, so a job that dies is
 resumed by the next one from its last finished page. After the scan a verify pass repairs from the
 source and writes the gate that backfill -> cut-read waits for. All shared state lives under
 state_key(mid, ...) on state_owner(target, mid): every proxy computes the same place.
@@ -13,19 +13,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import secrets
-import socket
 import time
 from dataclasses import dataclass
 from typing import Final
 
+from proxy import errors
 from proxy.jobs.bigkey import copy_big_key
 from proxy.jobs.executor import (
-    COPIED,
-    FAILED,
     NO_FENCE,
-    SKIPPED,
+    CopyOutcome,
     Executor,
     Fence,
     JobError,
@@ -36,9 +32,10 @@ from proxy.jobs.executor import (
     request,
     scan_keys,
 )
+from proxy.jobs.lease import LEASE_MS, Lease, LeaseLost, runner_id
 from proxy.jobs.verify import Verifier, VerifyReport
 from proxy.migration.keys import is_reserved, state_key, state_owner
-from proxy.migration.phases import ActiveMigration
+from proxy.migration.phases import ActiveMigration, BackfillState
 from proxy.routing.topology import PoolTopology
 
 __all__ = [
@@ -54,24 +51,8 @@ __all__ = [
 
 log = logging.getLogger("shardproxy.backfill")
 
-LEASE_MS: Final = 15_000  # a dead runner's lease expires after this; renewed every third of it
 DONE_CURSOR: Final = b"done"  # a source server's checkpoint once its SCAN finished
-STATES: Final = ("idle", "running", "done", "failed")
-
-_RENEW: Final = b"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE: Final = b"""
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-class LeaseLost(Exception):
-    """Another runner holds the lease now (ours expired): this job must stop."""
+_STATES: Final = {s.value: s for s in BackfillState}  # a shared status's "state" -> its state
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +60,7 @@ class BackfillSnapshot:
     """What /status and the metrics show of a backfill."""
 
     mid: str  # migration id
-    state: str  # idle | running | done | failed
+    state: BackfillState
     step: str  # "scan" | "verify" | "" (what the running job does now)
     scanned: int  # source keys examined (cumulative across resumed runs)
     copied: int
@@ -120,10 +101,6 @@ class _Counters:
                 setattr(self, name, value)
 
 
-def runner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
 async def read_gate(ex: Executor, target: PoolTopology, mid: str) -> dict[str, object] | None:
     """The gate JSON a finished backfill wrote, or None (see migration.gate_reason)."""
     return await _read_json(ex, state_owner(target, mid), state_key(mid, "gate"))
@@ -156,13 +133,13 @@ class BackfillJob:
         self.ex, self.m, self.fence = ex, migration, fence
         self.settings = migration.settings.backfill
         self.owner = owner or runner_id()
-        self.lease_ms = lease_ms
         self.restart = restart
         self.mid = migration.mid
         self.home = state_owner(migration.target, migration.mid)  # where the state keys live
+        self.lease = Lease(ex, self.home, self.key("lease"), self.owner, lease_ms)
         self.limiter = RateLimiter(self.settings.rate_keys_per_s)
         self.counters = _Counters()
-        self.state, self.step, self.server, self.error = "idle", "", "", ""
+        self.state, self.step, self.server, self.error = BackfillState.IDLE, "", "", ""
         self.elsewhere, self.lease_owner, self.resumed = False, "", False
         self.finished_earlier = False
         self.verify: dict[str, object] | None = None
@@ -173,7 +150,11 @@ class BackfillJob:
 
     def snapshot(self) -> BackfillSnapshot:
         c = self.counters
-        progress = 1.0 if self.state == "done" else min(c.scanned / max(c.total_keys, 1), 0.999)
+        progress = (
+            1.0
+            if self.state is BackfillState.DONE
+            else min(c.scanned / max(c.total_keys, 1), 0.999)
+        )
         return BackfillSnapshot(
             mid=self.mid,
             state=self.state,
@@ -203,10 +184,11 @@ class BackfillJob:
         shared progress until it finishes or its lease expires and this job takes over; without,
         return at once with `elsewhere` set."""
         try:
-            while not await self._acquire():
+            while (holder := await self.lease.acquire()) != self.owner:
+                self.lease_owner = holder
                 if await self._follow() or not wait:
                     return self.snapshot()
-                await asyncio.sleep(self.lease_ms / 3000)
+                await asyncio.sleep(self.lease.renew_s)
             self.elsewhere, self.lease_owner = False, self.owner
             await self._run_leased()
         except JobError as exc:
@@ -214,73 +196,48 @@ class BackfillJob:
         return self.snapshot()
 
     def _fail(self, reason: str) -> None:
-        self.state, self.error = "failed", reason
+        self.state, self.error = BackfillState.FAILED, reason
         log.warning("backfill %s failed: %s", self.mid, reason)
-
-    async def _acquire(self) -> bool:
-        px = b"%d" % self.lease_ms
-        lease, owner = self.key("lease"), self.owner.encode()
-        if await request(self.ex, self.home, b"SET", lease, owner, b"NX", b"PX", px) == b"OK":
-            return True
-        holder = await request(self.ex, self.home, b"GET", lease)
-        self.lease_owner = holder.decode() if isinstance(holder, bytes) else ""
-        return holder == owner
 
     async def _follow(self) -> bool:
         """Mirror the lease holder's shared status; True once it reports done."""
-        self.elsewhere, self.state = True, "running"
+        self.elsewhere, self.state = True, BackfillState.RUNNING
         status = await _read_json(self.ex, self.home, self.key("backfill"))
         if status is None:
             return False
         self.counters.load(status)
         state = status.get("state")
-        self.state = state if isinstance(state, str) and state in STATES else "running"
+        self.state = _STATES.get(state if isinstance(state, str) else "", BackfillState.RUNNING)
         verify = status.get("verify")
         self.verify = verify if isinstance(verify, dict) else None
-        return self.state == "done"
+        return self.state is BackfillState.DONE
 
     async def _run_leased(self) -> None:
         work = asyncio.create_task(self._work())
-        renew = asyncio.create_task(self._keep_lease())
+        renew = asyncio.create_task(self.lease.keep())
         try:
             await asyncio.wait({work, renew}, return_when=asyncio.FIRST_COMPLETED)
             if not work.done():
                 renew.result()  # raises LeaseLost or JobError
             work.result()
         except LeaseLost:
-            self._fail(f"lost the lease to {self.lease_owner or 'another runner'}")
+            self._fail(errors.lease_lost(self.lease_owner))
         except Exception as exc:  # a job in the background must end in a state, not a traceback
             if not isinstance(exc, JobError):
                 log.exception("backfill %s: unexpected error", self.mid)
             self._fail(str(exc) or type(exc).__name__)
             with contextlib.suppress(JobError):
-                await self._publish("failed")
+                await self._publish(BackfillState.FAILED)
         finally:
             for task in (work, renew):
                 task.cancel()
             await asyncio.gather(work, renew, return_exceptions=True)
-            await self._release()
-            if self.state == "running":  # cancelled: stopped here, resumable from a checkpoint
-                self.state, self.step = "idle", ""
-
-    async def _keep_lease(self) -> None:
-        lease, px = self.key("lease"), b"%d" % self.lease_ms
-        while True:
-            await asyncio.sleep(self.lease_ms / 3000)
-            renewed = await request(
-                self.ex, self.home, b"EVAL", _RENEW, b"1", lease, self.owner.encode(), px
-            )
-            if renewed != 1:
-                raise LeaseLost
-
-    async def _release(self) -> None:
-        lease, owner = self.key("lease"), self.owner.encode()
-        with contextlib.suppress(JobError, TimeoutError):
-            async with asyncio.timeout(2):
-                await request(self.ex, self.home, b"EVAL", _RELEASE, b"1", lease, owner)
+            await self.lease.release()
+            if self.state is BackfillState.RUNNING:  # cancelled: resumable from a checkpoint
+                self.state, self.step = BackfillState.IDLE, ""
 
     async def _work(self) -> None:
-        self.state, self.error = "running", ""
+        self.state, self.error = BackfillState.RUNNING, ""
         if self.restart:
             await self._forget()
         else:
@@ -288,10 +245,10 @@ class BackfillJob:
             if status is not None:
                 self.counters.load(status)
                 self.resumed = True
-                if status.get("state") == "done":
+                if status.get("state") == BackfillState.DONE:
                     verify = status.get("verify")
                     self.verify = verify if isinstance(verify, dict) else None
-                    self.state, self.finished_earlier = "done", True
+                    self.state, self.finished_earlier = BackfillState.DONE, True
                     return
         if not self.resumed:
             self.counters.total_keys = await self._count_source_keys()
@@ -341,11 +298,11 @@ class BackfillJob:
         outcomes = await gather_bounded(
             (self._copy(key, addr, dst) for key, dst in moves), self.settings.batch_keys
         )
-        c.copied += outcomes.count(COPIED)
-        c.skipped += outcomes.count(SKIPPED)
-        c.failed += outcomes.count(FAILED)
+        c.copied += outcomes.count(CopyOutcome.COPIED)
+        c.skipped += outcomes.count(CopyOutcome.SKIPPED)
+        c.failed += outcomes.count(CopyOutcome.FAILED)
 
-    async def _copy(self, key: bytes, src: str, dst: str) -> str:
+    async def _copy(self, key: bytes, src: str, dst: str) -> CopyOutcome:
         try:
             size = await request(self.ex, src, b"MEMORY", b"USAGE", key)
         except JobError:
@@ -358,10 +315,10 @@ class BackfillJob:
 
     async def _checkpoint(self, cursor_key: bytes, cursor: bytes) -> None:
         cursor_f = self.ex.call(self.home, [b"SET", cursor_key, cursor])
-        await self._publish("running")
+        await self._publish(BackfillState.RUNNING)
         await cursor_f
 
-    async def _publish(self, state: str) -> None:
+    async def _publish(self, state: BackfillState) -> None:
         status: dict[str, object] = {
             "state": state,
             "owner": self.owner,
@@ -389,7 +346,7 @@ class BackfillJob:
         report: VerifyReport = await verifier.run()
         self.verify = report.as_dict()
         gate = {
-            "backfill": "done",
+            "backfill": BackfillState.DONE,
             "mismatches_after_repair": report.remaining,
             "verified_at": round(time.time(), 3),
             "checked": report.checked,
@@ -398,6 +355,6 @@ class BackfillJob:
         }
         sealed = json.dumps(self.m.seal.sign(gate)).encode()
         await request(self.ex, self.home, b"SET", self.key("gate"), sealed)
-        await self._publish("done")
-        self.state, self.step = "done", ""
+        await self._publish(BackfillState.DONE)
+        self.state, self.step = BackfillState.DONE, ""
         log.info("backfill %s done: %s", self.mid, self.verify)

@@ -14,7 +14,7 @@ import secrets
 import time
 from typing import Final
 
-from proxy.jobs.executor import COPIED, FAILED, SKIPPED, Executor, Fence, JobError, parse, request
+from proxy.jobs.executor import CopyOutcome, Executor, Fence, JobError, parse, request
 from proxy.migration.keys import RESERVED_PREFIX
 
 __all__ = ["CHUNK_BYTES", "CHUNK_ITEMS", "copy_big_key"]
@@ -34,8 +34,8 @@ def _temp_key() -> bytes:
     return RESERVED_PREFIX + b"tmp:" + secrets.token_hex(8).encode()
 
 
-async def copy_big_key(ex: Executor, fence: Fence, key: bytes, src: str, dst: str) -> str:
-    """Like copy_key ("copied" | "skipped" | "failed"), streaming the value in chunks."""
+async def copy_big_key(ex: Executor, fence: Fence, key: bytes, src: str, dst: str) -> CopyOutcome:
+    """Like copy_key, streaming the value in chunks."""
     snap, temp = _temp_key(), _temp_key()
     await fence.hold(key)
     released = False
@@ -56,7 +56,7 @@ async def copy_big_key(ex: Executor, fence: Fence, key: bytes, src: str, dst: st
             fence.release(key)
             released = True
             parse(await last, dst)
-            return SKIPPED
+            return CopyOutcome.SKIPPED
         await _stream(ex, kind, snap, src, temp, dst)
         if pttl >= 0:
             left = max(1, pttl - int((time.monotonic() - started) * 1000))
@@ -67,10 +67,10 @@ async def copy_big_key(ex: Executor, fence: Fence, key: bytes, src: str, dst: st
         fence.release(key)
         released = True
         parse(await last, dst)
-        return COPIED
+        return CopyOutcome.COPIED
     except JobError:
         ex.call(dst, [b"UNLINK", temp])
-        return FAILED
+        return CopyOutcome.FAILED
     finally:
         if not released:
             fence.release(key)

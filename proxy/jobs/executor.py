@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from enum import StrEnum
 from typing import Final, Protocol, TypeVar
 
 import hiredis
@@ -21,6 +22,7 @@ from proxy.net.backend import Backend
 
 __all__ = [
     "NO_FENCE",
+    "CopyOutcome",
     "Executor",
     "Fence",
     "JobError",
@@ -144,16 +146,19 @@ class RateLimiter:
             await asyncio.sleep(-self.tokens / self.rate)
 
 
-COPIED: Final = "copied"
-SKIPPED: Final = "skipped"  # gone on the source (and deleted on the target), or not moving
-FAILED: Final = "failed"
+class CopyOutcome(StrEnum):
+    """How copying one key ended; the values are the backfill's counter names and metric labels."""
+
+    COPIED = "copied"
+    SKIPPED = "skipped"  # gone on the source (and deleted on the target), or not moving
+    FAILED = "failed"  # an error reply: the key is left for the verifier to repair
 
 
-async def copy_key(ex: Executor, fence: Fence, key: bytes, src: str, dst: str) -> str:
+async def copy_key(ex: Executor, fence: Fence, key: bytes, src: str, dst: str) -> CopyOutcome:
     """Copy one key from `src` to `dst` with DUMP / PTTL / RESTORE ... REPLACE, under the fence.
 
-    Returns "copied", "skipped" (gone on src: it is deleted on dst too, so a deleted key never
-    comes back) or "failed" (an error reply; the key is left for the verifier to repair).
+    SKIPPED when the key is gone on src: it is deleted on dst too, so a deleted key never comes
+    back.
     """
     await fence.hold(key)
     released = False
@@ -163,18 +168,18 @@ async def copy_key(ex: Executor, fence: Fence, key: bytes, src: str, dst: str) -
         payload, pttl = parse(await dump_f, src), parse(await pttl_f, src)
         if payload is None or pttl == -2:
             done_f = ex.call(dst, [b"DEL", key])
-            outcome = SKIPPED
+            outcome = CopyOutcome.SKIPPED
         else:
             assert isinstance(payload, bytes) and isinstance(pttl, int)
             ttl = b"%d" % max(pttl, 0)  # PTTL -1 (no expiry) -> RESTORE's 0
             done_f = ex.call(dst, [b"RESTORE", key, ttl, payload, b"REPLACE"])
-            outcome = COPIED
+            outcome = CopyOutcome.COPIED
         fence.release(key)  # queued writes follow the RESTORE on the same connection
         released = True
         parse(await done_f, dst)
         return outcome
     except JobError:
-        return FAILED
+        return CopyOutcome.FAILED
     finally:
         if not released:
             fence.release(key)

@@ -18,9 +18,9 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from proxy.config.schema import PHASES
 from proxy.jobs.backfill import BackfillJob, Executor, copy_key
-from proxy.migration.phases import RULES, active_migration
+from proxy.jobs.executor import CopyOutcome
+from proxy.migration.phases import RULES, BackfillState, Phase, active_migration
 from proxy.net.fence import MigrationState
 from proxy.net.pool import BackendPool
 from proxy.net.route import RouteTable
@@ -56,7 +56,7 @@ class PhaseRunner:
         self.fence = RouterFence(self)
         self.job: BackfillJob | None = None
         self._job_task: asyncio.Task[None] | None = None
-        self._job_key: tuple[str, str] | None = None  # (migration id, phase) the job belongs to
+        self._job_key: tuple[str, Phase] | None = None  # (migration id, phase) of the job
         self._repair_task: asyncio.Task[None] | None = None
         self.repaired = 0
         # Run the backfill job in the backfill phase. False in workers other than worker 0: one
@@ -70,10 +70,10 @@ class PhaseRunner:
         rules = RULES[topology.phase]
         active = active_migration(topology.config)
         if rules.runs_backfill and active is not None and self.runs_backfill:
-            if self._job_task is None or self._job_key != (active.mid, "backfill"):
+            if self._job_task is None or self._job_key != (active.mid, Phase.BACKFILL):
                 self._stop_job()
                 self.job = BackfillJob(Executor(self.pool.backends), active, self.fence)
-                self._job_key = (active.mid, "backfill")
+                self._job_key = (active.mid, Phase.BACKFILL)
                 self._job_task = asyncio.get_running_loop().create_task(self._run_job(self.job))
         else:
             self._stop_job()
@@ -132,7 +132,7 @@ class PhaseRunner:
             if src == dst:
                 continue
             outcome = await copy_key(executor, self.fence, key, src, dst)
-            if outcome == "failed":
+            if outcome is CopyOutcome.FAILED:
                 # Keep it: the other side may refuse writes for a while (restart, OOM...).
                 log.warning("repair of key %r from %s to %s failed; retrying", key, src, dst)
                 queue.setdefault(key, None)
@@ -152,17 +152,17 @@ class PhaseRunner:
     # -- views -----------------------------------------------------------------------------
     def backfill_status(self) -> dict[str, Any]:
         if self.job is None:
-            return {"state": "idle", "scanned": 0, "copied": 0, "skipped": 0, "failed": 0,
-                    "progress": 0.0}  # fmt: skip
+            counts = dict.fromkeys(("scanned", *(o.value for o in CopyOutcome)), 0)
+            return {"state": BackfillState.IDLE, **counts, "progress": 0.0}
         return dataclasses.asdict(self.job.snapshot())
 
     def collect(self) -> Iterator[Metric]:
-        phase = self.routes.topology.phase if self.routes is not None else None
+        phase = self.routes.topology.phase if self.routes is not None else Phase.NONE
         gauge = GaugeMetricFamily(
             "shardproxy_migration_phase", "1 for the current migration phase", labels=["phase"]
         )
-        for name in ("none", *PHASES):
-            gauge.add_metric([name], 1 if (phase or "none") == name else 0)
+        for each in Phase:
+            gauge.add_metric([each.value], 1 if phase is each else 0)
         yield gauge
         errors = CounterMetricFamily(
             "shardproxy_double_write_errors",
@@ -183,7 +183,7 @@ class PhaseRunner:
         keys = CounterMetricFamily(
             "shardproxy_backfill_keys", "Backfill keys by outcome", labels=["outcome"]
         )
-        for outcome in ("scanned", "copied", "skipped", "failed"):
+        for outcome in ("scanned", *(o.value for o in CopyOutcome)):
             keys.add_metric([outcome], status[outcome])
         yield keys
         yield GaugeMetricFamily(

@@ -3,7 +3,7 @@
 A backfill writes the gate on the target pool, where any client's EVAL could write a key too, so
 when the proxies hold a secret the gate carries an HMAC-SHA256 over the migration id, the target
 pool's identity and the gate's contents: a gate a client wrote (or copied from another migration)
-does not open. Pure: hashlib and hmac only.
+does not open. Also owns BackfillState, whose DONE the gate records. Pure: hashlib and hmac only.
 """
 
 from __future__ import annotations
@@ -13,13 +13,23 @@ import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Final
 
-__all__ = ["MAC_FIELD", "GateSeal", "gate_key", "gate_reason"]
+__all__ = ["MAC_FIELD", "BackfillState", "GateSeal", "gate_key", "gate_reason"]
 
 MAC_FIELD: Final = "mac"
 _KEY_LABEL: Final = b"shardproxy migration gate v1"
 _KEY_FROM_PASSWORD: Final = b"shardproxy migration gate v1, from backend.password"
+
+
+class BackfillState(StrEnum):
+    """A backfill job's state, as /status, the shared status key and the gate spell it."""
+
+    IDLE = "idle"  # not started, or stopped (resumable from its checkpoints)
+    RUNNING = "running"
+    DONE = "done"  # the gate is written
+    FAILED = "failed"
 
 
 def gate_key(gate_secret: str | None, backend_password: str | None) -> bytes | None:
@@ -83,7 +93,7 @@ def gate_reason(gate: Mapping[str, object] | None, seal: GateSeal | None = None)
     problem = seal.problem(gate) if seal is not None else None
     if problem is not None:
         return problem
-    if gate.get("backfill") != "done":
+    if gate.get("backfill") != BackfillState.DONE:
         return f"the backfill is not done ({gate.get('backfill')!r})"
     mismatches = gate.get("mismatches_after_repair")
     if mismatches != 0:

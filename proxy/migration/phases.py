@@ -14,17 +14,19 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
+from proxy.config.phase import Phase
 from proxy.config.schema import MigrationConfig, PoolConfig, ProxyConfig
-from proxy.migration.gate import GateSeal, gate_key, gate_reason
+from proxy.migration.gate import BackfillState, GateSeal, gate_key, gate_reason
 from proxy.routing.ring import ketama_label
 from proxy.routing.topology import PoolTopology, build_pool
 
 __all__ = [
-    "NONE",
     "RULES",
     "STEPS",
     "ActiveMigration",
+    "BackfillState",
     "GateSeal",
+    "Phase",
     "PhaseRules",
     "active_migration",
     "check_step",
@@ -32,8 +34,6 @@ __all__ = [
     "migration_id",
     "needs_gate",
 ]
-
-NONE: Final = "none"  # how a missing migration block is named in messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,35 +44,31 @@ class PhaseRules:
     runs_backfill: bool  # the backfill job runs (one proxy of the fleet, under a lease)
 
 
-RULES: Final[Mapping[str | None, PhaseRules]] = MappingProxyType(
+RULES: Final[Mapping[Phase, PhaseRules]] = MappingProxyType(
     {
-        None: PhaseRules(False, False, False, False),
-        "double-write": PhaseRules(False, True, True, False),
-        "backfill": PhaseRules(False, True, True, True),
-        "cut-read": PhaseRules(True, True, True, False),
-        "retire": PhaseRules(True, False, False, False),
+        Phase.NONE: PhaseRules(False, False, False, False),
+        Phase.DOUBLE_WRITE: PhaseRules(False, True, True, False),
+        Phase.BACKFILL: PhaseRules(False, True, True, True),
+        Phase.CUT_READ: PhaseRules(True, True, True, False),
+        Phase.RETIRE: PhaseRules(True, False, False, False),
     }
 )
 
 # Legal reload steps, besides staying in the same phase. Back steps are legal only while the
 # source still receives every write (from cut-read); retire -> none also needs route == the target.
-STEPS: Final[Mapping[str | None, tuple[str | None, ...]]] = MappingProxyType(
+STEPS: Final[Mapping[Phase, tuple[Phase, ...]]] = MappingProxyType(
     {
-        None: ("double-write",),
-        "double-write": ("backfill",),
-        "backfill": ("double-write", "cut-read"),
-        "cut-read": ("backfill", "double-write", "retire"),
-        "retire": (None,),
+        Phase.NONE: (Phase.DOUBLE_WRITE,),
+        Phase.DOUBLE_WRITE: (Phase.BACKFILL,),
+        Phase.BACKFILL: (Phase.DOUBLE_WRITE, Phase.CUT_READ),
+        Phase.CUT_READ: (Phase.BACKFILL, Phase.DOUBLE_WRITE, Phase.RETIRE),
+        Phase.RETIRE: (Phase.NONE,),
     }
 )
 
 
-def _name(phase: str | None) -> str:
-    return NONE if phase is None else phase
-
-
-def _phase(config: ProxyConfig) -> str | None:
-    return config.migration.phase if config.migration else None
+def _phase(config: ProxyConfig) -> Phase:
+    return config.migration.phase if config.migration else Phase.NONE
 
 
 def _placement(pool: PoolConfig) -> tuple[object, ...]:
@@ -86,15 +82,12 @@ def check_step(old: ProxyConfig, new: ProxyConfig) -> str | None:
     """None when reloading from `old` to `new` is legal, else the reason it is refused."""
     before, after = _phase(old), _phase(new)
     if after != before and after not in STEPS[before]:
-        legal = ", ".join(_name(p) for p in STEPS[before])
-        return (
-            f"illegal phase step {_name(before)} -> {_name(after)}"
-            f" (legal from {_name(before)}: {legal})"
-        )
-    if before is None:
+        legal = ", ".join(STEPS[before])
+        return f"illegal phase step {before} -> {after} (legal from {before}: {legal})"
+    if before is Phase.NONE:
         return _check_route_kept(old, new)
     assert old.migration is not None
-    if after is None:
+    if after is Phase.NONE:
         return _check_retired(old, new)
     assert new.migration is not None
     if new.migration.to != old.migration.to:
@@ -149,8 +142,8 @@ def _check_retired(old: ProxyConfig, new: ProxyConfig) -> str | None:
 def needs_gate(old: ProxyConfig, new: ProxyConfig) -> bool:
     """backfill -> cut-read must see a finished, clean backfill unless migration.force is set."""
     return (
-        _phase(old) == "backfill"
-        and _phase(new) == "cut-read"
+        _phase(old) is Phase.BACKFILL
+        and _phase(new) is Phase.CUT_READ
         and new.migration is not None
         and not new.migration.force
     )
@@ -167,7 +160,7 @@ class ActiveMigration:
     """A config's migration, ready for the jobs: both rings, its id and its settings."""
 
     mid: str  # migration_id of (source, target)
-    phase: str  # one of PHASES
+    phase: Phase  # never Phase.NONE
     source: PoolTopology  # the route pool: where the keys are now
     target: PoolTopology  # migration.to: where they go
     settings: MigrationConfig

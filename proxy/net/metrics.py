@@ -30,7 +30,7 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 CLIENT_ERROR_KINDS = ("protocol", "auth", "limit", "memory")
-BACKEND_ERROR_KINDS = ("timeout", "connection", "reply")
+BACKEND_ERROR_KINDS = ("timeout", "connection", "reply")  # BackendStats fields, error counts
 
 
 class FastHistogram:

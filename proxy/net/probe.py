@@ -14,7 +14,7 @@ import enum
 import errno
 from typing import cast
 
-from proxy.codec.resp import ReplyScanner, encode_request
+from proxy.codec.resp import ReplyScanner, encode_request, is_error
 from proxy.config.schema import BackendConfig
 
 # The proxy's own resources ran out (not the backend's fault): never a reason to mark it down.
@@ -71,7 +71,7 @@ class OneShotConnection(asyncio.Protocol):
                 continue
             if self.expected == 0:
                 self.result.set_result(bytes(raw))
-            elif raw[:1] == b"-":  # AUTH refused
+            elif is_error(raw):  # AUTH refused
                 self.result.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -110,7 +110,7 @@ async def probe(cfg: BackendConfig, host: str, port: int, timeout_s: float) -> P
         return ProbeOutcome.DOWN
     if reply.startswith(BUSY_PREFIX):
         return ProbeOutcome.BUSY
-    return ProbeOutcome.DOWN if reply[:1] in (b"-", b"!") else ProbeOutcome.ALIVE
+    return ProbeOutcome.DOWN if is_error(reply) else ProbeOutcome.ALIVE
 
 
 def os_reason(exc: OSError) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from proxy.migration.phases import RULES
+from proxy.migration.phases import RULES, Phase
 from proxy.net.backend import Backend
 from proxy.routing.topology import PoolTopology, Topology
 
@@ -50,7 +50,7 @@ def build_route_table(topology: Topology, backends: Mapping[str, Backend]) -> Ro
         node_for=route.ring.node_for,
         route_backends=tuple(backends[a] for a in route.addrs),
         backends=MappingProxyType({a: backends[a] for a in topology.all_addrs()}),
-        fast=topology.phase is None,
+        fast=topology.phase is Phase.NONE,
         read=read,
         other=other,
         secondary_writes=rules.secondary_writes,

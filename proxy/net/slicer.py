@@ -24,7 +24,8 @@ from proxy.net.slot import ReplyOwner, Slot
 from proxy.routing.slicing import SliceMerge, names_reserved, slice_args, slice_count
 
 # Keys per slice, and the size over which a request is sliced: planning or merging a slice of
-# this many keys takes about 2 ms (benchmarks/README.md, "Huge multi-key requests").
+# this many keys keeps one loop iteration short (figures: benchmarks/README.md, "Huge multi-key
+# requests").
 SLICE_KEYS = 2000
 
 

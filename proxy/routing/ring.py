@@ -19,8 +19,7 @@ from typing import Any
 
 import mmh3
 
-HASH_NAMES: tuple[str, ...] = ("murmur3", "fnv1a_64", "md5", "crc32a", "crc32")
-DISTRIBUTIONS: tuple[str, ...] = ("ketama", "modula")
+from proxy.config.schema import DISTRIBUTIONS, HASH_NAMES
 
 RING_SIZE = 1 << 32  # key hashes and ketama points are unsigned 32-bit
 KETAMA_POINTS_PER_WEIGHT_SHARE = 160  # points per server of average weight (nc_ketama.c)
@@ -67,6 +66,7 @@ _HASHES: dict[str, Callable[[bytes], int]] = {
     "crc32a": zlib.crc32,
     "crc32": hash_crc32,
 }
+assert tuple(_HASHES) == HASH_NAMES  # the config's names, each with its function here
 
 
 def hash_fn(name: str) -> Callable[[bytes], int]:

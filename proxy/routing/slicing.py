@@ -7,11 +7,9 @@ is folded as it comes, so no step of the merge costs more than one slice's worth
 
 from __future__ import annotations
 
-from proxy.codec.resp import encode_int
+from proxy.codec.resp import OK, encode_int, is_error
 from proxy.commands.checks import RESERVED_PREFIX
 from proxy.commands.spec import CommandSpec, Merge
-
-OK = b"+OK\r\n"
 
 
 def slice_count(spec: CommandSpec, args: list[bytes], keys_per_slice: int) -> int:
@@ -48,7 +46,7 @@ class SliceMerge:
     def add(self, raw: bytes) -> None:
         if self.error is not None:
             return
-        if raw[:1] in (b"-", b"!"):
+        if is_error(raw):
             self.error = raw
             self.parts.clear()
             return

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from proxy.config.phase import Phase
 from proxy.config.schema import PoolConfig, ProxyConfig
 from proxy.routing.ring import Ring, ketama_label
 
@@ -33,15 +34,8 @@ class Topology:
     pools: Mapping[str, PoolTopology]
     route: PoolTopology  # the pool that owns the keyspace
     target: PoolTopology | None  # migration.to, while re-sharding
-    phase: str | None  # migration phase, None when not re-sharding
+    phase: Phase  # migration phase, Phase.NONE when not re-sharding
     names: Mapping[str, str]  # address -> display name, for every server of every pool
-
-    def active_addrs(self) -> tuple[str, ...]:
-        """Addresses that serve traffic now (route, plus target while migrating), in order."""
-        seen = dict.fromkeys(self.route.addrs)
-        if self.target is not None:
-            seen.update(dict.fromkeys(self.target.addrs))
-        return tuple(seen)
 
     def all_addrs(self) -> tuple[str, ...]:
         seen: dict[str, None] = {}
@@ -81,6 +75,6 @@ def build_topology(config: ProxyConfig, generation: int, config_hash: str) -> To
         pools=MappingProxyType(pools),
         route=pools[config.route],
         target=pools[migration.to] if migration else None,
-        phase=migration.phase if migration else None,
+        phase=migration.phase if migration else Phase.NONE,
         names=MappingProxyType(names),
     )

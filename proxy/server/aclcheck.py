@@ -17,6 +17,7 @@ from typing import Any
 
 import hiredis
 
+from proxy import errors
 from proxy.codec.resp import encode_request
 from proxy.commands.acl import AclProbes, AclVerdict, build_probes, judge, probe_args
 from proxy.config.schema import BackendConfig, ProxyConfig, ServerConfig
@@ -85,7 +86,7 @@ async def check_backend(addr: ServerConfig, cfg: BackendConfig, probes: AclProbe
     try:
         return await asyncio.wait_for(_check(addr, cfg, probes), timeout_s)
     except TimeoutError:
-        return AclReport(addr.addr, None, f"no answer within {timeout_s:g} s")
+        return AclReport(addr.addr, None, errors.acl_no_answer(timeout_s))
     except OSError as exc:
         return AclReport(addr.addr, None, os_reason(exc))
 
@@ -98,7 +99,7 @@ async def _check(addr: ServerConfig, cfg: BackendConfig, probes: AclProbes) -> A
         if auth is not None:
             (reply,) = await session.call_many([auth])
             if isinstance(reply, hiredis.ReplyError):
-                return AclReport(addr.addr, None, f"AUTH failed: {reply}")
+                return AclReport(addr.addr, None, errors.acl_auth_failed(reply))
         return await _ask(addr.addr, session, cfg.username or "default", probes)
     finally:
         writer.close()
@@ -120,9 +121,9 @@ async def _ask(addr: str, session: _Session, user: str, probes: AclProbes) -> Ac
     if str(refused).startswith("NOPERM"):
         # ACL DRYRUN is @admin: refusing it shows @admin is denied, but EVAL is refused too,
         # and the proxy forwards EVAL; nothing else can be asked without running it.
-        note = f"EVAL refused ({reply}); ACL DRYRUN refused too, so @admin is denied"
+        note = errors.acl_admin_denied(reply)
         return AclReport(addr, AclVerdict(too_broad=(), too_narrow=("eval",)), note)
-    return AclReport(addr, None, f"EVAL failed ({reply}) and ACL DRYRUN failed ({refused})")
+    return AclReport(addr, None, errors.acl_unchecked(reply, refused))
 
 
 def backend_addrs(config: ProxyConfig) -> list[ServerConfig]:
@@ -152,11 +153,7 @@ async def check_config(config: ProxyConfig) -> list[AclReport]:
 
 def warning(name: str, report: AclReport, mode: str) -> str:
     """The log line for a backend whose user is not as `shardproxy acl` prints."""
-    return (
-        f"backend {name} ({report.addr}): the proxy's backend user {report.describe()}; scripts"
-        " (EVAL, FCALL) can run what the proxy refuses clients. Create it with `shardproxy acl"
-        f" -c FILE --user NAME` (backend.acl_check: {mode})"
-    )
+    return errors.acl_too_broad(name, report.addr, report.describe(), mode)
 
 
 def log_reports(reports: Iterable[AclReport], names: Mapping[str, str], mode: str) -> None:
@@ -174,7 +171,4 @@ def refusal(reports: Iterable[AclReport]) -> str:
     bad = [f"{r.addr} {r.describe()}" for r in reports if r.failed]
     if not bad:
         return ""
-    return (
-        "backend.acl_check is refuse and the backend user's ACL does not match "
-        "`shardproxy acl`: " + "; ".join(bad)
-    )
+    return errors.acl_refused(bad)

@@ -252,7 +252,7 @@ class ProxyServer:
         if config.backend.acl_check != "off" and self.role is None:
             self.lifecycle.spawn(self.check_acl(config))
         if topology.phase != old_phase:
-            log.warning("migration phase %s -> %s", old_phase or "none", topology.phase or "none")
+            log.warning("migration phase %s -> %s", old_phase, topology.phase)
         self._on_topology()
         return f"generation {generation}"
 

@@ -13,9 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from proxy.net.metrics import FastHistogram
+from proxy.net.metrics import BACKEND_ERROR_KINDS, FastHistogram
 
-BACKEND_ERROR_KINDS = ("timeout", "connection", "reply")
 SUMMED = ("clients", "max_clients", "client_memory_bytes", "clients_throttled", "max_memory_bytes")
 BACKEND_SUMMED = ("inflight", "requests", "busy_events", "local_resource_failures")
 PER_WORKER = ("clients", "max_clients", "client_memory_bytes", "max_memory_bytes")

@@ -22,7 +22,7 @@ import redis
 from proxy.config.schema import ProxyConfig, parse_config
 from proxy.jobs.backfill import BackfillJob, read_gate
 from proxy.jobs.cleanup import cleanup_pool
-from proxy.jobs.executor import COPIED, SKIPPED, Executor, copy_key, open_backends
+from proxy.jobs.executor import CopyOutcome, Executor, copy_key, open_backends
 from proxy.jobs.verify import Verifier, VerifyReport
 from proxy.migration.keys import is_reserved, state_key, state_owner
 from proxy.migration.phases import ActiveMigration, active_migration, gate_reason
@@ -221,7 +221,7 @@ def test_copy_key_releases_the_fence_right_after_the_restore_is_sent(
         rec = Recorder(ex.backends)
         return [await copy_key(rec, Fence(), k, src, dst) for k in (b"k", b"deleted")]
 
-    assert with_executor(config, job) == [COPIED, SKIPPED]
+    assert with_executor(config, job) == [CopyOutcome.COPIED, CopyOutcome.SKIPPED]
     assert events == [
         "hold k", "DUMP src", "PTTL src", "RESTORE dst", "release k",
         "hold deleted", "DUMP src", "PTTL src", "DEL dst", "release deleted",

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from proxy.config.phase import Phase
 from proxy.config.schema import PHASES, ProxyConfig, parse_config
 from proxy.migration.phases import (
     RULES,
@@ -56,14 +57,14 @@ def default_route(phase: str | None, before: str | None) -> str:
 
 
 def test_rules_per_phase() -> None:
-    assert RULES[None] == RULES[None].__class__(False, False, False, False)
+    assert RULES[Phase.NONE] == RULES[Phase.NONE].__class__(False, False, False, False)
     assert RULES["double-write"].secondary_writes and not RULES["double-write"].reads_target
     assert RULES["double-write"].shadow_compare and not RULES["double-write"].runs_backfill
     assert RULES["backfill"].runs_backfill and RULES["backfill"].secondary_writes
     assert RULES["cut-read"].reads_target and RULES["cut-read"].secondary_writes
     assert RULES["retire"].reads_target and not RULES["retire"].secondary_writes
     assert not RULES["retire"].shadow_compare
-    assert set(RULES) == set(ALL_PHASES)
+    assert set(RULES) == {Phase.NONE, *PHASES}  # Phase.NONE: no migration block (None here)
 
 
 @pytest.mark.parametrize("before", ALL_PHASES)

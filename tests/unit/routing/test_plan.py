@@ -13,7 +13,7 @@ import pytest
 from proxy.commands.checks import refusal_before_routing
 from proxy.commands.spec import CommandSpec, Kind, lookup
 from proxy.config.schema import PoolConfig, ServerConfig
-from proxy.migration.phases import RULES
+from proxy.migration.phases import RULES, Phase
 from proxy.routing.merge import merge_replies
 from proxy.routing.plan import DualPlan, mutates, plan
 from proxy.routing.topology import PoolTopology, build_pool
@@ -38,7 +38,7 @@ class View:
 
 def view(phase: object) -> View:
     rules = RULES[phase]  # type: ignore[index]
-    if phase is None:
+    if phase is Phase.NONE:
         return View(SOURCE, SOURCE, False)
     read, other = (TARGET, SOURCE) if rules.reads_target else (SOURCE, TARGET)
     return View(read, other, rules.secondary_writes)
@@ -168,7 +168,7 @@ def test_scan_cursor_walks_every_backend_of_the_read_pool(phase: object) -> None
 
 def test_merges_keep_the_clients_key_order() -> None:
     keys = [b"m%d" % i for i in range(30)]
-    dual = plan(spec_of([b"MGET", *keys]), [b"MGET", *keys], view(None))
+    dual = plan(spec_of([b"MGET", *keys]), [b"MGET", *keys], view(Phase.NONE))
     assert len(dual.primary.fragments) > 1
     replies = []
     for fragment in dual.primary.fragments:  # each backend answers with its keys as values
@@ -176,20 +176,20 @@ def test_merges_keep_the_clients_key_order() -> None:
         replies.append(b"*%d\r\n" % len(values) + b"".join(values))
     merged = merge_replies(dual.primary, replies, False)
     assert merged == b"*30\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(k), k) for k in keys)
-    dels = plan(spec_of([b"DEL", *keys]), [b"DEL", *keys], view(None)).primary
+    dels = plan(spec_of([b"DEL", *keys]), [b"DEL", *keys], view(Phase.NONE)).primary
     counts = merge_replies(dels, [b":2\r\n"] * len(dels.fragments), False)
     assert counts == b":%d\r\n" % (2 * len(dels.fragments))
 
 
 def test_keys_and_scan_never_show_reserved_keys() -> None:
-    dual = plan(spec_of([b"KEYS", b"*"]), [b"KEYS", b"*"], view(None))
+    dual = plan(spec_of([b"KEYS", b"*"]), [b"KEYS", b"*"], view(Phase.NONE))
     reply = b"*2\r\n$1\r\na\r\n$17\r\n__shardproxy:x:gt\r\n"
     merged = merge_replies(dual.primary, [reply] * len(dual.primary.fragments), False)
     assert b"__shardproxy" not in merged and merged.startswith(b"*%d\r\n" % len(SOURCE.addrs))
 
 
 def test_first_error_wins() -> None:
-    dual = plan(spec_of([b"DBSIZE"]), [b"DBSIZE"], view(None))
+    dual = plan(spec_of([b"DBSIZE"]), [b"DBSIZE"], view(Phase.NONE))
     replies = [b":1\r\n"] * len(dual.primary.fragments)
     replies[1] = b"-ERR backend down\r\n"
     assert merge_replies(dual.primary, replies, False) == b"-ERR backend down\r\n"
@@ -216,5 +216,5 @@ def test_refusals_before_routing(args: list[bytes], refused: bool) -> None:
 
 def test_dual_plan_outside_a_migration_has_no_secondary() -> None:
     for args in KEYED:
-        assert plan(spec_of(args), args, view(None)).secondary is None
-    assert isinstance(plan(spec_of(KEYED[0]), KEYED[0], view(None)), DualPlan)
+        assert plan(spec_of(args), args, view(Phase.NONE)).secondary is None
+    assert isinstance(plan(spec_of(KEYED[0]), KEYED[0], view(Phase.NONE)), DualPlan)
