@@ -85,6 +85,7 @@ class Host:
         )
         config = parse_config(text)
         self.client_config = config.client
+        self.max_clients = config.client.max_connections
         self.allow_flush = False
         self.slowlog_ms = 0.0
         self.clients: set[ClientConnection] = set()

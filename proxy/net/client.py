@@ -31,20 +31,19 @@ from proxy.codec.request import RequestReader
 from proxy.codec.resp import ProtocolError, encode_request
 from proxy.commands.checks import RESERVED_PREFIX
 from proxy.commands.local import Session
-from proxy.commands.spec import PLAIN, CommandSpec, Kind, lookup
+from proxy.commands.spec import PLAIN, CommandSpec
 from proxy.config.schema import ClientConfig
-from proxy.net.dispatch import DispatchHost, dispatch
+from proxy.net.dispatch import NOT_FAST, DispatchHost, Known, dispatch, fast_entry
 from proxy.net.metrics import CommandStats
 from proxy.net.replies import ReplyQueue
 from proxy.net.slicer import SlicedRequest, SliceRequest, send_sliced
 from proxy.net.slot import ReplyOwner, Slot
-from proxy.net.stream import BulkStream, stream_head
+from proxy.net.stream import BulkStream, stream_target, streamable
 
-_SINGLE = Kind.SINGLE
-# Fast-path entry of a command name: key index, fewest and most arguments, stats.
-_Known = tuple[int, int, int, CommandStats | None]
-_NOT_FAST: _Known = (0, 1, 0, None)  # no argument count fits
 _YIELD_BYTES = 256 * 1024  # a request under way this big yields the loop between its reads
+RESERVED = RESERVED_PREFIX  # keys refused by dispatch (commands/checks.py)
+# Requests parsed but not yet dispatched: (requests, their raw bytes, where to resume, error).
+Backlog = tuple[list[list[bytes]], list[bytes], int, ProtocolError | None]
 
 
 class ClientHost(DispatchHost, Protocol):
@@ -69,7 +68,6 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         )
         self.reader = RequestReader()
         self.reader.stream_gate = self._streamable
-        self._write_paused = False
         self._pending_paused = False
         self._throttled = False  # the proxy-wide memory guard stopped reading from this client
         # A big value streamed through (proxy.stream): later requests wait for its reply.
@@ -81,10 +79,9 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         # Cache of host.metrics.command_stats by command name (CommandSpec's own hash is slow).
         self._stats: dict[str, CommandStats] = {}
         # The fast path's view of each command name this client sent (see _learn).
-        self._known: dict[bytes, _Known] = {}
+        self._known: dict[bytes, Known] = {}
         # Requests parsed but not yet dispatched (over the limit in flight): resumed by flush.
-        self._backlog: tuple[list[list[bytes]], list[bytes], int, ProtocolError | None] | None
-        self._backlog = None
+        self._backlog: Backlog | None = None
         self.last_active = perf_counter()  # the clock of _process's `now`
 
     # -- asyncio.Protocol ------------------------------------------------------------------
@@ -117,11 +114,11 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
-        self._write_paused = self._hold = True
+        self.write_paused = self._hold = True
         self._update_reading()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         self._hold = self._stream is not None
         if self._backlog is not None:
             asyncio.get_running_loop().call_soon(self._resume_backlog)
@@ -151,7 +148,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                     and self.session.direct
                     and len(pending) < self._limit
                     and not self._hold
-                    and not args[key].startswith(RESERVED_PREFIX)  # refused by _dispatch
+                    and not args[key].startswith(RESERVED)
                 ):
                     self.last_active = now = perf_counter()
                     slot = Slot(self, stats, now)
@@ -172,8 +169,8 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
 
     def _yield_reading(self) -> None:
         """A huge request is under way: read its next chunk in the next loop iteration, not
-        in this one (libuv reads a ready socket up to 32 times per iteration: 8 MB of a 1M-key
-        MGET parsed in one go would hold every other client for a second)."""
+        in this one: libuv reads a ready socket up to 32 times per iteration, and parsing that
+        much of a huge request at once would hold every other client (benchmarks/README.md)."""
         if not self._yielding:
             self._yielding = True
             self._update_reading()
@@ -205,53 +202,50 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         start: int,
         failure: ProtocolError | None,
     ) -> None:
-        """Dispatch requests[start:]; past max_pending_requests unanswered, keep the rest as a
-        backlog and stop reading until the client has taken half of its replies."""
-        router = self.host.routes
+        """Dispatch requests[start:]; past the limit in flight, keep the rest as a backlog and
+        stop reading until the client has taken half of its replies."""
+        routes = self.host.routes
         session = self.session
         pending = self.pending
         proto = session.proto
         cid = self.client_id
         known = self._known
-        fast = router.fast and session.direct
-        route_backends = router.route_backends
-        node_for = router.node_for
+        fast = routes.fast and session.direct
+        route_backends = routes.route_backends
+        node_for = routes.node_for
         limit = self._limit
         self.last_active = now = perf_counter()  # the requests of one read arrived together
         for i in range(start, len(requests)):
             if len(pending) >= limit or self._hold:
-                self._backlog = (requests, raws, i, failure)
-                self._pending_paused = True
-                self._update_reading()
-                self.flush()
+                self._keep_backlog((requests, raws, i, failure))
                 return
             args = requests[i]
-            entry = known.get(args[0]) or self._learn(args[0])
-            key, lowest, highest, stats = entry
-            if (
-                fast
-                and lowest <= len(args) <= highest
-                and not args[key].startswith(RESERVED_PREFIX)  # refused by _dispatch
-            ):
-                slot = Slot(self, stats, now)
+            key, lowest, highest, stats = known.get(args[0]) or self._learn(args[0])
+            if fast and lowest <= len(args) <= highest and not args[key].startswith(RESERVED):
+                slot = Slot(self, stats, now)  # the fast path, as in data_received
                 pending.append(slot)
                 raw = raws[i] or encode_request(args)  # b"": not kept (see RequestReader.feed)
                 route_backends[node_for(args[key])].send(proto, cid, raw, slot)
-            else:
-                dispatch(self, args)
-                if session.closing:
-                    break
-                if self._sliced is not None:  # sent slice by slice: the rest waits for it
-                    self._wait_for_slices(requests, raws, i + 1, failure)
-                    return
-                proto = session.proto
-                fast = router.fast and session.direct
+                continue
+            dispatch(self, args)
+            if session.closing:
+                break
+            if self._sliced is not None:  # sent slice by slice: the rest waits for it
+                self._wait_for_slices(requests, raws, i + 1, failure)
+                return
+            proto = session.proto
+            fast = routes.fast and session.direct
         self._backlog = None
         if failure is not None and not session.closing:
             self._fail_protocol(str(failure))
-            return
-        if pending and pending[0].reply is not None:  # answered by the proxy itself
+        elif pending and pending[0].reply is not None:  # answered by the proxy itself
             self.flush()
+
+    def _keep_backlog(self, backlog: Backlog) -> None:
+        self._backlog = backlog
+        self._pending_paused = True
+        self._update_reading()
+        self.flush()
 
     # -- what dispatch needs (net/dispatch.DispatchClient) ---------------------------------
     @property
@@ -270,51 +264,25 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
     def begin_slices(self, request: SliceRequest, slot: Slot) -> None:
         self._sliced = send_sliced(request, slot, self, self.host)
 
-    def _learn(self, name: bytes) -> _Known:
-        """What the fast path needs to know of a command name: for a single-key command (as
-        typed: `GET` or `get`), its key's index, the argument counts it takes and its stats;
-        anything else gets an entry no request fits, so it goes to _dispatch."""
-        spec = PLAIN.get(name)
-        if spec is None:
-            return _NOT_FAST  # unknown or mixed case: not remembered (names are client input)
-        if spec.kind is not _SINGLE:
-            entry = _NOT_FAST
-        else:
-            arity = spec.arity
-            highest = arity if arity > 0 else 1 << 30
-            stats = self.stats_for(spec)
-            entry = (spec.first_key, abs(arity), highest, stats)
-        self._known[name] = entry
+    def _learn(self, name: bytes) -> Known:
+        entry = fast_entry(name, self.stats_for)
+        if entry is not NOT_FAST or name in PLAIN:
+            self._known[name] = entry  # unknown or mixed case: not remembered (client input)
         return entry
 
     # -- big values streamed through (proxy.stream) ---------------------------------------
     def _streamable(self, head: list[bytes]) -> bool:
-        """RequestReader.stream_gate: may the big last argument after `head` be streamed?
-        Only a single-key command on the fast path (no migration, no refused MULTI), whose
-        key is in `head`; anything else is assembled and dispatched as usual."""
-        if not (self.session.direct and self.host.routes.fast):
-            return False
-        spec = lookup(head)
-        if spec is None or spec.kind is not Kind.SINGLE or not spec.arity_ok(len(head) + 1):
-            return False
-        key = spec.first_key
-        return 0 < key < len(head) and not head[key].startswith(RESERVED_PREFIX)
+        """RequestReader.stream_gate: only on the fast path (no migration, no refused MULTI)."""
+        return self.session.direct and self.host.routes.fast and streamable(head)
 
     def _start_stream(self) -> None:
         """The reader stopped at a streamed value: its request takes its place in the queue;
         its head goes out once the requests before it are answered (BulkStream.at_head)."""
         reader = self.reader
-        head = reader.stream_args
-        assert head is not None
-        spec = lookup(head)
-        assert spec is not None
-        stats = self.stats_for(spec)
-        slot = Slot(self, stats, perf_counter())
+        spec, backend, head = stream_target(reader, self.host.routes)
+        slot = Slot(self, self.stats_for(spec), perf_counter())
         self.pending.append(slot)
-        router = self.host.routes
-        backend = router.route_backends[router.node_for(head[spec.first_key])]
-        stream = BulkStream(self, backend, self.session.proto, stream_head(head, reader), slot)
-        self._stream = stream
+        self._stream = stream = BulkStream(self, backend, self.session.proto, head, slot)
         self._hold = True
         reader.begin_stream(stream)
         if self.pending and self.pending[0] is slot:
@@ -335,7 +303,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         """The streamed request is answered and its value all sent: go on with the rest."""
         self._stream = None
         self._stream_paused = False
-        self._hold = self._write_paused
+        self._hold = self.write_paused
         if self._backlog is not None or self.reader.stream_args is not None:
             self._pending_paused = True
             asyncio.get_running_loop().call_soon(self._resume_stream_backlog)
@@ -394,17 +362,15 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         so the next ones read become the backlog (_process) until on_slices_sent."""
         self._limit = 0
         if start < len(requests) or failure is not None:
-            self._backlog = (requests, raws, start, failure)
-            self._pending_paused = True
-            self._update_reading()
+            self._keep_backlog((requests, raws, start, failure))
         else:
             self._backlog = None
-        self.flush()
+            self.flush()
 
     def on_slices_sent(self) -> None:
         """The last slice of a huge request is sent: the requests after it may go."""
         self._sliced = None
-        self._learn_replies(0)  # restores the limit
+        self._set_limit()  # restores the limit
         if self._backlog is not None:
             self._resume_backlog()
         elif self._pending_paused:
@@ -429,7 +395,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if (
-            self._write_paused
+            self.write_paused
             or self._pending_paused
             or self._throttled
             or self._stream_paused

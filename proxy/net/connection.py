@@ -17,7 +17,7 @@ from time import perf_counter
 from typing import Protocol, cast
 
 from proxy import errors
-from proxy.codec.resp import ReplyScanner, encode_request
+from proxy.codec.resp import ReplyScanner, encode_request, is_error
 from proxy.config.schema import BackendConfig
 from proxy.net.metrics import LATENCY_BUCKETS_S, BackendStats
 from proxy.net.probe import BUSY_PREFIX, ProbeOutcome, auth_command
@@ -41,11 +41,7 @@ class _Handshake(ReplyOwner):
         for slot in self.slots:
             reply = slot.reply
             # CLIENT SETNAME is refused with -BUSY while a script runs: the name is cosmetic.
-            if (
-                reply is not None
-                and reply[:1] in (b"-", b"!")
-                and not reply.startswith(BUSY_PREFIX)
-            ):
+            if reply is not None and is_error(reply) and not reply.startswith(BUSY_PREFIX):
                 text = reply[1:].strip().decode(errors="replace")
                 self.conn.fail(f"handshake refused: {text}")
                 return
@@ -115,9 +111,9 @@ class BackendConnection(asyncio.BufferedProtocol):
 
     def _flush_soon(self) -> None:
         """First call_soon: the loop polls once more before the flush, so requests from clients
-        whose reads were ready just after this iteration's poll join the same write (at -P 1
-        with 50 clients: 10 requests per backend write instead of 6, and ~10 % less CPU per
-        request in the proxy and its backends; latency: one more loop iteration)."""
+        whose reads were ready just after this iteration's poll join the same write: bigger
+        batches, fewer writes per request for the proxy and its backends, at the cost of one
+        more loop iteration of latency (figures: benchmarks/README.md)."""
         self._loop.call_soon(self._flush_out)
 
     def _flush_out(self) -> None:
@@ -201,7 +197,8 @@ class BackendConnection(asyncio.BufferedProtocol):
                 elapsed = now - start
                 buckets[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1  # observe(), inlined
                 total += elapsed
-            if raw[0] == 45:  # -
+            first = raw[0]
+            if first == 45 or first == 33:  # - or RESP3 !
                 stats.reply += 1
             if not owner.dirty:
                 owner.dirty = True

@@ -16,7 +16,7 @@ from proxy import errors
 from proxy.codec.resp import OK, encode_request
 from proxy.commands.checks import refusal_before_routing
 from proxy.commands.local import ServerView, Session, run_local, wants_keyspace
-from proxy.commands.spec import CommandSpec, Kind, arity_error, lookup, unknown_error
+from proxy.commands.spec import PLAIN, CommandSpec, Kind, arity_error, lookup, unknown_error
 from proxy.net.dualwrite import send_planned
 from proxy.net.fence import MigrationState
 from proxy.net.forwarder import send_info
@@ -26,6 +26,9 @@ from proxy.net.slicer import SliceRequest, wants_slices
 from proxy.net.slot import ReplyOwner, Slot
 
 _PRE_AUTH = frozenset({"auth", "hello", "quit", "reset"})
+# The fast path's entry for a command name: key index, fewest and most arguments, stats.
+Known = tuple[int, int, int, CommandStats | None]
+NOT_FAST: Known = (0, 1, 0, None)  # no argument count fits: always dispatched
 
 
 class DispatchHost(ServerView, Protocol):
@@ -54,6 +57,18 @@ class DispatchClient(Protocol):
     def reject(self, reply: bytes, label: str) -> None: ...
 
     def begin_slices(self, request: SliceRequest, slot: Slot) -> None: ...
+
+
+def fast_entry(name: bytes, stats_for: Callable[[CommandSpec], CommandStats]) -> Known:
+    """What the client's fast path (net/client.py) needs to know of a command name as typed
+    (`GET` or `get`): for a single-key command, its key's index, the argument counts it takes
+    and its stats; anything else gets an entry no request fits, so it comes to dispatch."""
+    spec = PLAIN.get(name)
+    if spec is None or spec.kind is not Kind.SINGLE:
+        return NOT_FAST
+    arity = spec.arity
+    highest = arity if arity > 0 else 1 << 30
+    return (spec.first_key, abs(arity), highest, stats_for(spec))
 
 
 def dispatch(client: DispatchClient, args: list[bytes]) -> None:

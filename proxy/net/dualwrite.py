@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from proxy.codec.resp import encode_request
+from proxy.codec.resp import encode_request, is_error
 from proxy.commands.spec import CommandSpec
 from proxy.net.fence import Deferred, MigrationState
 from proxy.net.forwarder import send_plan
@@ -51,7 +51,7 @@ class _SecondarySink(ReplyOwner):
         self.dirty = False
         for slot, name in zip(self.slots, self.names, strict=True):
             reply = slot.reply
-            if reply is not None and reply[:1] == b"-":
+            if reply is not None and is_error(reply):
                 slot.reply = b""  # report once
                 self.state.on_secondary_error(name, self.keys, reply)
 

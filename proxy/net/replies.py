@@ -26,7 +26,8 @@ log = logging.getLogger("shardproxy.client")
 slow_log = logging.getLogger("shardproxy.slowlog")
 
 _FIRST_REPLY_EST = 65536.0  # bytes: a new client's replies are taken to be big until seen
-_EST_DECAY = 0.9  # per flush: how fast the reply size estimate forgets a big reply
+_EST_DECAY = 0.5  # how fast the reply size estimate forgets a big reply: halved ...
+_DECAY_EVERY = 31  # ... every 32 flushes without a bigger one (a bigger one counts at once)
 
 
 class ReplyHost(Protocol):
@@ -54,7 +55,9 @@ class ReplyQueue(ReplyOwner):
         # It starts high, so a client's first burst is bounded until its replies are seen.
         self._reply_est = _FIRST_REPLY_EST
         self._limit = 0  # requests in flight allowed now
-        self._learn_replies(0)
+        self._flushes = 0
+        self._set_limit()
+        self.write_paused = False  # the transport's buffer is over its high-water mark
         self._slow_s = slow_ms / 1000 if slow_ms > 0 else float("inf")
 
     def flush(self) -> None:
@@ -79,8 +82,6 @@ class ReplyQueue(ReplyOwner):
             size = len(reply)
             if size > biggest:
                 biggest = size
-            if size > budget:
-                reply = errors.reply_over_budget(size)
             out.append(reply)
             pending.popleft()
             stats = slot.stats
@@ -93,11 +94,16 @@ class ReplyQueue(ReplyOwner):
                     stats.errors += 1
                 if elapsed >= slow_s:
                     self._log_slow(stats.label, elapsed)
+        if biggest > budget:  # rare: a reply bigger than the whole budget is refused
+            out = [errors.reply_over_budget(len(r)) if len(r) > budget else r for r in out]
         transport = self.transport
         assert transport is not None
         transport.write(out[0] if len(out) == 1 else b"".join(out))
-        self._learn_replies(biggest)
-        if transport.get_write_buffer_size() > budget:
+        self._flushes += 1
+        if biggest > self._reply_est or not self._flushes & _DECAY_EVERY:
+            self._learn_replies(biggest)
+        # Over the budget means over the write buffer's high-water mark (a quarter of it) too.
+        if self.write_paused and transport.get_write_buffer_size() > budget:
             self._over_budget(transport)
             return
         self.after_flush(transport)
@@ -109,9 +115,11 @@ class ReplyQueue(ReplyOwner):
         """Fold the biggest reply of a flush into the estimate; cap requests in flight so that
         their replies fit in half the budget (the other half: the transport's buffer)."""
         est = self._reply_est * _EST_DECAY
-        if biggest > est:
-            est = biggest
-        self._reply_est = est
+        self._reply_est = biggest if biggest > est else est
+        self._set_limit()
+
+    def _set_limit(self) -> None:
+        est = self._reply_est
         self._limit = max(1, min(self._max_pending, int((self._budget >> 1) / (est + 64))))
 
     def reject(self, reply: bytes, label: str) -> None:

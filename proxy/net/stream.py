@@ -16,11 +16,14 @@ from typing import Protocol
 
 from proxy import errors
 from proxy.codec.request import RequestReader
+from proxy.commands.checks import RESERVED_PREFIX
+from proxy.commands.spec import CommandSpec, Kind, lookup
 from proxy.config.schema import BackendConfig
 from proxy.net.backend import Backend
 from proxy.net.connection import BackendConnection
 from proxy.net.metrics import BackendStats
 from proxy.net.probe import os_reason
+from proxy.net.route import RouteTable
 from proxy.net.slot import ReplyOwner, Slot
 
 WAITING_MAX_BYTES = 1024 * 1024  # value bytes held while earlier replies are awaited
@@ -186,12 +189,27 @@ class BulkStream(ReplyOwner):
         self.client.on_stream_done()
 
 
-def stream_head(args: list[bytes], reader: RequestReader) -> bytes:
-    """The request's bytes up to its streamed value: `*N`, the arguments before it, `$size`."""
+def streamable(head: list[bytes]) -> bool:
+    """May the big last argument after `head` be streamed? Only for a single-key command whose
+    key is in `head` (and not reserved); anything else is assembled and dispatched as usual."""
+    spec = lookup(head)
+    if spec is None or spec.kind is not Kind.SINGLE or not spec.arity_ok(len(head) + 1):
+        return False
+    key = spec.first_key
+    return 0 < key < len(head) and not head[key].startswith(RESERVED_PREFIX)
+
+
+def stream_target(reader: RequestReader, routes: RouteTable) -> tuple[CommandSpec, Backend, bytes]:
+    """For the request the reader stopped at: its spec, its key's backend, and its bytes up to
+    the streamed value (`*N`, the arguments before it, `$size`)."""
+    args = reader.stream_args
+    assert args is not None
+    spec = lookup(args)
+    assert spec is not None
     parts = [b"*%d\r\n" % (len(args) + 1)]
     parts += [b"$%d\r\n%s\r\n" % (len(a), a) for a in args]
     parts.append(b"$%d\r\n" % reader.stream_size)
-    return b"".join(parts)
+    return spec, routes.backend_for(args[spec.first_key]), b"".join(parts)
 
 
 _TASKS: set[asyncio.Task[None]] = set()
