@@ -1,6 +1,6 @@
 """RESP2/RESP3 codec, pure: bytes in, frames out; no I/O.
 
-Client requests are parsed in proxy/request.py. Replies from backends are never decoded on the
+Client requests are parsed in proxy/codec/request.py. Replies from backends are never decoded on the
 hot path: `ReplyScanner`
 only finds their boundaries so the raw bytes pass through unchanged; `decode_reply` (hiredis) is
 used where a merge needs the values. Encoders build the proxy's own replies for either protocol.

@@ -1,4 +1,4 @@
-"""THE command table, pure: Redis's own metadata (proxy/command_table.py) classified for routing.
+"""THE command table, pure: Redis's own metadata (proxy/commands/table.py) classified for routing.
 
 Every command and subcommand gets one Kind (how it is routed) and, when split or fanned out, one
 Merge. Kinds come from one small override table below plus Redis's flags and key specs; key

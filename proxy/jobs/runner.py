@@ -33,7 +33,7 @@ PROGRESS_LOG_S = 10.0  # how often a running backfill logs its progress
 
 
 class RouterFence:
-    """The migrator's Fence, over this proxy's MigrationState and its current router."""
+    """The backfill's Fence, over this proxy's MigrationState and its current route table."""
 
     def __init__(self, runner: PhaseRunner) -> None:
         self.runner = runner

@@ -8,7 +8,7 @@ All keyed traffic of a migration uses connection 0 of each backend (per protocol
 writes always go on the RESP2 connection 0, the one the backfill job's DUMP/RESTORE use: one
 FIFO per backend keeps the secondary's per-key order equal to the primary's.
 
-A request touching a key the backfill is copying waits behind the fence (proxy/fence.py).
+A request touching a key the backfill is copying waits behind the fence (net/fence.py).
 """
 
 from __future__ import annotations

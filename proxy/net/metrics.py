@@ -126,7 +126,7 @@ class ConfigMetrics:
 
 
 # With `workers: N > 1` each worker publishes its families to the supervisor's multiprocess
-# directory (proxy/multiproc.py) and the supervisor's /metrics merges them: counters and
+# directory (proxy/workers/metrics_files.py) and the supervisor's /metrics merges them: counters and
 # histograms are summed; a gauge combines by the mode below (prometheus-client's names; `live`:
 # a dead worker's value is dropped). The config families come from the supervisor alone, the
 # migration job's from the one worker that runs it; the backend ACL check is the supervisor's.

@@ -1,4 +1,4 @@
-"""Huge multi-key requests are sent slice by slice (proxy/slicer.py), with the same replies.
+"""Huge multi-key requests are sent slice by slice (proxy/net/slicer.py), with the same replies.
 
 SLICE_KEYS is lowered so that 50,000-key requests are cut into many slices; the replies are
 compared byte for byte with one plain redis-server's, pipelined with other requests before and
