@@ -95,6 +95,13 @@ def reply_over_budget(size: int) -> bytes:
     )
 
 
+def dedicated_exhausted(backend: str, purpose: str, limit: int) -> bytes:
+    return _err(
+        f"ERR backend {backend} has {limit} {purpose} connections open already, its limit; "
+        "retry later or raise the limit in the proxy config"
+    )
+
+
 def flush_disabled(command: str) -> bytes:
     return _err(f"ERR '{command}' is disabled; set allow_flush: true in the proxy config")
 

@@ -51,10 +51,12 @@ KIND_TITLES = {
         "sent to every backend, replies merged; FLUSHDB and FLUSHALL only when the config allows.",
     ),
     "LOCAL": ("local", "answered by the proxy itself."),
-    "PINNED": (
-        "pinned (not supported yet)",
-        "need a dedicated backend connection: transactions, blocking commands, pub/sub.",
+    "TRANSACTION": (
+        "transactions (not supported yet)",
+        "MULTI is refused, and every command after it up to EXEC or DISCARD too, unrun.",
     ),
+    "BLOCKING": ("blocking (not supported yet)", "need a backend connection of their own."),
+    "PUBSUB": ("pub/sub (not supported yet)", "need subscriber connections of their own."),
     "DENIED": ("denied", "refused with an error: admin, replication, cluster, other databases."),
 }
 

@@ -24,7 +24,9 @@ class Kind(enum.Enum):
     SAME_BACKEND = "same_backend"  # several keys, allowed when all map to one backend
     FANOUT = "fanout"  # every backend, replies merged
     LOCAL = "local"  # answered by the proxy
-    PINNED = "pinned"  # needs a dedicated backend connection: not supported yet
+    TRANSACTION = "transaction"  # MULTI EXEC DISCARD WATCH UNWATCH
+    BLOCKING = "blocking"  # may block: needs a connection of its own while it waits
+    PUBSUB = "pubsub"  # the publish/subscribe family
     DENIED = "denied"  # refused by the proxy
 
 
@@ -75,7 +77,7 @@ LOCAL = frozenset(
     }
 )  # fmt: skip
 # Transactions carry no flag that marks them; blocking and pub/sub commands are caught by flag.
-PINNED = frozenset({"multi", "exec", "discard", "watch", "unwatch"})
+TRANSACTION = frozenset({"multi", "exec", "discard", "watch", "unwatch"})
 # Blocking only with BLOCK: routed by their streams; the routing layer refuses BLOCK.
 SAME_BACKEND = frozenset({"xread", "xreadgroup"})
 # Keyed commands the default rule would route: other databases and cluster internals.
@@ -129,8 +131,10 @@ def classify(name: str, flags: frozenset[str], key_specs: Sequence[KeySpec]) -> 
             return kind
     if "admin" in flags:
         return Kind.DENIED
-    if "pubsub" in flags or "blocking" in flags:
-        return Kind.PINNED
+    if "pubsub" in flags:
+        return Kind.PUBSUB
+    if "blocking" in flags:
+        return Kind.BLOCKING
     keys = [spec for spec in key_specs if spec.is_key]
     if not keys:
         return Kind.DENIED
@@ -141,7 +145,7 @@ def classify(name: str, flags: frozenset[str], key_specs: Sequence[KeySpec]) -> 
 
 _OVERRIDES = (
     (Kind.LOCAL, LOCAL),
-    (Kind.PINNED, PINNED),
+    (Kind.TRANSACTION, TRANSACTION),
     (Kind.SAME_BACKEND, SAME_BACKEND),
     (Kind.DENIED, DENIED),
 )

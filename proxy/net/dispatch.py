@@ -1,9 +1,10 @@
 """Dispatch: every request but the single-key fast path, by a table from command kind to handler.
 
 As in Envoy's command splitter: SINGLE, MULTI, SAME_BACKEND and FANOUT all go to one handler that
-sends what the one planner (routing.plan.plan) planned; LOCAL to the proxy's own answers; PINNED
-and DENIED to a refusal. The checks that come first (unknown command, auth, arity, a refused
-MULTI, reserved keys) are answered in the request's place in the client's queue.
+sends what the one planner (routing.plan.plan) planned; LOCAL to the proxy's own answers;
+TRANSACTION, BLOCKING and PUBSUB to their own handlers (not supported yet: refusals); DENIED to a
+refusal. The checks that come first (unknown command, auth, arity, a refused MULTI, reserved
+keys) are answered in the request's place in the client's queue.
 """
 
 from __future__ import annotations
@@ -164,12 +165,18 @@ def answer_local(
     return None
 
 
-def refuse_pinned(
+def refuse_transaction(
     client: DispatchClient, spec: CommandSpec, args: list[bytes], slot: Slot
 ) -> bytes | None:
     if spec.name == "multi":
         client.session.set_tx_refused(True)
         return errors.multi_refused()
+    return errors.not_supported_yet(spec.name)
+
+
+def refuse_unsupported(
+    client: DispatchClient, spec: CommandSpec, args: list[bytes], slot: Slot
+) -> bytes | None:
     return errors.not_supported_yet(spec.name)
 
 
@@ -185,6 +192,8 @@ HANDLERS: dict[Kind, Handler] = {
     Kind.SAME_BACKEND: send_keyed,
     Kind.FANOUT: send_keyed,
     Kind.LOCAL: answer_local,
-    Kind.PINNED: refuse_pinned,
+    Kind.TRANSACTION: refuse_transaction,
+    Kind.BLOCKING: refuse_unsupported,
+    Kind.PUBSUB: refuse_unsupported,
     Kind.DENIED: refuse_denied,
 }

@@ -12,7 +12,7 @@ import glob
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.core import (
@@ -98,6 +98,8 @@ class BackendStats:
     reply: int = 0  # error replies (-ERR, -WRONGTYPE...) the backend sent
     busy: int = 0  # stalled connections found busy with a script (-BUSY), kept instead of failed
     local: int = 0  # connections or probes the proxy could not open itself (EMFILE, ENFILE...)
+    # Connections one client uses alone, open now, by purpose (net/dedicated.py).
+    dedicated: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def new(cls) -> BackendStats:
@@ -149,6 +151,7 @@ GAUGE_MODES: dict[str, str] = {
     "shardproxy_client_connections": "livesum",
     "shardproxy_client_max_connections": "livesum",
     "shardproxy_backend_inflight": "livesum",
+    "shardproxy_backend_dedicated_connections": "livesum",
     "shardproxy_client_memory_bytes": "livesum",
     "shardproxy_clients_throttled": "livesum",
     "shardproxy_backend_up": "livemin",  # down when any worker cannot reach it
@@ -320,7 +323,15 @@ class _LiveCollector(Collector):
             "own resources (EMFILE, ENFILE, ENOBUFS, ENOMEM); the backend's state is kept",
             labels=["backend"],
         )
+        dedicated = GaugeMetricFamily(
+            "shardproxy_backend_dedicated_connections",
+            "Backend connections one client uses alone, open now, by purpose "
+            "(blocking, watch, pubsub, stream)",
+            labels=["backend", "purpose"],
+        )
         for name, is_up, pending, stats in self.backends():
+            for purpose, count in sorted(stats.dedicated.items()):
+                dedicated.add_metric([name, purpose], count)
             up.add_metric([name], 1 if is_up else 0)
             inflight.add_metric([name], pending)
             latency.add_metric([name], stats.latency.cumulative(), stats.latency.total)
@@ -328,4 +339,4 @@ class _LiveCollector(Collector):
                 errors.add_metric([name, kind], getattr(stats, kind))
             busy.add_metric([name], stats.busy)
             local.add_metric([name], stats.local)
-        yield from (up, inflight, latency, errors, busy, local)
+        yield from (up, inflight, latency, errors, busy, local, dedicated)

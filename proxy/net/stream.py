@@ -10,19 +10,13 @@ and the client's later requests wait until this one's reply is in (see ClientCon
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from typing import Protocol
 
-from proxy import errors
 from proxy.codec.request import RequestReader
 from proxy.commands.checks import RESERVED_PREFIX
 from proxy.commands.spec import CommandSpec, Kind, lookup
-from proxy.config.schema import BackendConfig
 from proxy.net.backend import Backend
-from proxy.net.connection import BackendConnection
-from proxy.net.metrics import BackendStats
-from proxy.net.probe import os_reason
+from proxy.net.dedicated import DedicatedConnection, Purpose, open_dedicated
 from proxy.net.route import RouteTable
 from proxy.net.slot import ReplyOwner, Slot
 
@@ -35,56 +29,6 @@ class StreamClient(Protocol):
     def hold_reading(self, on: bool) -> None: ...
 
     def on_stream_done(self) -> None: ...
-
-
-class _StreamHost:
-    """The dedicated connection's view of its backend: settings, stats and busy checks are the
-    backend's; failures are the stream's alone (they never mark the backend down)."""
-
-    def __init__(self, backend: Backend, on_failed: Callable[[], None]) -> None:
-        self.backend = backend
-        self.name = backend.name
-        self.addr = backend.addr
-        self.config: BackendConfig = backend.config
-        self.stats: BackendStats = backend.stats
-        self._on_failed = on_failed
-
-    def on_connection_ready(self, conn: BackendConnection) -> None:
-        pass
-
-    def on_connection_failed(self, conn: BackendConnection, reason: str, down: bool) -> None:
-        self._on_failed()
-
-    def on_connection_busy(self, conn: BackendConnection) -> None:
-        pass
-
-    def on_connection_retired(self, conn: BackendConnection) -> None:
-        pass
-
-    def check_stalled(self, conn: BackendConnection) -> None:
-        self.backend.check_stalled(conn)
-
-
-class _StreamConnection(BackendConnection):
-    """A backend connection whose writes count as progress (a long upload is not a stall) and
-    whose write buffer pauses the client's reads."""
-
-    def __init__(self, host: _StreamHost, proto: int, stream: BulkStream) -> None:
-        super().__init__(host, proto)
-        self.stream = stream
-
-    def write_raw(self, chunk: bytes) -> None:
-        self._progress += 1
-        self.out.append(chunk)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush_out)
-
-    def pause_writing(self) -> None:
-        self.stream.on_backpressure(True)
-
-    def resume_writing(self) -> None:
-        self.stream.on_backpressure(False)
 
 
 class BulkStream(ReplyOwner):
@@ -103,15 +47,13 @@ class BulkStream(ReplyOwner):
         self._waiting: list[bytes] = [head]
         self._waiting_bytes = 0
         self._backpressure = False
-        self.conn: _StreamConnection | None = None
-        if not backend.up:
-            self._answer(backend.down_reply)
+        self.conn: DedicatedConnection | None = None
+        conn = open_dedicated(backend, proto, Purpose.STREAM, self._on_failed)
+        if isinstance(conn, bytes):  # the backend is down
+            self._answer(conn)
             return
-        host = _StreamHost(backend, self._on_failed)
-        self.conn = conn = _StreamConnection(host, proto, self)
-        task = asyncio.get_running_loop().create_task(_connect(conn, backend))
-        _TASKS.add(task)
-        task.add_done_callback(_TASKS.discard)
+        conn.on_pause = self.on_backpressure
+        self.conn = conn
 
     # -- the client's side ----------------------------------------------------------------
     def on_body(self, chunk: bytes) -> None:
@@ -147,10 +89,8 @@ class BulkStream(ReplyOwner):
 
     def cancel(self) -> None:
         """The client is gone: the backend drops the partial request with the connection."""
-        if self.conn is not None and not self.conn.closed:
-            self.conn.closed = True
-            if self.conn.transport is not None:
-                self.conn.transport.abort()
+        if self.conn is not None:
+            self.conn.release()
 
     # -- the backend's side ---------------------------------------------------------------
     def on_backpressure(self, on: bool) -> None:
@@ -179,13 +119,8 @@ class BulkStream(ReplyOwner):
         if self.finished or self.slot.reply is None or not self.body_done:
             return
         self.finished = True
-        conn = self.conn
-        if conn is not None and not conn.closed:
-            conn.closed = True
-            if conn._timer is not None:
-                conn._timer.cancel()
-            if conn.transport is not None:
-                conn.transport.close()
+        if self.conn is not None:
+            self.conn.release()
         self.client.on_stream_done()
 
 
@@ -210,16 +145,3 @@ def stream_target(reader: RequestReader, routes: RouteTable) -> tuple[CommandSpe
     parts += [b"$%d\r\n%s\r\n" % (len(a), a) for a in args]
     parts.append(b"$%d\r\n" % reader.stream_size)
     return spec, routes.backend_for(args[spec.first_key]), b"".join(parts)
-
-
-_TASKS: set[asyncio.Task[None]] = set()
-
-
-async def _connect(conn: _StreamConnection, backend: Backend) -> None:
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(backend.config.connect_timeout_ms / 1000):
-            await loop.create_connection(lambda: conn, backend.host, backend.port)
-    except (OSError, TimeoutError) as exc:
-        reason = "connect timeout" if isinstance(exc, TimeoutError) else os_reason(exc)
-        conn.fail(reason, errors.backend_unavailable(backend.name, backend.addr, reason), False)

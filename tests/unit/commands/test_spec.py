@@ -17,8 +17,8 @@ from proxy.commands.spec import (
     FANOUT_MERGES,
     LOCAL,
     MULTI_MERGES,
-    PINNED,
     SAME_BACKEND,
+    TRANSACTION,
     CommandSpec,
     Kind,
     Merge,
@@ -72,7 +72,7 @@ def test_single_key_commands_have_their_key_at_first_key(spec: CommandSpec) -> N
 
 
 def test_override_table_names_exist() -> None:
-    named = [*MULTI_MERGES, *FANOUT_MERGES, *LOCAL, *PINNED, *SAME_BACKEND, *DENIED]
+    named = [*MULTI_MERGES, *FANOUT_MERGES, *LOCAL, *TRANSACTION, *SAME_BACKEND, *DENIED]
     assert [name for name in named if name not in SPECS] == []
     assert len(named) == len(set(named)), "a command is listed in two kinds"
 
@@ -98,9 +98,10 @@ DOCUMENTED = {
     Kind.LOCAL: "ping echo quit select hello auth command command|info command|count "
     "command|getkeys command|docs info client|setname client|getname client|id client|info "
     "reset time",
-    Kind.PINNED: "multi exec discard watch unwatch blpop brpop brpoplpush blmove bzpopmin "
-    "bzpopmax blmpop bzmpop subscribe psubscribe ssubscribe unsubscribe punsubscribe "
-    "sunsubscribe publish spublish pubsub|channels",
+    Kind.TRANSACTION: "multi exec discard watch unwatch",
+    Kind.BLOCKING: "blpop brpop brpoplpush blmove bzpopmin bzpopmax blmpop bzmpop",
+    Kind.PUBSUB: "subscribe psubscribe ssubscribe unsubscribe punsubscribe sunsubscribe publish "
+    "spublish pubsub|channels",
     Kind.DENIED: "config|get config|set debug shutdown replicaof slaveof cluster|info "
     "cluster|nodes module|load save bgsave bgrewriteaof monitor sync psync migrate acl|setuser "
     "acl|whoami failover latency|latest slowlog|get client|kill client|list client|tracking "
@@ -154,7 +155,7 @@ def test_fanout_merges(name: str, merge: Merge) -> None:
 
 
 def _not_overridden(spec: CommandSpec) -> bool:
-    overrides = (MULTI_MERGES, FANOUT_MERGES, LOCAL, PINNED, SAME_BACKEND, DENIED)
+    overrides = (MULTI_MERGES, FANOUT_MERGES, LOCAL, TRANSACTION, SAME_BACKEND, DENIED)
     return not any(spec.name in names for names in overrides)
 
 
@@ -162,8 +163,10 @@ def test_flags_catch_what_the_override_table_forgot() -> None:
     for spec in filter(_not_overridden, all_specs()):
         if "admin" in spec.flags:
             assert spec.kind is Kind.DENIED, spec.name
-        elif "blocking" in spec.flags or "pubsub" in spec.flags:
-            assert spec.kind is Kind.PINNED, spec.name
+        elif "pubsub" in spec.flags:
+            assert spec.kind is Kind.PUBSUB, spec.name
+        elif "blocking" in spec.flags:
+            assert spec.kind is Kind.BLOCKING, spec.name
         elif not any(ks.is_key for ks in spec.key_specs):
             assert spec.kind is Kind.DENIED, spec.name
         else:
