@@ -22,6 +22,8 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+# setuptools explains editable installs at length on every run: nothing to act on here.
+export PYTHONWARNINGS=ignore
 if [ "$dev" = 1 ]; then
   .venv/bin/pip install -q -e '.[dev]'
 else

@@ -96,10 +96,10 @@ def _select(args: list[bytes], session: Session, view: ServerView) -> bytes:
 
 def check_password(session: Session, user: bytes | None, password: bytes) -> bytes | None:
     """None when the credentials are right (the session is then authenticated), else the error."""
-    if session.password is None:
-        if user is None or user == b"default":
-            return errors.auth_not_configured() if user is None else errors.wrongpass()
-        return errors.wrongpass()
+    if session.password is None:  # Redis's default user is `nopass`: any password is right
+        if user is None:
+            return errors.auth_not_configured()
+        return None if user == b"default" else errors.wrongpass()
     if (user is None or user == b"default") and hmac.compare_digest(
         password, session.password.encode()
     ):

@@ -95,13 +95,13 @@ def dispatch(client: DispatchClient, args: list[bytes]) -> None:
 
 def _refusal(client: DispatchClient, spec: CommandSpec, args: list[bytes]) -> bytes | None:
     session = client.session
-    if not session.authed and spec.name not in _PRE_AUTH:
-        client.host.metrics.client_errors_total.labels("auth").inc()
-        return errors.noauth()
-    if not spec.arity_ok(len(args)) or (
+    if not spec.arity_ok(len(args)) or (  # before auth, as Redis checks it
         spec.kind is Kind.MULTI and (len(args) - 1) % spec.key_step
     ):
         return arity_error(spec)
+    if not session.authed and spec.name not in _PRE_AUTH:
+        client.host.metrics.client_errors_total.labels("auth").inc()
+        return errors.noauth()
     if session.tx_refused:
         refusal = refuse_in_tx(session, spec)
         if refusal is not None:

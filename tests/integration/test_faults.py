@@ -602,3 +602,28 @@ def test_auth_then_a_big_request_in_one_write(
         pc.send(payload)
         rc.send(payload)
         assert [pc.read_reply()[0] for _ in range(3)] == [rc.read_reply()[0] for _ in range(3)]
+
+
+def test_auth_without_a_password_replies_like_redis(
+    shared_proxy: ProxyThread, reference: RedisServer
+) -> None:
+    # Redis's default user is `nopass`: AUTH default <anything> is OK; AUTH <password> alone is
+    # an error saying no password is configured; another user is WRONGPASS.
+    script = [["AUTH", "default", "x"], ["AUTH", "x"], ["AUTH", "nobody", "x"], ["PING"]]
+    with RespConn(shared_proxy.port) as pc, RespConn(reference.port) as rc:
+        assert [pc.call(*c)[0] for c in script] == [rc.call(*c)[0] for c in script]
+        for conn in (pc, rc):
+            raw, hello = conn.call("HELLO", "3", "AUTH", "default", "anything")
+            assert isinstance(hello, Agg) and hello.kind == "%", raw
+
+
+def test_arity_is_checked_before_auth_like_redis(
+    servers: list[RedisServer], locked_reference: RedisServer
+) -> None:
+    script = [["GET"], ["SET", "k"], ["PING", "a", "b"], ["GET", "k"], ["NOSUCH", "x"]]
+    with (
+        fault_proxy([servers[0].addr], "client:\n  password: s3cret\n") as proxy,
+        RespConn(proxy.port) as pc,
+        RespConn(locked_reference.port) as rc,
+    ):
+        assert [pc.call(*c)[0] for c in script] == [rc.call(*c)[0] for c in script]
