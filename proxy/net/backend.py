@@ -182,10 +182,26 @@ class Backend:
         self._busy.discard(conn)
         if self.closed or not down:
             return
+        idle = self._reconnect is None or self._reconnect.done()
+        if self.up and reason != "timeout":
+            # A dropped connection: reconnect at once; down only if that fails (a connection
+            # killed on its own must not fail every key of a healthy backend for a while).
+            if idle:
+                self._reconnect = asyncio.get_running_loop().create_task(
+                    self._reconnect_now(reason)
+                )
+            return
         if self.up:
             self._mark_down(reason)
-        if self._reconnect is None or self._reconnect.done():
+        if idle:
             self._reconnect = asyncio.get_running_loop().create_task(self._probe())
+
+    async def _reconnect_now(self, reason: str) -> None:
+        if await self.ping():
+            return  # the next request opens a new connection
+        if not self.closed:
+            self._mark_down(reason)
+            await self._probe()
 
     def _mark_up(self) -> None:
         self.up = True
