@@ -1,17 +1,24 @@
 """The embedded default: N local redis-server backends on free loopback ports, data in a temp
-dir, and a generated config for them. Used by `shardproxy serve --local N`; stopped on exit."""
+dir, and a generated config for them. Used by `shardproxy serve --local N`; stopped on exit.
+A backend that dies is reaped and started again on its port (a watcher thread), never left a
+zombie while the proxy reports it down."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 START_TIMEOUT_S = 10.0
+WATCH_INTERVAL_S = 0.5  # how often the backends are checked for one that exited
+
+log = logging.getLogger("shardproxy.embedded")
 
 
 class EmbeddedError(Exception):
@@ -41,6 +48,10 @@ class LocalBackends:
     ports: list[int] = field(default_factory=list)
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _dir: str = ""
+    _binary: str = ""
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _watcher: threading.Thread | None = None
+    restarts: int = 0  # backends started again after they exited
 
     def start(self) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -48,21 +59,42 @@ class LocalBackends:
             raise EmbeddedError(
                 "redis-server not found; install it (Debian: apt-get install redis-server)"
             )
+        self._binary = binary
         self._dir = tempfile.mkdtemp(prefix="shardproxy-local-")
         try:
             for i in range(self.count):
                 port = _free_port()
-                data = Path(self._dir) / f"r{i + 1}"
-                data.mkdir()
-                args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-                args += ["--appendonly", "no", "--dir", str(data), "--daemonize", "no"]
-                proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                self._procs.append(proc)
+                (Path(self._dir) / f"r{i + 1}").mkdir()
+                self._procs.append(self._spawn(i, port))
                 self.ports.append(port)
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
+        self._watcher = threading.Thread(target=self._watch, name="local-backends", daemon=True)
+        self._watcher.start()
+
+    def _spawn(self, index: int, port: int) -> subprocess.Popen[bytes]:
+        data = Path(self._dir) / f"r{index + 1}"
+        args = [self._binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(data), "--daemonize", "no"]
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def _watch(self) -> None:
+        """Reap a backend that exited and start it again on its port (empty: no persistence)."""
+        while not self._stopping.wait(WATCH_INTERVAL_S):
+            for i, proc in enumerate(list(self._procs)):
+                code = proc.poll()  # reaps it
+                if code is None or self._stopping.is_set():
+                    continue
+                log.warning(
+                    "embedded redis-server r%d (port %d) exited with %s: starting it again",
+                    i + 1,
+                    self.ports[i],
+                    code,
+                )
+                self._procs[i] = self._spawn(i, self.ports[i])
+                self.restarts += 1
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -90,6 +122,10 @@ class LocalBackends:
         )
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
+            self._watcher = None
         for proc in self._procs:
             if proc.poll() is None:
                 proc.terminate()

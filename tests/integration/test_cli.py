@@ -85,6 +85,49 @@ def test_serve_local_spawns_and_stops_backends() -> None:
     wait_until(lambda: not any(port_open(p) for p in backend_ports), 10, "backends stopped")
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_serve_local_restarts_a_dead_backend() -> None:
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--local", "2", "--listen", f"127.0.0.1:{port}", "--admin",
+         f"127.0.0.1:{admin}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: port_open(port), 20, "proxy listening")
+        status = _http_json(admin, "/status")
+        backends = status["backends"]
+        assert isinstance(backends, list)
+        victim = int(backends[0]["addr"].rsplit(":", 1)[1])
+        old_pid = int(redis.Redis(port=victim).info("server")["process_id"])
+        os.kill(old_pid, signal.SIGKILL)
+
+        def restarted() -> bool:
+            try:
+                return int(redis.Redis(port=victim).info("server")["process_id"]) != old_pid
+            except redis.ConnectionError:
+                return False
+
+        wait_until(restarted, 10, "the dead backend started again on its port")
+        assert not _zombie(old_pid)  # reaped, not left a zombie
+        r = redis.Redis(port=port)
+        wait_until(lambda: all(b["up"] for b in _http_json(admin, "/status")["backends"]), 10)
+        for i in range(20):
+            assert r.set(f"after{i}", i) and r.get(f"after{i}") == str(i).encode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert "starting it again" in err
+
+
 def test_serve_config_file(backends3: list[RedisServer], tmp_path: Path) -> None:
     port, admin = free_port(), free_port()
     cfg = tmp_path / "p.yaml"
