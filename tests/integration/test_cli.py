@@ -10,6 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 import redis
 
 from tests.support.processes import RedisServer, free_port, port_open, wait_until
@@ -78,10 +79,23 @@ def test_serve_local_spawns_and_stops_backends() -> None:
         assert isinstance(backends, list) and len(backends) == 2
         backend_ports = [int(b["addr"].rsplit(":", 1)[1]) for b in backends]
         assert all(port_open(p) for p in backend_ports)
+        # The proxy's own backend user has the ACL line: a script cannot escape the deny list.
+        with pytest.raises(redis.ResponseError):
+            r.eval("return redis.call('FLUSHALL')", 1, "k0")
+        assert r.dbsize() == 50
+        wait_until(
+            lambda: all(
+                b["acl"] == "restricted as recommended"
+                for b in _http_json(admin, "/status")["backends"]
+            ),
+            10,
+            "the ACL check",
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0
+    assert "backend user allows" not in err
     wait_until(lambda: not any(port_open(p) for p in backend_ports), 10, "backends stopped")
 
 
@@ -118,9 +132,14 @@ def test_serve_local_restarts_a_dead_backend() -> None:
         wait_until(restarted, 10, "the dead backend started again on its port")
         assert not _zombie(old_pid)  # reaped, not left a zombie
         r = redis.Redis(port=port)
-        wait_until(lambda: all(b["up"] for b in _http_json(admin, "/status")["backends"]), 10)
-        for i in range(20):
-            assert r.set(f"after{i}", i) and r.get(f"after{i}") == str(i).encode()
+
+        def serves_every_key() -> bool:
+            try:
+                return all(r.set(f"after{i}", i) for i in range(20))
+            except redis.ResponseError:  # until the proxy's user is back on the new process
+                return False
+
+        wait_until(serves_every_key, 15, "every key served again")
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
