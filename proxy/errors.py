@@ -180,10 +180,6 @@ def max_clients() -> bytes:
     return _err("ERR max number of clients reached")
 
 
-def blocking_option(command: str) -> bytes:
-    return _err(f"ERR '{command}' with BLOCK is not supported by shardproxy yet")
-
-
 def reserved_key(command: str) -> bytes:
     return _err(
         f"ERR '{command}' refused: keys under '__shardproxy:' are reserved for shardproxy's "
@@ -253,3 +249,11 @@ def acl_refused(bad: Iterable[str]) -> str:
 def lease_lost(owner: str) -> str:
     """A backfill stopped because another runner holds its lease ("" when unknown)."""
     return f"lost the lease to {owner or 'another runner'}"
+
+
+def blocking_in_migration(command: str) -> bytes:
+    return _err(
+        f"ERR '{command}' with BLOCK is refused while a migration writes both pools: what it "
+        "takes on one side cannot be mirrored on the other; retry after the migration, or "
+        "without BLOCK"
+    )

@@ -55,7 +55,11 @@ KIND_TITLES = {
         "transactions (not supported yet)",
         "MULTI is refused, and every command after it up to EXEC or DISCARD too, unrun.",
     ),
-    "BLOCKING": ("blocking (not supported yet)", "need a backend connection of their own."),
+    "BLOCKING": (
+        "blocking",
+        "each waits on a backend connection of its own (XREAD and XREADGROUP with BLOCK too); "
+        "keys on one backend, else CROSSSLOT.",
+    ),
     "PUBSUB": ("pub/sub (not supported yet)", "need subscriber connections of their own."),
     "DENIED": ("denied", "refused with an error: admin, replication, cluster, other databases."),
 }

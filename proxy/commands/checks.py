@@ -2,7 +2,7 @@
 
 Keys under the reserved prefix belong to the proxy alone (a migration's lease, cursors and gate):
 refused in every client command that names them as keys (and hidden from KEYS and SCAN, by
-routing/merge.py). Some same-backend forms cannot be proxied as sent: XREAD BLOCK, COPY ... DB,
+routing/merge.py). Some same-backend forms cannot be proxied as sent: COPY ... DB,
 SORT with BY/GET patterns. Pure.
 """
 
@@ -21,7 +21,7 @@ def is_reserved(key: bytes) -> bool:
     return key.startswith(RESERVED_PREFIX)
 
 
-_KEYED = frozenset({Kind.SINGLE, Kind.MULTI, Kind.SAME_BACKEND})
+_KEYED = frozenset({Kind.SINGLE, Kind.MULTI, Kind.SAME_BACKEND, Kind.BLOCKING})
 
 
 def refusal_before_routing(spec: CommandSpec, args: list[bytes]) -> bytes | None:
@@ -40,10 +40,8 @@ def refusal_before_routing(spec: CommandSpec, args: list[bytes]) -> bytes | None
 
 
 def same_backend_refusal(spec: CommandSpec, args: list[bytes]) -> bytes | None:
-    """Why a same-backend command cannot be proxied as sent (the error to answer), or None: an
-    XREAD BLOCK would hold a shared backend connection; see also _cross_database_option."""
-    if _has_block_option(spec, args):
-        return errors.blocking_option(spec.name)
+    """Why a same-backend command cannot be proxied as sent (the error to answer), or None: see
+    _cross_database_option. (XREAD BLOCK is sent as a blocking command: has_block_option.)"""
     return _cross_database_option(spec, args)
 
 
@@ -65,7 +63,8 @@ def _cross_database_option(spec: CommandSpec, args: list[bytes]) -> bytes | None
     return None
 
 
-def _has_block_option(spec: CommandSpec, args: list[bytes]) -> bool:
+def has_block_option(spec: CommandSpec, args: list[bytes]) -> bool:
+    """XREAD and XREADGROUP with BLOCK: they wait on a connection of their own (net/blocking)."""
     if spec.name not in ("xread", "xreadgroup"):
         return False
     return any(a.upper() == b"BLOCK" for a in args[1:])

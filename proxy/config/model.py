@@ -91,6 +91,7 @@ class BackendConfig:
     retry_backoff_ms: int = 100  # first reconnect delay, doubled per failure
     retry_backoff_max_ms: int = 5000  # reconnect delay cap
     acl_check: str = "warn"  # one of ACL_CHECKS: the backend user's ACL at start and reload
+    max_blocking_connections: int = 128  # per backend: clients blocked at once (BLPOP ...)
 
 
 @dataclass(frozen=True, slots=True)

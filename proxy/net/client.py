@@ -11,6 +11,8 @@ A request's walk (all synchronous callbacks, no task per request):
           huge    -> net/slicer: a slice per loop iteration; later requests wait
           local   -> commands/local.run_local: the slot is filled at once
       big value (>= 1 MiB last)  : net/stream.BulkStream, a connection of its own
+      blocking (BLPOP, XREAD BLOCK): net/blocking.BlockingCall, a connection of its own; sent
+                                 once at the head, later requests held until its reply
     net/connection.BackendConnection fills slots -> Slot.owner.flush() -> net/replies.ReplyQueue
     writes from the head of `pending` while the head is answered: replies keep request order;
     fan-out replies are merged by routing/merge.py first (net/forwarder.Gather).
@@ -33,6 +35,7 @@ from proxy.commands.checks import RESERVED_PREFIX
 from proxy.commands.local import Session
 from proxy.commands.spec import PLAIN, CommandSpec
 from proxy.config.schema import ClientConfig
+from proxy.net.blocking import BlockingCall
 from proxy.net.dispatch import NOT_FAST, DispatchHost, Known, dispatch, fast_entry
 from proxy.net.metrics import CommandStats
 from proxy.net.replies import ReplyQueue
@@ -76,6 +79,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         self._hold = False  # dispatch nothing now: writes paused, or a stream's reply awaited
         self._yielding = False  # reading paused until the next loop iteration (_yield_reading)
         self._sliced: SlicedRequest | None = None  # a huge request still being sent
+        self._blocking: BlockingCall | None = None  # BLPOP ...: later requests wait for it
         # Cache of host.metrics.command_stats by command name (CommandSpec's own hash is slow).
         self._stats: dict[str, CommandStats] = {}
         # The fast path's view of each command name this client sent (see _learn).
@@ -103,13 +107,18 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._stream is not None:
             self._stream.cancel()
+        if self._blocking is not None:
+            self._blocking.cancel()  # the backend is no longer blocked on its behalf
         self.host.migration.drop_waiting(self.client_id)  # deferred behind the fence: dropped
         self.closed = True
         self.pending.clear()  # replies still owed by backends are dropped when they arrive
         self.host.clients.discard(self)
 
     def eof_received(self) -> bool:
-        """Half-close: answer what was asked, then close (as Redis does)."""
+        """Half-close: answer what was asked, then close (as Redis does); a client blocked
+        in BLPOP ... is gone at once (its call ends with the transport: connection_lost)."""
+        if self._blocking is not None:
+            return False
         self.close()
         return True
 
@@ -119,7 +128,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self._hold = self._stream is not None
+        self._hold = self._stream is not None or self._blocking is not None
         if self._backlog is not None:
             asyncio.get_running_loop().call_soon(self._resume_backlog)
         else:
@@ -273,7 +282,8 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
     # -- big values streamed through (proxy.stream) ---------------------------------------
     def _streamable(self, head: list[bytes]) -> bool:
         """RequestReader.stream_gate: only on the fast path (no migration, no refused MULTI)."""
-        return self.session.direct and self.host.routes.fast and streamable(head)
+        direct = self.session.direct and self._blocking is None
+        return direct and self.host.routes.fast and streamable(head)
 
     def _start_stream(self) -> None:
         """The reader stopped at a streamed value: its request takes its place in the queue;
@@ -318,6 +328,24 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
             self._start_stream()
             self._update_reading()
 
+    # -- blocking commands (net/blocking.py) ----------------------------------------------
+    def begin_blocking(self, call: BlockingCall) -> None:
+        """Dispatch made `call`: later requests wait for its reply (held, as for a stream)."""
+        self._blocking = call
+        self._hold = True
+        call.on_done = self._on_blocking_done
+        if self.pending and self.pending[0] is call.slot:
+            call.at_head()
+
+    def _on_blocking_done(self) -> None:
+        self._blocking = None
+        self._hold = self.write_paused or self._stream is not None
+        if self._backlog is not None:
+            self._pending_paused = True
+            asyncio.get_running_loop().call_soon(self._resume_backlog)
+        else:
+            self._update_reading()
+
     # -- the proxy-wide memory guard (proxy.memory.Holder) ----------------------------------
     def held_bytes(self) -> int:
         """Unread and owed replies (ReplyQueue), and requests not yet complete."""
@@ -338,6 +366,8 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
             self._limit = 0  # see _wait_for_slices
         if self._stream is not None and pending and pending[0] is self._stream.slot:
             self._stream.at_head()
+        if self._blocking is not None and pending and pending[0] is self._blocking.slot:
+            self._blocking.at_head()
         if self.session.closing and not pending and self._backlog is None:
             transport.close()
             self.closed = True

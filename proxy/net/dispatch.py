@@ -2,8 +2,8 @@
 
 As in Envoy's command splitter: SINGLE, MULTI, SAME_BACKEND and FANOUT all go to one handler that
 sends what the one planner (routing.plan.plan) planned; LOCAL to the proxy's own answers;
-TRANSACTION, BLOCKING and PUBSUB to their own handlers (not supported yet: refusals); DENIED to a
-refusal. The checks that come first (unknown command, auth, arity, a refused MULTI, reserved
+BLOCKING to net/blocking.py; TRANSACTION and PUBSUB to their own handlers (refusals yet); DENIED
+to a refusal. The checks that come first (unknown command, auth, arity, a refused MULTI, reserved
 keys) are answered in the request's place in the client's queue.
 """
 
@@ -15,9 +15,10 @@ from typing import Protocol
 
 from proxy import errors
 from proxy.codec.resp import OK, encode_request
-from proxy.commands.checks import refusal_before_routing
+from proxy.commands.checks import has_block_option, refusal_before_routing
 from proxy.commands.local import ServerView, Session, run_local, wants_keyspace
 from proxy.commands.spec import PLAIN, CommandSpec, Kind, arity_error, lookup, unknown_error
+from proxy.net.blocking import BlockingCall, open_blocking
 from proxy.net.dualwrite import send_planned
 from proxy.net.fence import MigrationState
 from proxy.net.forwarder import send_info
@@ -58,6 +59,8 @@ class DispatchClient(Protocol):
     def reject(self, reply: bytes, label: str) -> None: ...
 
     def begin_slices(self, request: SliceRequest, slot: Slot) -> None: ...
+
+    def begin_blocking(self, call: BlockingCall) -> None: ...
 
 
 def fast_entry(name: bytes, stats_for: Callable[[CommandSpec], CommandStats]) -> Known:
@@ -142,6 +145,8 @@ def send_keyed(
     if spec.needs_flush_permission and not host.allow_flush:
         return errors.flush_disabled(spec.name)
     proto = client.session.proto
+    if has_block_option(spec, args):  # XREAD(GROUP) ... BLOCK
+        return send_blocking(client, spec, args, slot)
     if wants_slices(spec, args):
         client.begin_slices(SliceRequest(spec, args, proto, client.client_id), slot)
         return None
@@ -174,6 +179,19 @@ def refuse_transaction(
     return errors.not_supported_yet(spec.name)
 
 
+def send_blocking(
+    client: DispatchClient, spec: CommandSpec, args: list[bytes], slot: Slot
+) -> bytes | None:
+    """BLPOP ... XREAD BLOCK: on a backend connection of the client's own (net/blocking.py)."""
+    host = client.host
+    proto = client.session.proto
+    call = open_blocking(spec, args, slot, host.routes, host.migration, proto)
+    if isinstance(call, bytes):
+        return call
+    client.begin_blocking(call)
+    return None
+
+
 def refuse_unsupported(
     client: DispatchClient, spec: CommandSpec, args: list[bytes], slot: Slot
 ) -> bytes | None:
@@ -193,7 +211,7 @@ HANDLERS: dict[Kind, Handler] = {
     Kind.FANOUT: send_keyed,
     Kind.LOCAL: answer_local,
     Kind.TRANSACTION: refuse_transaction,
-    Kind.BLOCKING: refuse_unsupported,
+    Kind.BLOCKING: send_blocking,
     Kind.PUBSUB: refuse_unsupported,
     Kind.DENIED: refuse_denied,
 }

@@ -155,10 +155,10 @@ def _send(
 ) -> None:
     send_plan(dual.primary, routes, slot, proto, 0)
     if dual.secondary is not None:
-        _send_secondary(dual.secondary, dual.keys, routes, state)
+        send_secondary(dual.secondary, dual.keys, routes, state)
 
 
-def _send_secondary(
+def send_secondary(
     secondary: Plan, keys: tuple[bytes, ...], routes: RouteTable, state: MigrationState
 ) -> None:
     sink = _SecondarySink(state, keys, len(secondary.fragments))

@@ -12,6 +12,7 @@ import logging
 
 from proxy.config.schema import BackendConfig
 from proxy.net.backend import Backend
+from proxy.net.blocking import close_idle
 from proxy.net.route import RouteTable, build_route_table
 from proxy.routing.topology import Topology
 
@@ -59,6 +60,7 @@ class BackendPool:
         finally:  # also when the proxy stops mid-drain: never leave its connections open
             log.info("closing removed backend %s (%s)", backend.name, backend.addr)
             await backend.close()
+            close_idle(backend)
 
     async def close(self) -> None:
         for task in list(self._draining):
@@ -67,4 +69,5 @@ class BackendPool:
                 await task
         for backend in self.backends.values():
             await backend.close()
+            close_idle(backend)
         self.backends.clear()

@@ -149,7 +149,7 @@ client: {password: s3cret, max_connections: 5, max_pending_requests: 6,
          max_output_buffer_bytes: 7, max_memory_bytes: 9, idle_timeout_s: 1.5}
 backend: {connect_timeout_ms: 10, command_timeout_ms: 20, username: u, password: pw,
           connections: 2, health_check_interval_ms: 30, failure_threshold: 4,
-          retry_backoff_ms: 40, retry_backoff_max_ms: 50}
+          retry_backoff_ms: 40, retry_backoff_max_ms: 50, max_blocking_connections: 60}
 pools:
   old: {hash: md5, distribution: modula, hash_tag: "", servers: ['127.0.0.1:1']}
   new: {hash: fnv1a_64, hash_tag: "<>", servers: ['127.0.0.1:1', '127.0.0.1:2']}
@@ -167,7 +167,9 @@ migration:
     assert (config.workers, config.log_format, config.log_level) == (4, "json", "debug")
     assert (config.slowlog_ms, config.allow_flush) == (2.5, True)
     assert config.client == ClientConfig("s3cret", 5, 6, 7, 9, 1.5)
-    assert config.backend == BackendConfig(10, 20, "u", "pw", 2, 30, 4, 40, 50)
+    assert config.backend == BackendConfig(
+        10, 20, "u", "pw", 2, 30, 4, 40, 50, max_blocking_connections=60
+    )
     old, new = config.pool("old"), config.pool("new")
     assert (old.hash, old.distribution, old.hash_tag) == ("md5", "modula", "")
     assert (new.hash, new.distribution, new.hash_tag) == ("fnv1a_64", "ketama", "<>")

@@ -203,7 +203,8 @@ def test_first_error_wins() -> None:
         ([b"GET", b"__shardproxy:m:backfill"], True),
         ([b"MGET", b"a", b"__shardproxy:x"], True),
         ([b"EVAL", b"return 1", b"1", b"__shardproxy:x"], True),
-        ([b"XREAD", b"BLOCK", b"0", b"STREAMS", b"s", b"0"], True),
+        ([b"XREAD", b"BLOCK", b"0", b"STREAMS", b"s", b"0"], False),  # sent as blocking
+        ([b"BLPOP", b"a", b"__shardproxy:x", b"0"], True),
         ([b"SORT", b"k", b"BY", b"w_*"], True),
         ([b"COPY", b"a", b"b", b"DB", b"1"], True),
         ([b"GET", b"a"], False),

@@ -1,0 +1,192 @@
+"""Blocking commands (BLPOP BRPOP BLMOVE BRPOPLPUSH BLMPOP BZPOPMIN BZPOPMAX BZMPOP, XREAD and
+XREADGROUP with BLOCK), each on a backend connection of its client's own, never a shared one.
+
+Order: the call is sent once every earlier request of its client is answered (so an LPUSH sent
+before it has run), and the client's later requests wait until its reply is in (the client
+holds them, as for a stream). A client that goes away releases the connection at once: the
+backend forgets the blocked call with it. Connections that answered are kept idle, a few per
+backend and protocol, for the next call. During a migration the call runs on the read side;
+what it popped there is popped on the other side too (net/mirror.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from proxy import errors
+from proxy.codec.resp import encode_request, is_error
+from proxy.commands.spec import CommandSpec
+from proxy.net.backend import Backend
+from proxy.net.dedicated import DedicatedConnection, Purpose, open_dedicated
+from proxy.net.fence import MigrationState
+from proxy.net.mirror import Popped, mirror_pop, mirrorable
+from proxy.net.route import RouteTable
+from proxy.net.slot import ReplyOwner, Slot
+from proxy.routing.plan import plan_same_backend
+
+IDLE_PER_BACKEND = 8  # idle blocking connections kept per backend and protocol
+
+
+class _Lease:
+    """One blocking connection and the call using it now (None: idle in the cache)."""
+
+    def __init__(self, backend: Backend, proto: int) -> None:
+        self.backend = backend
+        self.proto = proto
+        self.call: BlockingCall | None = None
+        self.conn: DedicatedConnection | None = None
+
+    def on_failed(self) -> None:
+        if self.call is not None:
+            self.call.on_conn_failed()
+        else:
+            _forget_idle(self)
+
+
+_IDLE: dict[tuple[Backend, int], list[_Lease]] = {}
+
+
+def _take_idle(backend: Backend, proto: int) -> _Lease | None:
+    idle = _IDLE.get((backend, proto))
+    while idle:
+        lease = idle.pop()
+        if lease.conn is not None and not lease.conn.closed:
+            return lease
+    return None
+
+
+def _keep_idle(lease: _Lease) -> None:
+    conn = lease.conn
+    assert conn is not None
+    idle = _IDLE.setdefault((lease.backend, lease.proto), [])
+    if lease.backend.closed or conn.closed or len(idle) >= IDLE_PER_BACKEND:
+        conn.release()
+        return
+    lease.call = None
+    idle.append(lease)
+
+
+def _forget_idle(lease: _Lease) -> None:
+    idle = _IDLE.get((lease.backend, lease.proto))
+    if idle is not None and lease in idle:
+        idle.remove(lease)
+
+
+def close_idle(backend: Backend) -> None:
+    """The backend is closed (removed, or the proxy stops): close its idle connections."""
+    for proto in (2, 3):
+        for lease in _IDLE.pop((backend, proto), []):
+            if lease.conn is not None:
+                lease.conn.release()
+
+
+def idle_count(backend: Backend, proto: int) -> int:
+    return len(_IDLE.get((backend, proto), ()))
+
+
+class BlockingCall(ReplyOwner):
+    """One blocking request: its reply lands in `slot`, in the client's queue."""
+
+    def __init__(self, lease: _Lease, payload: bytes, slot: Slot, popped: Popped | None) -> None:
+        super().__init__()
+        self.lease = lease
+        self.slot = slot
+        self.inner = Slot(self, None, 0.0)  # the dedicated connection's reply slot
+        self.payload = payload
+        self.popped = popped  # during a migration: where a pop happens, to mirror it
+        self.on_done: Callable[[], None] | None = None  # set by the client (begin_blocking)
+        self.sent = False
+        self.finished = False
+        lease.call = self
+
+    def at_head(self) -> None:
+        """Every earlier request of the client is answered: send the call."""
+        if self.sent or self.finished:
+            return
+        self.sent = True
+        conn = self.lease.conn
+        if conn is None or conn.closed:
+            backend = self.lease.backend
+            reason = "connection closed"
+            self._finish(errors.backend_unavailable(backend.name, backend.addr, reason), False)
+            return
+        conn.send(self.payload, self.inner)
+
+    def cancel(self) -> None:
+        """The client is gone: closing the connection ends the call on the backend too."""
+        if not self.finished:
+            self.finished = True
+            if self.lease.conn is not None:
+                self.lease.conn.release()
+
+    def flush(self) -> None:  # ReplyOwner: the dedicated connection answered
+        self.dirty = False
+        if self.inner.reply is not None:
+            self._finish(self.inner.reply, True)
+
+    def on_conn_failed(self) -> None:
+        reply = self.inner.reply
+        if reply is not None:
+            self._finish(reply, False)
+        elif self.sent:  # failed before the call went out: answered by at_head otherwise
+            backend = self.lease.backend
+            self._finish(errors.backend_unavailable(backend.name, backend.addr, "failed"), False)
+
+    def _finish(self, reply: bytes, healthy: bool) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        conn = self.lease.conn
+        if healthy and conn is not None and not conn.closed:
+            _keep_idle(self.lease)
+        elif conn is not None:
+            conn.release()
+        if self.popped is not None and not is_error(reply):
+            mirror_pop(self.popped, reply)
+        self.slot.answer(reply)
+        if self.on_done is not None:
+            self.on_done()
+
+
+def open_blocking(
+    spec: CommandSpec,
+    args: list[bytes],
+    slot: Slot,
+    routes: RouteTable,
+    state: MigrationState,
+    proto: int,
+) -> BlockingCall | bytes:
+    """The call for `args` on a connection of its own (idle or new), or the error to answer:
+    keys on different backends, a pop that cannot be mirrored now, the backend down or its
+    blocking connections all in use."""
+    addr = _blocking_target(spec, args, routes)
+    if isinstance(addr, bytes):
+        return addr
+    backend = routes.backends[addr]
+    lease = _take_idle(backend, proto)
+    if lease is None:
+        lease = _Lease(backend, proto)
+        limit = backend.config.max_blocking_connections
+        conn = open_dedicated(
+            backend, proto, Purpose.BLOCKING, lease.on_failed, limit=limit, watch_stalls=False
+        )
+        if isinstance(conn, bytes):
+            return conn
+        lease.conn = conn
+    popped = None
+    if not routes.fast and routes.secondary_writes and spec.write:
+        popped = Popped(spec, args, addr, state)
+    return BlockingCall(lease, encode_request(args), slot, popped)
+
+
+def _blocking_target(spec: CommandSpec, args: list[bytes], routes: RouteTable) -> str | bytes:
+    """The address the call runs on (the read side's owner of its keys), or the refusal."""
+    pools = [routes.read]
+    if not routes.fast and routes.secondary_writes and spec.write:
+        if not mirrorable(spec):
+            return errors.blocking_in_migration(spec.name)
+        pools.append(routes.other)  # the mirrored pop needs the keys together there too
+    plan = plan_same_backend(spec, args, pools)
+    if plan.error is not None:
+        return plan.error
+    return plan.fragments[0].addr
