@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Run units of Redis's own Tcl test suite against a running server or proxy, and count the
+# results. Needs tclsh and a Redis source tree of the backends' version (tests/, runtest):
+#   scripts/redis_suite.sh /path/to/redis-7.0.15 6380 unit/multi unit/pubsub unit/type/list
+# Tests that need what no proxy offers (DEBUG, replication, CONFIG of maxmemory, SAVE...) are
+# skipped by tag; --singledb, since the proxy serves db 0. Prints "unit: N ok, N err, exception".
+# The suite cleans up with FLUSHALL and FUNCTION FLUSH between units: the proxy needs
+# allow_flush: true, and FUNCTION FLUSH (not allowed through the proxy yet) stops it for now.
+set -euo pipefail
+src=$1 port=$2
+shift 2
+cd "$src"
+mkdir -p src
+for bin in redis-server redis-cli redis-benchmark; do
+  [ -e "src/$bin" ] || ln -sf "$(command -v $bin)" "src/$bin"
+done
+deny="-needs:debug -needs:repl -needs:config-maxmemory -needs:config-resetstat -needs:reset"
+deny="$deny -needs:save -needs:pfdebug -needs:local-process -needs:latency -external:skip"
+for unit in "$@"; do
+  out=$(timeout 600 ./runtest --host 127.0.0.1 --port "$port" --singledb --clients 1 \
+        --tags "$deny" --single "$unit" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' || true)
+  ok=$(grep -c '\[ok\]' <<<"$out" || true)
+  err=$(grep -c '\[err\]' <<<"$out" || true)
+  exc=$(grep -c '\[exception\]' <<<"$out" || true)
+  echo "$unit: $ok ok, $err err, $exc exception"
+  if [ "${VERBOSE:-0}" = 1 ]; then grep -E '\[(err|exception)\]' -A3 <<<"$out" || true; fi
+done
