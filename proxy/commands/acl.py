@@ -17,7 +17,7 @@ from proxy.commands.spec import Kind, all_specs
 
 CATEGORIES = command_table.ACL_CATEGORIES
 DENIED_CATEGORIES = ("admin", "dangerous")
-FLUSH = frozenset({"flushall", "flushdb"})
+FLUSH = frozenset({"flushall", "flushdb", "function|flush"})
 # Sent by the proxy and its jobs on their own (handshake, health, INFO keyspace, COMMAND, the
 # backfill, big-key copy, verifier, cleanup, lease scripts, the ACL check's own EVAL).
 PROXY_SENDS = frozenset(

@@ -65,8 +65,9 @@ FANOUT_MERGES: Mapping[str, Merge] = {
     "function|kill": Merge.KILL,
     "flushdb": Merge.OK,
     "flushall": Merge.OK,
+    "function|flush": Merge.OK,  # every backend's functions, like FLUSHALL its keys
 }
-NEEDS_FLUSH_PERMISSION = frozenset({"flushdb", "flushall"})
+NEEDS_FLUSH_PERMISSION = frozenset({"flushdb", "flushall", "function|flush"})
 LOCAL = frozenset(
     {
         "ping", "echo", "quit", "select", "hello", "auth", "reset", "info",

@@ -211,3 +211,22 @@ def test_idle_clients_closed_busy_ones_kept(backends3: list[RedisServer]) -> Non
         assert idle_closed_at >= 1.5, idle_closed_at
         busy.sendall(b"PING\r\n")
         assert busy.recv(64) == b"+PONG\r\n"
+
+
+LIBRARY = "#!lua name=lib\nredis.register_function('one', function() return 1 end)"
+
+
+def test_function_flush_fans_out_only_when_flushing_is_allowed(
+    backends3: list[RedisServer],
+) -> None:
+    for s in backends3:
+        s.client().function_load(LIBRARY, replace=True)
+    with (
+        proxy_for([b.addr for b in backends3]) as p,
+        pytest.raises(redis.ResponseError, match="allow_flush"),
+    ):
+        redis.Redis(port=p.port).function_flush()
+    assert all(s.client().function_list() for s in backends3)
+    with proxy_for([b.addr for b in backends3], "allow_flush: true\n") as p:
+        assert redis.Redis(port=p.port).function_flush() is True
+    assert not any(s.client().function_list() for s in backends3)

@@ -55,7 +55,7 @@ def test_every_spec_is_consistent(spec: CommandSpec) -> None:
     assert spec.name == spec.name.lower() == spec.label
     assert spec.write == ("write" in spec.flags)
     assert (spec.merge is not None) == (spec.kind in (Kind.MULTI, Kind.FANOUT))
-    assert spec.needs_flush_permission == (spec.name in ("flushdb", "flushall"))
+    assert spec.needs_flush_permission == (spec.name in ("flushdb", "flushall", "function|flush"))
     assert spec.arity != 0
 
 
@@ -94,7 +94,7 @@ DOCUMENTED = {
     "evalsha eval_ro fcall fcall_ro sort sort_ro georadius georadiusbymember xread xreadgroup "
     "lmpop zmpop sintercard lcs",
     Kind.FANOUT: "dbsize keys scan script|load script|exists script|flush script|kill "
-    "function|kill flushdb flushall",
+    "function|kill flushdb flushall function|flush",
     Kind.LOCAL: "ping echo quit select hello auth command command|info command|count "
     "command|getkeys command|docs info client|setname client|getname client|id client|info "
     "reset time",
@@ -106,7 +106,7 @@ DOCUMENTED = {
     "cluster|nodes module|load save bgsave bgrewriteaof monitor sync psync migrate acl|setuser "
     "acl|whoami failover latency|latest slowlog|get client|kill client|list client|tracking "
     "client|pause client|reply swapdb move wait randomkey lastsave role function|load "
-    "function|list function|flush script|debug object|help readonly readwrite "
+    "function|list script|debug object|help readonly readwrite "
     "asking restore-asking pfdebug lolwut",
 }
 
