@@ -91,6 +91,7 @@ class BackendConfig:
     retry_backoff_ms: int = 100  # first reconnect delay, doubled per failure
     retry_backoff_max_ms: int = 5000  # reconnect delay cap
     acl_check: str = "warn"  # one of ACL_CHECKS: the backend user's ACL at start and reload
+    max_watch_connections: int = 256  # dedicated WATCH connections per backend (net/transaction)
 
 
 @dataclass(frozen=True, slots=True)
