@@ -261,6 +261,7 @@ class Block(ReplyOwner):
         self.slots = [Slot(self, None, slot.start) for _ in range(len(queued) + 2)]
         self._plan: TxPlan | None = None
         self._routes: RouteTable | None = None
+        self._after: TxPlan | None = None  # a WATCHed block's secondary write, sent if it ran
 
     @property
     def keys(self) -> tuple[bytes, ...]:  # fence.DeferredBlock
@@ -293,11 +294,19 @@ class Block(ReplyOwner):
                 else:  # the whole block in one payload: nothing can come between
                     conn.send(payload if i == 0 else b"", child)
         if plan.secondary is not None:
-            writes = [self.queued[i][1] for i in plan.writes]
-            block = [[b"MULTI"], *writes, [b"EXEC"]]
-            send_secondary_block(plan.secondary, block, plan.keys, routes, self.state)
+            self._routes = routes
+            if self.pin is None:
+                self._send_secondary(plan)
+            else:  # guarded by WATCH: only once the EXEC ran (see _finish)
+                self._after = plan
         if self.slots[-1].reply is not None:  # the backend is down: answered already
             self._finish(self._reply(), now)
+
+    def _send_secondary(self, plan: TxPlan) -> None:
+        assert plan.secondary is not None and self._routes is not None
+        writes = [self.queued[i][1] for i in plan.writes]
+        block = [[b"MULTI"], *writes, [b"EXEC"]]
+        send_secondary_block(plan.secondary, block, plan.keys, self._routes, self.state)
 
     def flush(self) -> None:
         self.dirty = False
@@ -314,6 +323,9 @@ class Block(ReplyOwner):
         slot = self.slot
         if slot.reply is not None:
             return
+        after, self._after = self._after, None
+        if after is not None and reply[:1] == b"*" and reply[:3] != b"*-1":
+            self._send_secondary(after)  # the EXEC ran (not nil: no watched key changed)
         if now:
             slot.reply = reply
         else:

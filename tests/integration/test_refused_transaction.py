@@ -256,6 +256,17 @@ def test_transaction_during_double_write_reaches_the_target(tmp_path: object) ->
             assert source.get(moved + "n") == target.get(moved + "n") == b"3"
             assert source.lrange(moved + "l", 0, -1) == target.lrange(moved + "l", 0, -1)
 
+            # WATCH-guarded: the secondary block goes out once the EXEC ran.
+            def bump(pipe: redis.client.Pipeline) -> None:
+                value = int(pipe.get(moved + "w") or 0)
+                pipe.multi()
+                pipe.set(moved + "w", value + 1)
+
+            for _ in range(3):
+                r.transaction(bump, moved + "w")
+            wait_until(lambda: target.get(moved + "w") == b"3", 5, "watched block applied")
+            assert source.get(moved + "w") == b"3"
+
 
 def test_watch_connections_are_bounded(backends3: list[RedisServer]) -> None:
     extra = "backend:\n  max_watch_connections: 1\n"
