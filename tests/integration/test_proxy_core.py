@@ -146,7 +146,7 @@ def test_error_shapes(proxy: ProxyThread) -> None:
         r.execute_command("GET")
     with pytest.raises(redis.ResponseError, match="not allowed"):
         r.execute_command("CONFIG", "GET", "maxmemory")
-    with pytest.raises(redis.ResponseError, match="^EXEC without MULTI"):
+    with pytest.raises(redis.ResponseError, match=r"^EXEC without MULTI"):
         r.execute_command("EXEC")
 
 

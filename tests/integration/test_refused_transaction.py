@@ -256,6 +256,28 @@ def test_transaction_during_double_write_reaches_the_target(tmp_path: object) ->
             assert source.get(moved + "n") == target.get(moved + "n") == b"3"
             assert source.lrange(moved + "l", 0, -1) == target.lrange(moved + "l", 0, -1)
 
+            # A key held by the backfill's fence defers the whole block until it is released.
+            state = proxy.server.migration
+            key = (moved + "n").encode()
+            owners = [
+                routes.backends[routes.read.addr_for(key)],
+                routes.backends[routes.other.addr_for(key)],
+            ]
+            proxy.call(state.hold(key, owners))
+            with RespConn(proxy.port) as conn:
+                cid = conn.call("CLIENT", "ID")[1]
+                conn.send(encode(["MULTI"]) + encode(["INCR", key]) + encode(["EXEC"]))
+                wait_until(lambda: state.waiting_for(cid) is not None, 5, "block deferred")
+                assert source.get(key) == b"3"  # nothing of it ran
+
+                async def release() -> None:
+                    state.release(key)
+
+                proxy.call(release())
+                assert [conn.read_reply()[1] for _ in range(3)][2] == [4]
+            wait_until(lambda: target.get(key) == b"4", 5, "deferred block's secondary write")
+            assert source.get(key) == b"4"
+
             # WATCH-guarded: the secondary block goes out once the EXEC ran.
             def bump(pipe: redis.client.Pipeline) -> None:
                 value = int(pipe.get(moved + "w") or 0)
