@@ -62,20 +62,6 @@ def not_supported_yet(command: str) -> bytes:
     )
 
 
-def multi_refused() -> bytes:
-    return _err(
-        "ERR MULTI is not supported by shardproxy yet; every command up to EXEC or DISCARD "
-        "will be refused without running"
-    )
-
-
-def refused_in_multi(command: str) -> bytes:
-    return _err(
-        f"ERR '{command}' refused without running: this connection's MULTI was refused "
-        "(transactions are not supported by shardproxy yet); send DISCARD"
-    )
-
-
 def execabort() -> bytes:
     return _err("EXECABORT Transaction discarded because of previous errors.")
 
@@ -256,4 +242,20 @@ def blocking_in_migration(command: str) -> bytes:
         f"ERR '{command}' with BLOCK is refused while a migration writes both pools: what it "
         "takes on one side cannot be mirrored on the other; retry after the migration, or "
         "without BLOCK"
+    )
+
+
+def exec_without_multi() -> bytes:
+    return _err("ERR EXEC without MULTI")
+
+
+def discard_without_multi() -> bytes:
+    return _err("ERR DISCARD without MULTI")
+
+
+def not_in_transaction(command: str) -> bytes:
+    return _err(
+        f"ERR '{command}' cannot be part of a transaction or run while WATCHing through "
+        "shardproxy (a transaction runs on one backend, on a connection the proxy shares or "
+        "pins); send it outside MULTI and WATCH"
     )

@@ -52,8 +52,9 @@ KIND_TITLES = {
     ),
     "LOCAL": ("local", "answered by the proxy itself."),
     "TRANSACTION": (
-        "transactions (not supported yet)",
-        "MULTI is refused, and every command after it up to EXEC or DISCARD too, unrun.",
+        "transactions",
+        "queued by the proxy, run as one block on the one backend of all their keys; "
+        "WATCH pins a connection.",
     ),
     "BLOCKING": (
         "blocking",

@@ -30,10 +30,9 @@ class Session:
     password: str | None  # the required client password (None: no AUTH needed)
     proto: int = 2
     authed: bool = False
-    # MULTI was refused: every command up to EXEC or DISCARD is refused without running, so a
-    # client that queued a transaction never sees part of it applied (see client._dispatch).
-    tx_refused: bool = False
-    # Requests may take the single-key fast path: authenticated and not inside a refused MULTI.
+    # Inside MULTI, or pinned by WATCH: every request goes to net/transaction.py (dispatch).
+    in_tx: bool = False
+    # Requests may take the single-key fast path: authenticated and not in a transaction.
     direct: bool = False
     name: bytes | None = None
     lib_name: bytes | None = None
@@ -46,11 +45,11 @@ class Session:
 
     def set_authed(self, authed: bool) -> None:
         self.authed = authed
-        self.direct = authed and not self.tx_refused
+        self.direct = authed and not self.in_tx
 
-    def set_tx_refused(self, refused: bool) -> None:
-        self.tx_refused = refused
-        self.direct = self.authed and not refused
+    def set_in_tx(self, in_tx: bool) -> None:
+        self.in_tx = in_tx
+        self.direct = self.authed and not in_tx
 
 
 class ServerView(Protocol):
@@ -212,7 +211,7 @@ def _reset(args: list[bytes], session: Session, view: ServerView) -> bytes:
     session.proto = 2
     session.name = None
     session.set_authed(session.password is None)
-    session.set_tx_refused(False)
+    session.set_in_tx(False)  # the proxy's transaction state is reset by net/transaction
     return encode_simple("RESET")
 
 

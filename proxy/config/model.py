@@ -92,6 +92,7 @@ class BackendConfig:
     retry_backoff_max_ms: int = 5000  # reconnect delay cap
     acl_check: str = "warn"  # one of ACL_CHECKS: the backend user's ACL at start and reload
     max_blocking_connections: int = 128  # per backend: clients blocked at once (BLPOP ...)
+    max_watch_connections: int = 256  # dedicated WATCH connections per backend (net/transaction)
 
 
 @dataclass(frozen=True, slots=True)

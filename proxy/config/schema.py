@@ -186,6 +186,7 @@ _BACKEND_RULES: Final[dict[str, _Rule]] = {
     "retry_backoff_max_ms": _int(1),
     "acl_check": _acl_check,
     "max_blocking_connections": _int(1),
+    "max_watch_connections": _int(1),
 }
 _POOL_RULES: Final[dict[str, _Rule]] = {
     "hash": _one_of(*HASH_NAMES),

@@ -42,6 +42,7 @@ from proxy.net.replies import ReplyQueue
 from proxy.net.slicer import SlicedRequest, SliceRequest, send_sliced
 from proxy.net.slot import ReplyOwner, Slot
 from proxy.net.stream import BulkStream, stream_target, streamable
+from proxy.net.transaction import Transaction
 
 _YIELD_BYTES = 256 * 1024  # a request under way this big yields the loop between its reads
 RESERVED = RESERVED_PREFIX  # keys refused by dispatch (commands/checks.py)
@@ -87,6 +88,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         # Requests parsed but not yet dispatched (over the limit in flight): resumed by flush.
         self._backlog: Backlog | None = None
         self.last_active = perf_counter()  # the clock of _process's `now`
+        self.tx: Transaction | None = None  # MULTI / WATCH state (net/transaction.py)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -110,6 +112,8 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         if self._blocking is not None:
             self._blocking.cancel()  # the backend is no longer blocked on its behalf
         self.host.migration.drop_waiting(self.client_id)  # deferred behind the fence: dropped
+        if self.tx is not None:
+            self.tx.close()  # a WATCH's dedicated connection closes with its client
         self.closed = True
         self.pending.clear()  # replies still owed by backends are dropped when they arrive
         self.host.clients.discard(self)
@@ -281,7 +285,8 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
 
     # -- big values streamed through (proxy.stream) ---------------------------------------
     def _streamable(self, head: list[bytes]) -> bool:
-        """RequestReader.stream_gate: only on the fast path (no migration, no refused MULTI)."""
+        """RequestReader.stream_gate: only on the fast path (no migration, no MULTI or WATCH,
+        no blocking call under way)."""
         direct = self.session.direct and self._blocking is None
         return direct and self.host.routes.fast and streamable(head)
 

@@ -2,9 +2,10 @@
 
 As in Envoy's command splitter: SINGLE, MULTI, SAME_BACKEND and FANOUT all go to one handler that
 sends what the one planner (routing.plan.plan) planned; LOCAL to the proxy's own answers;
-BLOCKING to net/blocking.py; TRANSACTION and PUBSUB to their own handlers (refusals yet); DENIED
-to a refusal. The checks that come first (unknown command, auth, arity, a refused MULTI, reserved
-keys) are answered in the request's place in the client's queue.
+BLOCKING to net/blocking.py; TRANSACTION to net/transaction.py (which also sees every request of
+a client inside MULTI or WATCHing first); PUBSUB to its own handler (a refusal yet); DENIED to a
+refusal. The checks that come first (unknown command, arity, auth, reserved keys) are answered
+in the request's place in the client's queue.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from time import perf_counter
 from typing import Protocol
 
 from proxy import errors
-from proxy.codec.resp import OK, encode_request
+from proxy.codec.resp import encode_request
 from proxy.commands.checks import has_block_option, refusal_before_routing
 from proxy.commands.local import ServerView, Session, run_local, wants_keyspace
 from proxy.commands.spec import PLAIN, CommandSpec, Kind, arity_error, lookup, unknown_error
@@ -26,6 +27,7 @@ from proxy.net.metrics import CommandStats, ProxyMetrics
 from proxy.net.route import RouteTable
 from proxy.net.slicer import SliceRequest, wants_slices
 from proxy.net.slot import ReplyOwner, Slot
+from proxy.net.transaction import Transaction, on_request, start
 
 _PRE_AUTH = frozenset({"auth", "hello", "quit", "reset"})
 # The fast path's entry for a command name: key index, fewest and most arguments, stats.
@@ -45,6 +47,7 @@ class DispatchClient(Protocol):
 
     session: Session
     client_id: int
+    tx: Transaction | None  # MULTI / WATCH state (net/transaction.py), made on first use
 
     @property
     def host(self) -> DispatchHost: ...
@@ -78,6 +81,8 @@ def fast_entry(name: bytes, stats_for: Callable[[CommandSpec], CommandStats]) ->
 def dispatch(client: DispatchClient, args: list[bytes]) -> None:
     """Check one request, then hand it to its kind's handler; its reply keeps its place."""
     spec = lookup(args)
+    if client.session.in_tx and on_request(client, spec, args):
+        return
     if spec is None:
         client.reject(unknown_error(args), "unknown")
         return
@@ -105,31 +110,8 @@ def _refusal(client: DispatchClient, spec: CommandSpec, args: list[bytes]) -> by
     if not session.authed and spec.name not in _PRE_AUTH:
         client.host.metrics.client_errors_total.labels("auth").inc()
         return errors.noauth()
-    if session.tx_refused:
-        refusal = refuse_in_tx(session, spec)
-        if refusal is not None:
-            return refusal
     # A huge request's keys are checked slice by slice (slicer.SlicedRequest.check_next).
     return None if wants_slices(spec, args) else refusal_before_routing(spec, args)
-
-
-def refuse_in_tx(session: Session, spec: CommandSpec) -> bytes | None:
-    """After a refused MULTI: nothing runs until EXEC or DISCARD ends the would-be transaction
-    (QUIT and RESET still work), so a transaction is never partly applied."""
-    name = spec.name
-    if name == "exec":
-        session.set_tx_refused(False)
-        return errors.execabort()
-    if name == "discard":
-        session.set_tx_refused(False)
-        return OK
-    if name in ("quit", "reset"):
-        return None
-    if name == "multi":
-        return errors.nested_multi()
-    if name == "watch":
-        return errors.watch_in_multi()
-    return errors.refused_in_multi(name)
 
 
 # -- the handlers: send `args` on its way (the reply lands in `slot`), or return a refusal ----
@@ -170,15 +152,6 @@ def answer_local(
     return None
 
 
-def refuse_transaction(
-    client: DispatchClient, spec: CommandSpec, args: list[bytes], slot: Slot
-) -> bytes | None:
-    if spec.name == "multi":
-        client.session.set_tx_refused(True)
-        return errors.multi_refused()
-    return errors.not_supported_yet(spec.name)
-
-
 def send_blocking(
     client: DispatchClient, spec: CommandSpec, args: list[bytes], slot: Slot
 ) -> bytes | None:
@@ -210,7 +183,7 @@ HANDLERS: dict[Kind, Handler] = {
     Kind.SAME_BACKEND: send_keyed,
     Kind.FANOUT: send_keyed,
     Kind.LOCAL: answer_local,
-    Kind.TRANSACTION: refuse_transaction,
+    Kind.TRANSACTION: start,
     Kind.BLOCKING: send_blocking,
     Kind.PUBSUB: refuse_unsupported,
     Kind.DENIED: refuse_denied,

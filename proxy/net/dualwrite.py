@@ -108,19 +108,29 @@ def send_migrating(
     Once a request of a client waits behind the fence, the client's later requests wait behind
     it (whatever their keys), so none overtakes it: `DEL k1 k2` then `SET k2 v` keep their order.
     """
-    queue = state.waiting_for(client_id)
-    if queue is not None:
-        queue.append(item)
+    if defer_if_fenced(state, client_id, item, dual.keys):
         return
-    if dual.keys and state.held:
-        key = state.held_key(dual.keys)
-        if key is not None:
-            state.defer(client_id, item, key, _drainer(state, client_id))
-            return
     _send(dual, routes, state, item.slot, item.proto)
     spec = item.spec
     if routes.shadow and not mutates(spec) and spec.name in SHADOW_SAFE and dual.keys:
         _shadow(item.args, dual, routes, state, item.proto)
+
+
+def defer_if_fenced(
+    state: MigrationState, client_id: int, item: Deferred, keys: tuple[bytes, ...]
+) -> bool:
+    """Defer `item` if the client already has requests waiting, or one of `keys` is behind
+    the fence (True); else the caller sends it now (False)."""
+    queue = state.waiting_for(client_id)
+    if queue is not None:
+        queue.append(item)
+        return True
+    if keys and state.held:
+        key = state.held_key(keys)
+        if key is not None:
+            state.defer(client_id, item, key, _drainer(state, client_id))
+            return True
+    return False
 
 
 def _drainer(state: MigrationState, client_id: int) -> Callable[[], None]:
@@ -134,6 +144,12 @@ def _drain(state: MigrationState, client_id: int) -> None:
     while queue:
         item = queue[0]
         routes = state.current()
+        if item.block is not None:
+            if _held_again(state, item.block.keys, client_id):
+                return
+            queue.popleft()
+            item.block.send(routes)
+            continue
         dual = plan(item.spec, item.args, routes)
         if dual.primary.error is None and dual.keys and state.held:
             key = state.held_key(dual.keys)
@@ -150,12 +166,42 @@ def _drain(state: MigrationState, client_id: int) -> None:
     state.drop_waiting(client_id)
 
 
+def _held_again(state: MigrationState, keys: tuple[bytes, ...], client_id: int) -> bool:
+    key = state.held_key(keys) if keys and state.held else None
+    if key is None:
+        return False
+    state.held[key].append(_drainer(state, client_id))
+    return True
+
+
 def _send(
     dual: DualPlan, routes: RouteTable, state: MigrationState, slot: Slot, proto: int
 ) -> None:
     send_plan(dual.primary, routes, slot, proto, 0)
     if dual.secondary is not None:
         send_secondary(dual.secondary, dual.keys, routes, state)
+
+
+def send_secondary_block(
+    addr: str,
+    requests: list[list[bytes]],
+    keys: tuple[bytes, ...],
+    routes: RouteTable,
+    state: MigrationState,
+) -> None:
+    """Requests written together (a transaction's MULTI ... EXEC) as the secondary write to
+    `addr`: on its RESP2 connection 0, in one burst; replies only checked, as send_secondary."""
+    sink = _SecondarySink(state, keys, len(requests))
+    backend = routes.backends[addr]
+    sink.names.extend(backend.name for _ in requests)
+    payload = b"".join(encode_request(args) for args in requests)
+    conn = backend.connection(2, 0)
+    for i, child in enumerate(sink.slots):
+        if conn is None:
+            child.reply = backend.down_reply
+        else:  # the whole block in the first write: no other request can come between
+            conn.send(payload if i == 0 else b"", child)
+    sink.flush()
 
 
 def send_secondary(

@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from proxy.commands.spec import CommandSpec
 from proxy.net.backend import Backend
@@ -27,6 +28,15 @@ REPAIR_QUEUE_MAX = 100_000  # keys waiting for a repair copy; beyond this the ol
 LOG_INTERVAL_S = 5.0  # at most one log line per kind of problem per interval
 
 
+class DeferredBlock(Protocol):
+    """A deferred request that plans and sends itself (a transaction's block, net/transaction)."""
+
+    @property
+    def keys(self) -> tuple[bytes, ...]: ...
+
+    def send(self, routes: RouteTable) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Deferred:
     """A request waiting behind the fence: re-planned with the current router when it goes."""
@@ -35,6 +45,7 @@ class Deferred:
     args: list[bytes]
     slot: Slot
     proto: int
+    block: DeferredBlock | None = None  # set: it sends itself (spec and args name it only)
 
 
 class MigrationState:

@@ -177,9 +177,8 @@ def test_redis_py_pipeline_and_transactions(proxy: ProxyThread) -> None:
     out = pipe.execute()
     for i in range(500):
         assert out[4 * i : 4 * i + 4] == [True, str(i).encode(), {}, None]
-    # MULTI/EXEC is not supported yet (README: pinned commands): a clear error, not a hang.
-    with pytest.raises(redis.ResponseError, match="not supported"):
-        r.pipeline().set("a", 1).execute()
+    # MULTI/EXEC: one block on the keys' one backend (README: transactions).
+    assert r.pipeline().set("{t}a", 1).incr("{t}a").execute() == [True, 2]
     assert r.ping()
 
 
