@@ -35,6 +35,7 @@ from proxy.commands.spec import PLAIN, CommandSpec
 from proxy.config.schema import ClientConfig
 from proxy.net.dispatch import NOT_FAST, DispatchHost, Known, dispatch, fast_entry
 from proxy.net.metrics import CommandStats
+from proxy.net.pubsub import Subscriptions
 from proxy.net.replies import ReplyQueue
 from proxy.net.slicer import SlicedRequest, SliceRequest, send_sliced
 from proxy.net.slot import ReplyOwner, Slot
@@ -83,6 +84,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         # Requests parsed but not yet dispatched (over the limit in flight): resumed by flush.
         self._backlog: Backlog | None = None
         self.last_active = perf_counter()  # the clock of _process's `now`
+        self.pubsub: Subscriptions | None = None  # subscriptions (net/pubsub.py), from the first
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -103,6 +105,8 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._stream is not None:
             self._stream.cancel()
+        if self.pubsub is not None:
+            self.pubsub.close()  # its subscriber connections close with it
         self.host.migration.drop_waiting(self.client_id)  # deferred behind the fence: dropped
         self.closed = True
         self.pending.clear()  # replies still owed by backends are dropped when they arrive

@@ -2,7 +2,8 @@
 
 As in Envoy's command splitter: SINGLE, MULTI, SAME_BACKEND and FANOUT all go to one handler that
 sends what the one planner (routing.plan.plan) planned; LOCAL to the proxy's own answers;
-TRANSACTION, BLOCKING and PUBSUB to their own handlers (not supported yet: refusals); DENIED to a
+TRANSACTION and BLOCKING to their own handlers (not supported yet: refusals), PUBSUB to
+net/pubsub.py; DENIED to a
 refusal. The checks that come first (unknown command, auth, arity, a refused MULTI, reserved
 keys) are answered in the request's place in the client's queue.
 """
@@ -14,14 +15,17 @@ from time import perf_counter
 from typing import Protocol
 
 from proxy import errors
+from proxy.codec.pubsub import pong
 from proxy.codec.resp import OK, encode_request
 from proxy.commands.checks import refusal_before_routing
 from proxy.commands.local import ServerView, Session, run_local, wants_keyspace
 from proxy.commands.spec import PLAIN, CommandSpec, Kind, arity_error, lookup, unknown_error
+from proxy.config.model import ClientConfig
 from proxy.net.dualwrite import send_planned
 from proxy.net.fence import MigrationState
 from proxy.net.forwarder import send_info
 from proxy.net.metrics import CommandStats, ProxyMetrics
+from proxy.net.pubsub import SUBSCRIBED_OK, Subscriptions, handle_pubsub
 from proxy.net.route import RouteTable
 from proxy.net.slicer import SliceRequest, wants_slices
 from proxy.net.slot import ReplyOwner, Slot
@@ -37,6 +41,7 @@ class DispatchHost(ServerView, Protocol):
     migration: MigrationState
     allow_flush: bool
     metrics: ProxyMetrics
+    client_config: ClientConfig
 
 
 class DispatchClient(Protocol):
@@ -44,6 +49,7 @@ class DispatchClient(Protocol):
 
     session: Session
     client_id: int
+    pubsub: Subscriptions | None  # net/pubsub.py: from the client's first (un)subscribe
 
     @property
     def host(self) -> DispatchHost: ...
@@ -102,12 +108,21 @@ def _refusal(client: DispatchClient, spec: CommandSpec, args: list[bytes]) -> by
         spec.kind is Kind.MULTI and (len(args) - 1) % spec.key_step
     ):
         return arity_error(spec)
+    if _subscribed_resp2(client) and spec.name not in SUBSCRIBED_OK:
+        return errors.subscribed_mode(spec.name)
     if session.tx_refused:
         refusal = refuse_in_tx(session, spec)
         if refusal is not None:
             return refusal
     # A huge request's keys are checked slice by slice (slicer.SlicedRequest.check_next).
     return None if wants_slices(spec, args) else refusal_before_routing(spec, args)
+
+
+def _subscribed_resp2(client: DispatchClient) -> bool:
+    """Redis's subscribed mode: a RESP2 client with subscriptions runs only (un)subscribes,
+    PING, QUIT and RESET (RESP3 clients run anything)."""
+    subs = client.pubsub
+    return subs is not None and subs.active and client.session.proto == 2
 
 
 def refuse_in_tx(session: Session, spec: CommandSpec) -> bytes | None:
@@ -158,7 +173,12 @@ def answer_local(
         host.routes.route_backends[0].send(proto, client.client_id, encode_request(args), slot)
     elif spec.name == "info" and wants_keyspace(args):
         send_info(args, host.routes, slot, host, proto)
+    elif spec.name == "ping" and _subscribed_resp2(client):
+        slot.reply = pong(args)
     else:
+        if spec.name == "reset" and client.pubsub is not None:
+            client.pubsub.close()  # RESET leaves subscribed mode
+            client.pubsub = None
         slot.reply = run_local(spec, args, client.session, host)
         if slot.reply[:10] == b"-WRONGPASS":
             host.metrics.client_errors_total.labels("auth").inc()
@@ -194,6 +214,6 @@ HANDLERS: dict[Kind, Handler] = {
     Kind.LOCAL: answer_local,
     Kind.TRANSACTION: refuse_transaction,
     Kind.BLOCKING: refuse_unsupported,
-    Kind.PUBSUB: refuse_unsupported,
+    Kind.PUBSUB: handle_pubsub,
     Kind.DENIED: refuse_denied,
 }
