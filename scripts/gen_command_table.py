@@ -56,7 +56,10 @@ KIND_TITLES = {
         "MULTI is refused, and every command after it up to EXEC or DISCARD too, unrun.",
     ),
     "BLOCKING": ("blocking (not supported yet)", "need a backend connection of their own."),
-    "PUBSUB": ("pub/sub (not supported yet)", "need subscriber connections of their own."),
+    "PUBSUB": (
+        "pub/sub",
+        "channels by hash on the route ring, patterns on every backend (README: Pub/sub).",
+    ),
     "DENIED": ("denied", "refused with an error: admin, replication, cluster, other databases."),
 }
 
