@@ -259,3 +259,23 @@ def not_in_transaction(command: str) -> bytes:
         "shardproxy (a transaction runs on one backend, on a connection the proxy shares or "
         "pins); send it outside MULTI and WATCH"
     )
+
+
+def subscribed_mode(command: str) -> bytes:
+    """A RESP2 client with subscriptions ran another command (Redis 7.0's exact text)."""
+    return _err(
+        f"ERR Can't execute '{command}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT"
+        " / RESET are allowed in this context"
+    )
+
+
+def too_many_subscriptions(limit: int) -> bytes:
+    return _err(
+        f"ERR too many subscriptions: a client may hold {limit} channels and patterns"
+        " (client.max_subscriptions)"
+    )
+
+
+def subscriber_lost(client_id: int, backend: str, reason: str) -> str:
+    """The log line for a subscriber closed because a backend's subscriptions ended."""
+    return f"client {client_id} closed: its subscriptions on {backend} ended ({reason})"

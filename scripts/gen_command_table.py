@@ -61,7 +61,10 @@ KIND_TITLES = {
         "each waits on a backend connection of its own (XREAD and XREADGROUP with BLOCK too); "
         "keys on one backend, else CROSSSLOT.",
     ),
-    "PUBSUB": ("pub/sub (not supported yet)", "need subscriber connections of their own."),
+    "PUBSUB": (
+        "pub/sub",
+        "channels by hash on the route ring, patterns on every backend (README: Pub/sub).",
+    ),
     "DENIED": ("denied", "refused with an error: admin, replication, cluster, other databases."),
 }
 

@@ -32,7 +32,9 @@ class Session:
     authed: bool = False
     # Inside MULTI, or pinned by WATCH: every request goes to net/transaction.py (dispatch).
     in_tx: bool = False
-    # Requests may take the single-key fast path: authenticated and not in a transaction.
+    subscribed: bool = False  # holds subscriptions (net/pubsub.py)
+    # Requests may take the single-key fast path: authenticated, not in a transaction, not
+    # subscribed. Kept by the setters below, the one place it is computed.
     direct: bool = False
     name: bytes | None = None
     lib_name: bytes | None = None
@@ -45,11 +47,18 @@ class Session:
 
     def set_authed(self, authed: bool) -> None:
         self.authed = authed
-        self.direct = authed and not self.in_tx
+        self._update_direct()
 
     def set_in_tx(self, in_tx: bool) -> None:
         self.in_tx = in_tx
-        self.direct = self.authed and not in_tx
+        self._update_direct()
+
+    def set_subscribed(self, subscribed: bool) -> None:
+        self.subscribed = subscribed
+        self._update_direct()
+
+    def _update_direct(self) -> None:
+        self.direct = self.authed and not self.in_tx and not self.subscribed
 
 
 class ServerView(Protocol):

@@ -77,6 +77,7 @@ class ClientConfig:
     # most stop being read, and then the biggest is closed.
     max_memory_bytes: int = 768 * MIB
     idle_timeout_s: float = 0.0  # close idle clients after this; 0 = never
+    max_subscriptions: int = 10000  # per client: channels, patterns and shard channels
 
 
 @dataclass(frozen=True, slots=True)

@@ -173,6 +173,7 @@ _CLIENT_RULES: Final[dict[str, _Rule]] = {
     "max_output_buffer_bytes": _int(1),
     "max_memory_bytes": _int(1),
     "idle_timeout_s": _float(0),
+    "max_subscriptions": _int(1),
 }
 _BACKEND_RULES: Final[dict[str, _Rule]] = {
     "connect_timeout_ms": _int(1),

@@ -38,6 +38,7 @@ from proxy.config.schema import ClientConfig
 from proxy.net.blocking import BlockingCall
 from proxy.net.dispatch import NOT_FAST, DispatchHost, Known, dispatch, fast_entry
 from proxy.net.metrics import CommandStats
+from proxy.net.pubsub import Subscriptions
 from proxy.net.replies import ReplyQueue
 from proxy.net.slicer import SlicedRequest, SliceRequest, send_sliced
 from proxy.net.slot import ReplyOwner, Slot
@@ -89,6 +90,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         self._backlog: Backlog | None = None
         self.last_active = perf_counter()  # the clock of _process's `now`
         self.tx: Transaction | None = None  # MULTI / WATCH state (net/transaction.py)
+        self.pubsub: Subscriptions | None = None  # subscriptions (net/pubsub.py), from the first
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,6 +113,8 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
             self._stream.cancel()
         if self._blocking is not None:
             self._blocking.cancel()  # the backend is no longer blocked on its behalf
+        if self.pubsub is not None:
+            self.pubsub.close()  # its subscriber connections close with it
         self.host.migration.drop_waiting(self.client_id)  # deferred behind the fence: dropped
         if self.tx is not None:
             self.tx.close()  # a WATCH's dedicated connection closes with its client

@@ -107,6 +107,12 @@ class DedicatedConnection(BackendConnection):
                 self.transport.abort()
         self._uncount()
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.closed:  # released while it was connecting
+            transport.close()
+            return
+        super().connection_made(transport)
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self._uncount()
@@ -125,14 +131,15 @@ def open_dedicated(
     on_failed: Callable[[], None],
     limit: int = 0,
     watch_stalls: bool = True,
+    make: type[DedicatedConnection] = DedicatedConnection,
 ) -> DedicatedConnection | bytes:
-    """A new connection of `purpose` to `backend`, connecting; or the error to answer: the
-    backend is down, or `limit` (0: none) connections of that purpose are open already."""
+    """A new connection of `purpose` to `backend` (of class `make`), connecting; or the error
+    to answer: the backend is down, or `limit` (0: none) of that purpose are open already."""
     if not backend.up:
         return backend.down_reply
     if limit and backend.stats.dedicated.get(purpose, 0) >= limit:
         return errors.dedicated_exhausted(backend.name, purpose.value, limit)
-    conn = DedicatedConnection(backend, proto, purpose, on_failed, watch_stalls)
+    conn = make(backend, proto, purpose, on_failed, watch_stalls)
     task = asyncio.get_running_loop().create_task(_connect(conn, backend))
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)

@@ -3,9 +3,9 @@
 As in Envoy's command splitter: SINGLE, MULTI, SAME_BACKEND and FANOUT all go to one handler that
 sends what the one planner (routing.plan.plan) planned; LOCAL to the proxy's own answers;
 BLOCKING to net/blocking.py; TRANSACTION to net/transaction.py (which also sees every request of
-a client inside MULTI or WATCHing first); PUBSUB to its own handler (a refusal yet); DENIED to a
-refusal. The checks that come first (unknown command, arity, auth, reserved keys) are answered
-in the request's place in the client's queue.
+a client inside MULTI or WATCHing first); PUBSUB to net/pubsub.py; DENIED to a refusal. The
+checks that come first (unknown command, arity, auth, RESP2 subscribed mode, reserved keys) are
+answered in the request's place in the client's queue.
 """
 
 from __future__ import annotations
@@ -15,15 +15,18 @@ from time import perf_counter
 from typing import Protocol
 
 from proxy import errors
+from proxy.codec.pubsub import pong
 from proxy.codec.resp import encode_request
 from proxy.commands.checks import has_block_option, refusal_before_routing
 from proxy.commands.local import ServerView, Session, run_local, wants_keyspace
 from proxy.commands.spec import PLAIN, CommandSpec, Kind, arity_error, lookup, unknown_error
+from proxy.config.model import ClientConfig
 from proxy.net.blocking import BlockingCall, open_blocking
 from proxy.net.dualwrite import send_planned
 from proxy.net.fence import MigrationState
 from proxy.net.forwarder import send_info
 from proxy.net.metrics import CommandStats, ProxyMetrics
+from proxy.net.pubsub import SUBSCRIBED_OK, Subscriptions, handle_pubsub
 from proxy.net.route import RouteTable
 from proxy.net.slicer import SliceRequest, wants_slices
 from proxy.net.slot import ReplyOwner, Slot
@@ -40,6 +43,7 @@ class DispatchHost(ServerView, Protocol):
     migration: MigrationState
     allow_flush: bool
     metrics: ProxyMetrics
+    client_config: ClientConfig
 
 
 class DispatchClient(Protocol):
@@ -48,6 +52,7 @@ class DispatchClient(Protocol):
     session: Session
     client_id: int
     tx: Transaction | None  # MULTI / WATCH state (net/transaction.py), made on first use
+    pubsub: Subscriptions | None  # net/pubsub.py: from the client's first (un)subscribe
 
     @property
     def host(self) -> DispatchHost: ...
@@ -110,8 +115,17 @@ def _refusal(client: DispatchClient, spec: CommandSpec, args: list[bytes]) -> by
     if not session.authed and spec.name not in _PRE_AUTH:
         client.host.metrics.client_errors_total.labels("auth").inc()
         return errors.noauth()
+    if _subscribed_resp2(client) and spec.name not in SUBSCRIBED_OK:
+        return errors.subscribed_mode(spec.name)
     # A huge request's keys are checked slice by slice (slicer.SlicedRequest.check_next).
     return None if wants_slices(spec, args) else refusal_before_routing(spec, args)
+
+
+def _subscribed_resp2(client: DispatchClient) -> bool:
+    """Redis's subscribed mode: a RESP2 client with subscriptions runs only (un)subscribes,
+    PING, QUIT and RESET (RESP3 clients run anything)."""
+    subs = client.pubsub
+    return subs is not None and subs.active and client.session.proto == 2
 
 
 # -- the handlers: send `args` on its way (the reply lands in `slot`), or return a refusal ----
@@ -145,7 +159,12 @@ def answer_local(
         host.routes.route_backends[0].send(proto, client.client_id, encode_request(args), slot)
     elif spec.name == "info" and wants_keyspace(args):
         send_info(args, host.routes, slot, host, proto)
+    elif spec.name == "ping" and _subscribed_resp2(client):
+        slot.reply = pong(args)
     else:
+        if spec.name == "reset" and client.pubsub is not None:
+            client.pubsub.close()  # RESET leaves subscribed mode
+            client.pubsub = None
         slot.reply = run_local(spec, args, client.session, host)
         if slot.reply[:10] == b"-WRONGPASS":
             host.metrics.client_errors_total.labels("auth").inc()
@@ -185,6 +204,6 @@ HANDLERS: dict[Kind, Handler] = {
     Kind.LOCAL: answer_local,
     Kind.TRANSACTION: start,
     Kind.BLOCKING: send_blocking,
-    Kind.PUBSUB: refuse_unsupported,
+    Kind.PUBSUB: handle_pubsub,
     Kind.DENIED: refuse_denied,
 }

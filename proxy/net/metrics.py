@@ -154,6 +154,7 @@ GAUGE_MODES: dict[str, str] = {
     "shardproxy_backend_dedicated_connections": "livesum",
     "shardproxy_client_memory_bytes": "livesum",
     "shardproxy_clients_throttled": "livesum",
+    "shardproxy_pubsub_subscriptions": "livesum",
     "shardproxy_backend_up": "livemin",  # down when any worker cannot reach it
     "shardproxy_migration_phase": "livemax",
     "shardproxy_backfill_progress_ratio": "livemax",
@@ -239,6 +240,14 @@ class ProxyMetrics:
         self.config_info = config.info
         self.commands: dict[str, CommandStats] = {}  # command label -> stats
         self.backend_acl_ok = acl_ok_gauge(r)
+        self.pubsub_subscriptions = Gauge(
+            "shardproxy_pubsub_subscriptions",
+            "Subscriptions clients hold, by kind (channel, pattern, shard_channel)",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("channel", "pattern", "shard_channel"):
+            self.pubsub_subscriptions.labels(kind)
 
     def command_stats(self, label: str) -> CommandStats:
         stats = self.commands.get(label)
