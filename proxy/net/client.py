@@ -136,7 +136,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self._hold = self._stream is not None or self._blocking is not None
+        self._update_hold()
         if self._backlog is not None:
             asyncio.get_running_loop().call_soon(self._resume_backlog)
         else:
@@ -322,14 +322,23 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         """The streamed request is answered and its value all sent: go on with the rest."""
         self._stream = None
         self._stream_paused = False
-        self._hold = self.write_paused
+        self._waited()
+
+    def _update_hold(self) -> None:
+        """Dispatch nothing while writes are paused, or a streamed value or a blocking call
+        holds the requests after it (their order of execution is the client's)."""
+        self._hold = self.write_paused or self._stream is not None or self._blocking is not None
+
+    def _waited(self) -> None:
+        """A request that held the later ones (a streamed value, a blocking call) is done."""
+        self._update_hold()
         if self._backlog is not None or self.reader.stream_args is not None:
             self._pending_paused = True
-            asyncio.get_running_loop().call_soon(self._resume_stream_backlog)
+            asyncio.get_running_loop().call_soon(self._resume_waiting)
         else:
             self._update_reading()
 
-    def _resume_stream_backlog(self) -> None:
+    def _resume_waiting(self) -> None:
         if self._backlog is not None:
             self._resume_backlog()
         elif not self.closed and self._stream is None and self.reader.stream_args is not None:
@@ -348,12 +357,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
 
     def _on_blocking_done(self) -> None:
         self._blocking = None
-        self._hold = self.write_paused or self._stream is not None
-        if self._backlog is not None:
-            self._pending_paused = True
-            asyncio.get_running_loop().call_soon(self._resume_backlog)
-        else:
-            self._update_reading()
+        self._waited()
 
     # -- the proxy-wide memory guard (proxy.memory.Holder) ----------------------------------
     def held_bytes(self) -> int:

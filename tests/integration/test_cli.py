@@ -61,13 +61,17 @@ def _http_json(port: int, path: str) -> dict[str, object]:
         return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
-def test_serve_local_spawns_and_stops_backends() -> None:
-    port, admin = free_port(), free_port()
-    proc = subprocess.Popen(
+def serve_local(port: int, admin: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [*CLI, "serve", "--local", "2", "--listen", f"127.0.0.1:{port}", "--admin",
          f"127.0.0.1:{admin}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def test_serve_local_spawns_and_stops_backends() -> None:
+    port, admin = free_port(), free_port()
+    proc = serve_local(port, admin)
     try:
         wait_until(lambda: port_open(port), 20, "proxy listening")
         r = redis.Redis(port=port)
@@ -109,11 +113,7 @@ def _zombie(pid: int) -> bool:
 
 def test_serve_local_restarts_a_dead_backend() -> None:
     port, admin = free_port(), free_port()
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--local", "2", "--listen", f"127.0.0.1:{port}", "--admin",
-         f"127.0.0.1:{admin}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = serve_local(port, admin)
     try:
         wait_until(lambda: port_open(port), 20, "proxy listening")
         status = _http_json(admin, "/status")

@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ import redis
 
 from proxy.config.reader import config_hash
 from tests.support.loadgen import Load, Worker
-from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
+from tests.support.processes import RedisServer, free_port, holds_for, redis_servers, wait_until
 from tests.support.runner import ProxyThread
 
 CLI = [sys.executable, "-m", "proxy"]
@@ -99,15 +98,6 @@ def metric(admin: int, name: str, labels: str = "") -> float:
     pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" (\S+)"
     found = re.search(r"^" + pattern + r"$", body.decode(), re.MULTILINE)
     return float(found.group(1)) if found else 0.0
-
-
-def stays(predicate: Any, seconds: float, what: str) -> None:
-    """Assert that `predicate` holds for `seconds` (how a non-event is checked: the watcher
-    debounces 200 ms, so a spurious reload would show within the window)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert predicate(), what
-        time.sleep(0.05)
 
 
 def proxy_connection_ids(server: RedisServer) -> set[int]:
@@ -279,7 +269,7 @@ def test_watch_follows_file_edits(servers: list[RedisServer], tmp_path: Path, se
         served.wait_generation(2, texts[1], "the edit picked up")
         os.utime(path)  # touched, rewritten with the same content: not a reload
         path.write_text(texts[1])
-        stays(lambda: served.status()["generation"] == 2, 1.0, "no reload for a touch")
+        holds_for(lambda: served.status()["generation"] == 2, 1.0, "no reload for a touch")
         path.write_text(texts[2])
         served.wait_generation(3, texts[2], "the next edit picked up")
         path.write_text(texts[2] + "bogus_key: 1\n")  # refused: the old config keeps serving

@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.processes import RedisServer, free_port, wait_until
+from tests.support.processes import RedisServer, free_port, holds_for, wait_until
 from tests.support.runner import simple_config
 
 CLI = [sys.executable, "-m", "proxy"]
@@ -55,12 +54,9 @@ def disk_hash(path: Path) -> str:
 
 
 def stays(admin: int, generation: int, seconds: float, what: str) -> None:
-    """The generation holds for `seconds` (the watcher debounces 200 ms: a spurious reload would
-    show within the window); a non-event is checked by polling to a deadline."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert status(admin).get("generation") == generation, what
-        time.sleep(0.05)
+    """The generation holds for `seconds` (the watcher debounces 200 ms: a spurious reload
+    would show within the window)."""
+    holds_for(lambda: status(admin).get("generation") == generation, seconds, what)
 
 
 @pytest.fixture

@@ -40,6 +40,15 @@ def wait_until(predicate: Callable[[], object], timeout_s: float = 10.0, what: s
         delay = min(delay * 2, 0.1)
 
 
+def holds_for(predicate: Callable[[], object], seconds: float, what: str) -> None:
+    """Assert that `predicate` stays truthy for `seconds`: how a non-event (no spurious reload)
+    is checked, by polling to a deadline."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), what
+        time.sleep(0.05)
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.2):
