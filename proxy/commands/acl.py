@@ -37,9 +37,15 @@ PROXY_SENDS = frozenset(
 KEPT = frozenset({"select", "script|kill", "function|kill"})
 # Always named in the rules, even where a category already denies them: the escapes reported.
 NAMED_DENIALS = ("migrate", "move", "swapdb")
+# Forwarded for clients but never needed by the proxy itself: a backend user without them is not
+# a fault the check reports (the client then gets the backend's NOPERM).
+OPTIONAL = frozenset(
+    {"config|get", "function|load", "function|delete", "function|restore", "function|dump",
+     "function|list"}
+)  # fmt: skip
 # The check's probes that must be refused (besides FLUSH* without allow_flush).
 MUST_DENY = (
-    "migrate", "move", "swapdb", "config|set", "config|get", "debug", "shutdown",
+    "migrate", "move", "swapdb", "config|set", "debug", "shutdown",
     "replicaof", "module|load", "acl|setuser", "bgsave",
 )  # fmt: skip
 
@@ -143,7 +149,7 @@ class AclProbes:
 
 def build_probes(allow_flush: bool) -> AclProbes:
     deny = [*MUST_DENY, *([] if allow_flush else sorted(FLUSH))]
-    allow = sorted(proxy_needs(allow_flush) - {"auth", "hello"})  # always allowed
+    allow = sorted(proxy_needs(allow_flush) - {"auth", "hello"} - OPTIONAL)  # always allowed
     return AclProbes(must_deny=tuple(deny), must_allow=tuple(allow))
 
 

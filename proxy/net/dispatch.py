@@ -18,13 +18,23 @@ from proxy import errors
 from proxy.codec.pubsub import pong
 from proxy.codec.resp import encode_request
 from proxy.commands.checks import has_block_option, refusal_before_routing
-from proxy.commands.local import ServerView, Session, run_local, wants_keyspace
-from proxy.commands.spec import PLAIN, CommandSpec, Kind, arity_error, lookup, unknown_error
+from proxy.commands.info import backend_sections
+from proxy.commands.local import ServerView, Session, run_local
+from proxy.commands.spec import (
+    PLAIN,
+    CommandSpec,
+    Kind,
+    Merge,
+    arity_error,
+    lookup,
+    unknown_error,
+)
 from proxy.config.model import ClientConfig
 from proxy.net.blocking import BlockingCall, open_blocking
 from proxy.net.dualwrite import send_planned
 from proxy.net.fence import MigrationState
 from proxy.net.forwarder import send_info
+from proxy.net.functions import change_functions
 from proxy.net.metrics import CommandStats, ProxyMetrics
 from proxy.net.pubsub import SUBSCRIBED_OK, Subscriptions, handle_pubsub
 from proxy.net.route import RouteTable
@@ -146,6 +156,8 @@ def send_keyed(
     if wants_slices(spec, args):
         client.begin_slices(SliceRequest(spec, args, proto, client.client_id), slot)
         return None
+    if spec.merge is Merge.ATOMIC:  # FUNCTION LOAD DELETE RESTORE
+        return change_functions(spec, args, slot, host.routes)
     return send_planned(spec, args, slot, host.routes, host.migration, proto, client.client_id)
 
 
@@ -157,8 +169,8 @@ def answer_local(
     proto = client.session.proto
     if spec.name == "command" or spec.name.startswith("command|"):
         host.routes.route_backends[0].send(proto, client.client_id, encode_request(args), slot)
-    elif spec.name == "info" and wants_keyspace(args):
-        send_info(args, host.routes, slot, host, proto)
+    elif spec.name == "info" and (sections := backend_sections(args)):
+        send_info(args, host.routes, slot, host, proto, sections)
     elif spec.name == "ping" and _subscribed_resp2(client):
         slot.reply = pong(args)
     else:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.commands.clients import ClientRow
 from proxy.config.reader import config_hash
 from proxy.config.schema import ProxyConfig
 from proxy.jobs.runner import PhaseRunner
@@ -317,6 +318,18 @@ class ProxyServer:
 
     def info_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
         return views.info_sections(self)
+
+    def client_rows(self) -> list[ClientRow]:
+        return [views.client_row(c) for c in self.clients if not c.closed]
+
+    def client_row(self, client_id: int) -> ClientRow | None:
+        client = next((c for c in self.clients if c.client_id == client_id), None)
+        return None if client is None else views.client_row(client)
+
+    def kill_client(self, client_id: int) -> None:
+        for client in list(self.clients):
+            if client.client_id == client_id:
+                client.abort()  # connection_lost releases what it held
 
     def status(self) -> dict[str, Any]:
         return views.status(self)

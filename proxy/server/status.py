@@ -8,6 +8,7 @@ import time
 from typing import Any, Protocol
 
 from proxy import __version__
+from proxy.commands.clients import ClientRow
 from proxy.commands.local import server_section
 from proxy.jobs.runner import PhaseRunner
 from proxy.net.backend import Backend
@@ -45,6 +46,24 @@ def readiness(server: ServerState) -> tuple[bool, str]:
     if down:
         return False, "backends down: " + ", ".join(f"{b.name} ({b.addr})" for b in down)
     return True, "ok"
+
+
+def client_row(client: ClientConnection) -> ClientRow:
+    """One client as CLIENT LIST shows it (commands/clients.py)."""
+    transport = client.transport
+    local = transport.get_extra_info("sockname") if transport is not None else None
+    laddr = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else ""
+    subs = client.pubsub
+    counts = (0, 0, 0) if subs is None else tuple(len(t) for t in subs.tables.values())
+    queued = client.tx.queued if client.tx is not None else None
+    return ClientRow(
+        session=client.session,
+        laddr=laddr,
+        idle_s=max(0.0, time.perf_counter() - client.last_active),
+        subscriptions=(counts[0], counts[1], counts[2]),
+        queued=-1 if queued is None else len(queued),
+        output_bytes=client.held_bytes(),
+    )
 
 
 def info_sections(server: ServerState) -> list[tuple[str, list[tuple[str, str]]]]:
