@@ -10,6 +10,7 @@ answered in the request's place in the client's queue.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Protocol
@@ -61,6 +62,8 @@ class DispatchClient(Protocol):
 
     session: Session
     client_id: int
+    pending: deque[Slot]  # the reply slots in request order (net/replies.py)
+    silent: set[Slot]  # slots whose replies are not written (CLIENT REPLY)
     tx: Transaction | None  # MULTI / WATCH state (net/transaction.py), made on first use
     pubsub: Subscriptions | None  # net/pubsub.py: from the client's first (un)subscribe
 
@@ -94,7 +97,32 @@ def fast_entry(name: bytes, stats_for: Callable[[CommandSpec], CommandStats]) ->
 
 
 def dispatch(client: DispatchClient, args: list[bytes]) -> None:
-    """Check one request, then hand it to its kind's handler; its reply keeps its place."""
+    """Check one request, then hand it to its kind's handler; its reply keeps its place.
+
+    CLIENT REPLY OFF or SKIP (and the command after SKIP) get no reply: their slots are marked
+    silent, dropped when they reach the head of the queue; pub/sub confirmations still go out."""
+    session = client.session
+    mode = session.reply_mode
+    pending = client.pending
+    tail = pending[-1] if pending else None
+    _dispatch(client, args)
+    if mode == b"on" and session.reply_mode == b"on":
+        return
+    spec = lookup(args)
+    name = spec.name if spec is not None else ""
+    if name == "client|reply" and session.reply_mode == b"on":
+        return  # CLIENT REPLY ON is answered
+    if spec is not None and spec.kind is Kind.PUBSUB:
+        return  # confirmations are pushes: Redis sends them whatever the mode
+    if mode == b"skip" and name != "client|reply":
+        session.set_reply_mode(b"on")  # this was the command to skip
+    for slot in reversed(pending):
+        if slot is tail:
+            break
+        client.silent.add(slot)
+
+
+def _dispatch(client: DispatchClient, args: list[bytes]) -> None:
     spec = lookup(args)
     if client.session.in_tx and on_request(client, spec, args):
         return

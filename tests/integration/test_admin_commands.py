@@ -15,7 +15,7 @@ import redis
 
 from tests.support.processes import RedisServer, redis_servers, wait_until
 from tests.support.runner import ProxyThread, proxy_for
-from tests.support.wire import RespConn
+from tests.support.wire import RespConn, encode, exchange
 
 LIB = (
     "#!lua name=%s\n"
@@ -231,3 +231,22 @@ def _fails(r: redis.Redis) -> bool:
         return True
     r.function_delete("probe")
     return False
+
+
+REPLY_SCRIPTS = {
+    "off_on": [["CLIENT", "REPLY", "OFF"], ["SET", "a", "1"], ["GET", "a"], ["MGET", "a", "b"],
+               ["CLIENT", "REPLY", "ON"], ["GET", "a"]],
+    "skip": [["CLIENT", "REPLY", "SKIP"], ["GET", "a"], ["GET", "a"], ["CLIENT", "REPLY", "SKIP"],
+             ["CLIENT", "REPLY", "SKIP"], ["PING"], ["PING", "x"]],
+    "skip_then_on": [["CLIENT", "REPLY", "SKIP"], ["CLIENT", "REPLY", "ON"], ["PING"]],
+    "off_errors": [["CLIENT", "REPLY", "OFF"], ["NOSUCH"], ["GET"], ["CLIENT", "REPLY", "MAYBE"],
+                   ["CLIENT", "REPLY", "ON"], ["CLIENT", "REPLY", "MAYBE"]],
+    "off_fanout": [["CLIENT", "REPLY", "OFF"], ["DBSIZE"], ["INFO"], ["MSET", "x", "1", "y", "2"],
+                   ["CLIENT", "REPLY", "ON"], ["MGET", "x", "y"]],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("script", sorted(REPLY_SCRIPTS))
+def test_client_reply_as_redis(proxy: ProxyThread, reference: RedisServer, script: str) -> None:
+    payload = b"".join(encode(c) for c in [*REPLY_SCRIPTS[script], ["QUIT"]])
+    assert exchange(proxy.port, payload) == exchange(reference.port, payload)

@@ -98,7 +98,7 @@ DOCUMENTED = {
     "function|delete function|restore function|list function|dump",
     Kind.LOCAL: "ping echo quit select hello auth command command|info command|count "
     "command|getkeys command|docs info client|setname client|getname client|id client|info "
-    "client|list client|kill reset time",
+    "client|list client|kill client|reply reset time",
     Kind.TRANSACTION: "multi exec discard watch unwatch",
     Kind.BLOCKING: "blpop brpop brpoplpush blmove bzpopmin bzpopmax blmpop bzmpop",
     Kind.PUBSUB: "subscribe psubscribe ssubscribe unsubscribe punsubscribe sunsubscribe publish "
@@ -106,7 +106,7 @@ DOCUMENTED = {
     Kind.DENIED: "config|set debug shutdown replicaof slaveof cluster|info "
     "cluster|nodes module|load save bgsave bgrewriteaof monitor sync psync migrate acl|setuser "
     "acl|whoami failover latency|latest slowlog|get client|tracking "
-    "client|pause client|reply swapdb move wait lastsave role function|stats script|debug "
+    "client|pause swapdb move wait lastsave role function|stats script|debug "
     "object|help readonly readwrite "
     "asking restore-asking pfdebug lolwut",
 }
