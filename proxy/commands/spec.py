@@ -78,6 +78,7 @@ FANOUT_MERGES: Mapping[str, Merge] = {
     "function|load": Merge.ATOMIC,
     "function|delete": Merge.ATOMIC,
     "function|restore": Merge.ATOMIC,
+    "config|set": Merge.ATOMIC,  # only parameters allow_config_set names
 }
 NEEDS_FLUSH_PERMISSION = frozenset({"flushdb", "flushall", "function|flush"})
 LOCAL = frozenset(

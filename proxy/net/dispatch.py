@@ -31,11 +31,11 @@ from proxy.commands.spec import (
     unknown_error,
 )
 from proxy.config.model import ClientConfig
+from proxy.net.atomic import change_everywhere
 from proxy.net.blocking import BlockingCall, open_blocking
 from proxy.net.dualwrite import send_planned
 from proxy.net.fence import MigrationState
 from proxy.net.forwarder import send_info
-from proxy.net.functions import change_functions
 from proxy.net.metrics import CommandStats, ProxyMetrics
 from proxy.net.pubsub import SUBSCRIBED_OK, Subscriptions, handle_pubsub
 from proxy.net.route import RouteTable
@@ -53,6 +53,7 @@ class DispatchHost(ServerView, Protocol):
     routes: RouteTable  # the route table in use now (a reload swaps it)
     migration: MigrationState
     allow_flush: bool
+    allow_config_set: tuple[str, ...]  # CONFIG SET: the parameters it may change (globs)
     metrics: ProxyMetrics
     client_config: ClientConfig
 
@@ -184,8 +185,8 @@ def send_keyed(
     if wants_slices(spec, args):
         client.begin_slices(SliceRequest(spec, args, proto, client.client_id), slot)
         return None
-    if spec.merge is Merge.ATOMIC:  # FUNCTION LOAD DELETE RESTORE
-        return change_functions(spec, args, slot, host.routes)
+    if spec.merge is Merge.ATOMIC:  # FUNCTION LOAD DELETE RESTORE, CONFIG SET
+        return change_everywhere(spec, args, slot, host.routes, host.allow_config_set)
     return send_planned(spec, args, slot, host.routes, host.migration, proto, client.client_id)
 
 

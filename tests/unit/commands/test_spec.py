@@ -95,7 +95,7 @@ DOCUMENTED = {
     "lmpop zmpop sintercard lcs",
     Kind.FANOUT: "dbsize keys scan script|load script|exists script|flush script|kill "
     "function|kill flushdb flushall function|flush randomkey config|get function|load "
-    "function|delete function|restore function|list function|dump",
+    "function|delete function|restore function|list function|dump config|set",
     Kind.LOCAL: "ping echo quit select hello auth command command|info command|count "
     "command|getkeys command|docs info client|setname client|getname client|id client|info "
     "client|list client|kill client|reply reset time",
@@ -103,7 +103,7 @@ DOCUMENTED = {
     Kind.BLOCKING: "blpop brpop brpoplpush blmove bzpopmin bzpopmax blmpop bzmpop",
     Kind.PUBSUB: "subscribe psubscribe ssubscribe unsubscribe punsubscribe sunsubscribe publish "
     "spublish pubsub|channels",
-    Kind.DENIED: "config|set debug shutdown replicaof slaveof cluster|info "
+    Kind.DENIED: "debug shutdown replicaof slaveof cluster|info "
     "cluster|nodes module|load save bgsave bgrewriteaof monitor sync psync migrate acl|setuser "
     "acl|whoami failover latency|latest slowlog|get client|tracking "
     "client|pause swapdb move wait lastsave role function|stats script|debug "
