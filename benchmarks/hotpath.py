@@ -88,6 +88,7 @@ class Host:
         self.client_config = config.client
         self.max_clients = config.client.max_connections
         self.allow_flush = False
+        self.allow_config_set: tuple[str, ...] = ()
         self.slowlog_ms = 0.0
         self.clients: set[ClientConnection] = set()
         self.metrics = ProxyMetrics()

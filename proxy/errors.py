@@ -133,6 +133,13 @@ def invalid_client_name() -> bytes:
     return _err("ERR Client names cannot contain spaces, newlines or special characters.")
 
 
+def config_set_not_allowed(name: str) -> bytes:
+    return _err(
+        f"ERR CONFIG SET of '{name}' is not allowed through shardproxy; the operator may allow "
+        "it with allow_config_set in the proxy config"
+    )
+
+
 def unknown_client_type(name: bytes) -> bytes:
     return _err_bytes(b"ERR Unknown client type '%s'" % name)
 

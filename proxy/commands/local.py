@@ -39,6 +39,7 @@ class Session:
     direct: bool = False
     name: bytes | None = None
     closing: bool = False  # QUIT: close once the replies before it are written
+    reply_mode: bytes = b"on"  # CLIENT REPLY: on, off, skip (the next command's reply)
     created: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -57,7 +58,13 @@ class Session:
         self._update_direct()
 
     def _update_direct(self) -> None:
-        self.direct = self.authed and not self.in_tx and not self.subscribed
+        self.direct = (
+            self.authed and not self.in_tx and not self.subscribed and self.reply_mode == b"on"
+        )
+
+    def set_reply_mode(self, mode: bytes) -> None:
+        self.reply_mode = mode
+        self._update_direct()
 
 
 class ServerView(Protocol):
@@ -196,7 +203,17 @@ def _client_id(args: list[bytes], session: Session, view: ServerView) -> bytes:
     return encode_int(session.client_id)
 
 
+def _client_reply(args: list[bytes], session: Session, view: ServerView) -> bytes:
+    """CLIENT REPLY ON|OFF|SKIP: the proxy drops the replies (net/dispatch.py)."""
+    mode = args[2].lower()
+    if mode not in (b"on", b"off", b"skip"):
+        return errors.syntax_error()
+    session.set_reply_mode(mode)
+    return OK
+
+
 def _reset(args: list[bytes], session: Session, view: ServerView) -> bytes:
+    session.set_reply_mode(b"on")
     session.proto = 2
     session.name = None
     session.set_authed(session.password is None)
@@ -283,6 +300,7 @@ _HANDLERS: dict[str, Handler] = {
     "client|id": _client_id,
     "client|info": client_info,
     "client|list": client_list,
+    "client|reply": _client_reply,
     "client|kill": client_kill,
     "reset": _reset,
     "time": _time,

@@ -78,6 +78,7 @@ FANOUT_MERGES: Mapping[str, Merge] = {
     "function|load": Merge.ATOMIC,
     "function|delete": Merge.ATOMIC,
     "function|restore": Merge.ATOMIC,
+    "config|set": Merge.ATOMIC,  # only parameters allow_config_set names
 }
 NEEDS_FLUSH_PERMISSION = frozenset({"flushdb", "flushall", "function|flush"})
 LOCAL = frozenset(
@@ -86,6 +87,7 @@ LOCAL = frozenset(
         "time",  # the proxy's clock is a server clock like any backend's
         "client|setname", "client|getname", "client|id", "client|info",
         "client|list", "client|kill",  # the proxy's own clients (commands/clients.py)
+        "client|reply",
         "command", "command|count", "command|docs", "command|getkeys",
         "command|getkeysandflags", "command|help", "command|info", "command|list",
     }

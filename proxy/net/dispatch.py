@@ -10,6 +10,7 @@ answered in the request's place in the client's queue.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Protocol
@@ -30,11 +31,11 @@ from proxy.commands.spec import (
     unknown_error,
 )
 from proxy.config.model import ClientConfig
+from proxy.net.atomic import change_everywhere
 from proxy.net.blocking import BlockingCall, open_blocking
 from proxy.net.dualwrite import send_planned
 from proxy.net.fence import MigrationState
 from proxy.net.forwarder import send_info
-from proxy.net.functions import change_functions
 from proxy.net.metrics import CommandStats, ProxyMetrics
 from proxy.net.pubsub import SUBSCRIBED_OK, Subscriptions, handle_pubsub
 from proxy.net.route import RouteTable
@@ -52,6 +53,7 @@ class DispatchHost(ServerView, Protocol):
     routes: RouteTable  # the route table in use now (a reload swaps it)
     migration: MigrationState
     allow_flush: bool
+    allow_config_set: tuple[str, ...]  # CONFIG SET: the parameters it may change (globs)
     metrics: ProxyMetrics
     client_config: ClientConfig
 
@@ -61,6 +63,8 @@ class DispatchClient(Protocol):
 
     session: Session
     client_id: int
+    pending: deque[Slot]  # the reply slots in request order (net/replies.py)
+    silent: set[Slot]  # slots whose replies are not written (CLIENT REPLY)
     tx: Transaction | None  # MULTI / WATCH state (net/transaction.py), made on first use
     pubsub: Subscriptions | None  # net/pubsub.py: from the client's first (un)subscribe
 
@@ -94,7 +98,32 @@ def fast_entry(name: bytes, stats_for: Callable[[CommandSpec], CommandStats]) ->
 
 
 def dispatch(client: DispatchClient, args: list[bytes]) -> None:
-    """Check one request, then hand it to its kind's handler; its reply keeps its place."""
+    """Check one request, then hand it to its kind's handler; its reply keeps its place.
+
+    CLIENT REPLY OFF or SKIP (and the command after SKIP) get no reply: their slots are marked
+    silent, dropped when they reach the head of the queue; pub/sub confirmations still go out."""
+    session = client.session
+    mode = session.reply_mode
+    pending = client.pending
+    tail = pending[-1] if pending else None
+    _dispatch(client, args)
+    if mode == b"on" and session.reply_mode == b"on":
+        return
+    spec = lookup(args)
+    name = spec.name if spec is not None else ""
+    if name == "client|reply" and session.reply_mode == b"on":
+        return  # CLIENT REPLY ON is answered
+    if spec is not None and spec.kind is Kind.PUBSUB:
+        return  # confirmations are pushes: Redis sends them whatever the mode
+    if mode == b"skip" and name != "client|reply":
+        session.set_reply_mode(b"on")  # this was the command to skip
+    for slot in reversed(pending):
+        if slot is tail:
+            break
+        client.silent.add(slot)
+
+
+def _dispatch(client: DispatchClient, args: list[bytes]) -> None:
     spec = lookup(args)
     if client.session.in_tx and on_request(client, spec, args):
         return
@@ -156,8 +185,8 @@ def send_keyed(
     if wants_slices(spec, args):
         client.begin_slices(SliceRequest(spec, args, proto, client.client_id), slot)
         return None
-    if spec.merge is Merge.ATOMIC:  # FUNCTION LOAD DELETE RESTORE
-        return change_functions(spec, args, slot, host.routes)
+    if spec.merge is Merge.ATOMIC:  # FUNCTION LOAD DELETE RESTORE, CONFIG SET
+        return change_everywhere(spec, args, slot, host.routes, host.allow_config_set)
     return send_planned(spec, args, slot, host.routes, host.migration, proto, client.client_id)
 
 

@@ -88,6 +88,7 @@ class ProxyServer:
         self.max_clients = config.client.max_connections  # sized to the fd limit by start()
         self._sized = False
         self.allow_flush = config.allow_flush
+        self.allow_config_set = config.allow_config_set
         self.slowlog_ms = config.slowlog_ms
         self.acl_reports: dict[str, AclReport] = {}  # backend addr -> its user's last ACL check
         self.memory = MemoryGuard(self.clients, self.memory_budget, self._on_memory_sweep)
@@ -247,6 +248,7 @@ class ProxyServer:
         self._config_text = text
         self.client_config = config.client
         self.allow_flush = config.allow_flush
+        self.allow_config_set = config.allow_config_set
         self.slowlog_ms = config.slowlog_ms
         self._size_clients()
         self.lifecycle.accepted(config, generation, topology.config_hash, "")

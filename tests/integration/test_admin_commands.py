@@ -15,7 +15,7 @@ import redis
 
 from tests.support.processes import RedisServer, redis_servers, wait_until
 from tests.support.runner import ProxyThread, proxy_for
-from tests.support.wire import RespConn
+from tests.support.wire import RespConn, encode, exchange
 
 LIB = (
     "#!lua name=%s\n"
@@ -231,3 +231,51 @@ def _fails(r: redis.Redis) -> bool:
         return True
     r.function_delete("probe")
     return False
+
+
+REPLY_SCRIPTS = {
+    "off_on": [["CLIENT", "REPLY", "OFF"], ["SET", "a", "1"], ["GET", "a"], ["MGET", "a", "b"],
+               ["CLIENT", "REPLY", "ON"], ["GET", "a"]],
+    "skip": [["CLIENT", "REPLY", "SKIP"], ["GET", "a"], ["GET", "a"], ["CLIENT", "REPLY", "SKIP"],
+             ["CLIENT", "REPLY", "SKIP"], ["PING"], ["PING", "x"]],
+    "skip_then_on": [["CLIENT", "REPLY", "SKIP"], ["CLIENT", "REPLY", "ON"], ["PING"]],
+    "off_errors": [["CLIENT", "REPLY", "OFF"], ["NOSUCH"], ["GET"], ["CLIENT", "REPLY", "MAYBE"],
+                   ["CLIENT", "REPLY", "ON"], ["CLIENT", "REPLY", "MAYBE"]],
+    "off_fanout": [["CLIENT", "REPLY", "OFF"], ["DBSIZE"], ["INFO"], ["MSET", "x", "1", "y", "2"],
+                   ["CLIENT", "REPLY", "ON"], ["MGET", "x", "y"]],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("script", sorted(REPLY_SCRIPTS))
+def test_client_reply_as_redis(proxy: ProxyThread, reference: RedisServer, script: str) -> None:
+    payload = b"".join(encode(c) for c in [*REPLY_SCRIPTS[script], ["QUIT"]])
+    assert exchange(proxy.port, payload) == exchange(reference.port, payload)
+
+
+def _config(server: RedisServer, name: str) -> str:
+    return str(server.client().config_get(name)[name])
+
+
+def test_config_set_only_what_the_operator_allows_all_or_nothing(
+    backends3: list[RedisServer],
+) -> None:
+    extra = 'allow_config_set: ["notify-keyspace-events", "list-*"]\n'
+    with proxy_for([b.addr for b in backends3], extra) as p:
+        r = redis.Redis(port=p.port)
+        assert r.config_set("notify-keyspace-events", "KEA")
+        assert {_config(s, "notify-keyspace-events") for s in backends3} == {"AKE"}
+        with pytest.raises(redis.ResponseError, match="allow_config_set"):
+            r.config_set("maxmemory", "1mb")
+        assert {_config(s, "maxmemory") for s in backends3} == {"0"}
+        backends3[2].client().acl_setuser("default", enabled=True, commands=["-config|set"])
+        try:
+            with pytest.raises(redis.ResponseError, match="no permissions"):
+                r.config_set("list-max-listpack-size", "7")
+            # backends 0 and 1 took it, then got their old value back
+            assert {_config(s, "list-max-listpack-size") for s in backends3} == {"-2"}
+        finally:
+            backends3[2].client().acl_setuser("default", enabled=True, commands=["+@all"])
+        r.config_set("notify-keyspace-events", "")
+    refused = pytest.raises(redis.ResponseError, match="not allowed")
+    with proxy_for([b.addr for b in backends3]) as p, refused:  # the default: refused
+        redis.Redis(port=p.port).config_set("notify-keyspace-events", "KEA")
