@@ -364,6 +364,11 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         """Unread and owed replies (ReplyQueue), and requests not yet complete."""
         return super().held_bytes() + self.reader.buffered_bytes()
 
+    @property
+    def blocked(self) -> bool:
+        """Waiting in BLPOP ... (INFO's blocked_clients)."""
+        return self._blocking is not None
+
     def throttle(self, on: bool) -> None:
         self._throttled = on
         self._update_reading()
