@@ -369,6 +369,10 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         """Waiting in BLPOP ... (INFO's blocked_clients)."""
         return self._blocking is not None
 
+    def unblock(self, error: bool) -> bool:
+        """CLIENT UNBLOCK of this client (net/blocking.py)."""
+        return self._blocking is not None and self._blocking.unblock(error)
+
     def throttle(self, on: bool) -> None:
         self._throttled = on
         self._update_reading()

@@ -5,9 +5,9 @@ reach it on one connection: the pin's dedicated connection (net/dedicated.py, Pu
 bounded by backend.max_watch_connections). While pinned, the client's requests for that
 backend go on it, in order; requests for other backends go as usual, and so do fan-outs and
 requests that span backends (FLUSHALL, DBSIZE, MGET ...) when nothing is owed on the pin (else
-they get CROSSSLOT or a refusal: they could overtake a request on the pin). Unpinned (EXEC, DISCARD, UNWATCH, RESET), the
-connection closes once its owed replies are in; until then the client's requests for that
-backend still go on it, so none overtakes the EXEC.
+they get CROSSSLOT or a refusal: they could overtake a request on the pin). Unpinned (EXEC,
+DISCARD, UNWATCH, RESET), the connection closes once its owed replies are in; until then the
+client's requests for that backend still go on it, so none overtakes the EXEC.
 """
 
 from __future__ import annotations

@@ -65,6 +65,9 @@ def raw(port: int, *args: str) -> bytes:
         ("CLIENT", "KILL", "ADDR", "1.1.1.1:1", "LADDR", "x"),
         ("CLIENT", "KILL", "1.2.3.4:5"),
         ("CLIENT", "KILL", "ID", "1", "TYPE"),
+        ("CLIENT", "UNBLOCK", "x"),
+        ("CLIENT", "UNBLOCK", "5", "foo"),
+        ("CLIENT", "UNBLOCK", "999999"),
         ("CONFIG", "GET"),
         ("RANDOMKEY",),
         ("FUNCTION", "DELETE", "nolib"),
@@ -279,3 +282,20 @@ def test_config_set_only_what_the_operator_allows_all_or_nothing(
     refused = pytest.raises(redis.ResponseError, match="not allowed")
     with proxy_for([b.addr for b in backends3]) as p, refused:  # the default: refused
         redis.Redis(port=p.port).config_set("notify-keyspace-events", "KEA")
+
+
+@pytest.mark.parametrize(("how", "reply"), [("TIMEOUT", b"*-1\r\n"), ("ERROR", b"-UNBLOCKED")])
+def test_client_unblock_ends_a_blocking_call(proxy: ProxyThread, how: str, reply: bytes) -> None:
+    r = redis.Redis(port=proxy.port)
+    with RespConn(proxy.port) as blocked:
+        blocked_id = blocked.call("CLIENT", "ID")[1]
+        assert r.execute_command("CLIENT", "UNBLOCK", blocked_id) == 0  # not blocked yet
+        blocked.send(encode(["BLPOP", "unblock:list", "0"]))
+        wait_until(lambda: r.info("clients")["blocked_clients"] == 1, 5, "the client blocks")
+        # 0 until the backend told the proxy its blocking connection's id
+        unblock = ("CLIENT", "UNBLOCK", blocked_id, how)
+        wait_until(lambda: r.execute_command(*unblock) == 1, 5, "CLIENT UNBLOCK took")
+        raw_reply = blocked.read_reply()[0]
+        assert raw_reply.startswith(reply)
+        assert blocked.call("PING")[1] == ("+", b"PONG")
+    assert r.info("clients")["blocked_clients"] == 0
