@@ -12,6 +12,7 @@ what it popped there is popped on the other side too (net/mirror.py).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from proxy import errors
 from proxy.codec.resp import encode_request, is_error
@@ -92,6 +93,20 @@ def close_idle(backend: Backend) -> None:
 
 def idle_count(backend: Backend, proto: int) -> int:
     return len(_IDLE.get((backend, proto), ()))
+
+
+class HeldCall(Protocol):
+    """A request its client's later requests wait for: a blocking call, or a change made on
+    every backend (net/atomic.py). Sent once it is at the head of the client's queue."""
+
+    slot: Slot
+    on_done: Callable[[], None] | None
+
+    def at_head(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+    def unblock(self, error: bool) -> bool: ...
 
 
 class BlockingCall(ReplyOwner):

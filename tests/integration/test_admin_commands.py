@@ -42,6 +42,7 @@ def _clean(backends3: list[RedisServer], reference: RedisServer) -> None:
         c.flushall()
         c.function_flush()
         c.config_set("maxmemory", 0)
+        c.config_set("zset-max-listpack-entries", 128)
 
 
 def raw(port: int, *args: str) -> bytes:
@@ -299,3 +300,20 @@ def test_client_unblock_ends_a_blocking_call(proxy: ProxyThread, how: str, reply
         assert raw_reply.startswith(reply)
         assert blocked.call("PING")[1] == ("+", b"PONG")
     assert r.info("clients")["blocked_clients"] == 0
+
+
+def test_changes_everywhere_keep_the_clients_order(backends3: list[RedisServer]) -> None:
+    """FUNCTION LOAD then FCALL, CONFIG SET then CONFIG GET, pipelined in one write: the later
+    requests wait for the change, as after any command in Redis."""
+    extra = 'allow_config_set: ["zset-*"]\n'
+    with proxy_for([b.addr for b in backends3], extra) as p:
+        redis.Redis(port=p.port).mset({f"o{i}": i for i in range(10)})
+        calls = [["FUNCTION", "LOAD", LIB % ("ordered", "oget")]]
+        calls += [["FCALL", "oget", "1", f"o{i}"] for i in range(10)]
+        calls += [["CONFIG", "SET", "zset-max-listpack-entries", "5"]]
+        calls += [["CONFIG", "GET", "zset-max-listpack-entries"]]
+        payload = b"".join(encode(c) for c in [*calls, ["QUIT"]])
+        got, closed = exchange(p.port, payload)
+        want = b"$7\r\nordered\r\n" + b"".join(b"$1\r\n%d\r\n" % i for i in range(10))
+        want += b"+OK\r\n*2\r\n$25\r\nzset-max-listpack-entries\r\n$1\r\n5\r\n+OK\r\n"
+        assert (got, closed) == (want, True)
