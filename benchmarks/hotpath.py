@@ -113,6 +113,9 @@ class Host:
     def kill_client(self, client_id: int) -> None:
         pass
 
+    def unblock_client(self, client_id: int, error: bool) -> bool:
+        return False
+
 
 def connect_backend(backend: Backend) -> tuple[BackendConnection, MemoryTransport]:
     """A ready RESP2 connection on an in-memory transport (handshake answered)."""

@@ -140,6 +140,14 @@ def config_set_not_allowed(name: str) -> bytes:
     )
 
 
+def not_allowed_in_multi() -> bytes:
+    return _err("ERR Command not allowed inside a transaction")
+
+
+def unblock_reason() -> bytes:
+    return _err("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR")
+
+
 def unknown_client_type(name: bytes) -> bytes:
     return _err_bytes(b"ERR Unknown client type '%s'" % name)
 

@@ -168,3 +168,15 @@ def _kill_filters(words: list[bytes]) -> tuple[list[Filter] | bytes, bool]:
                 value = b"replica"
         filters.append((field, frozenset({value})))
     return filters, skipme
+
+
+def client_unblock(args: list[bytes], session: Session, view: ServerView) -> bytes:
+    """CLIENT UNBLOCK id [TIMEOUT|ERROR]: 1 if that client of the proxy was blocked."""
+    try:
+        client_id = int(args[2])
+    except ValueError:
+        return errors.not_integer()
+    how = args[3].lower() if len(args) > 3 else b"timeout"
+    if len(args) > 4 or how not in (b"timeout", b"error"):
+        return errors.unblock_reason()
+    return encode_int(int(view.unblock_client(client_id, how == b"error")))

@@ -17,7 +17,13 @@ from typing import Protocol
 
 from proxy import __version__, errors
 from proxy.codec.resp import OK, PONG, encode_bulk, encode_int, encode_map_raw, encode_simple
-from proxy.commands.clients import ClientRow, client_info, client_kill, client_list
+from proxy.commands.clients import (
+    ClientRow,
+    client_info,
+    client_kill,
+    client_list,
+    client_unblock,
+)
 from proxy.commands.spec import CommandSpec
 from proxy.commands.table import REDIS_VERSION  # whose command table the proxy serves
 
@@ -80,6 +86,10 @@ class ServerView(Protocol):
 
     def kill_client(self, client_id: int) -> None:
         """Close that client's connection now (CLIENT KILL)."""
+        ...
+
+    def unblock_client(self, client_id: int, error: bool) -> bool:
+        """End that client's blocking call (CLIENT UNBLOCK); False if it is not blocked."""
         ...
 
 
@@ -301,6 +311,7 @@ _HANDLERS: dict[str, Handler] = {
     "client|info": client_info,
     "client|list": client_list,
     "client|reply": _client_reply,
+    "client|unblock": client_unblock,
     "client|kill": client_kill,
     "reset": _reset,
     "time": _time,

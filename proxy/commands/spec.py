@@ -87,7 +87,7 @@ LOCAL = frozenset(
         "time",  # the proxy's clock is a server clock like any backend's
         "client|setname", "client|getname", "client|id", "client|info",
         "client|list", "client|kill",  # the proxy's own clients (commands/clients.py)
-        "client|reply",
+        "client|reply", "client|unblock",
         "command", "command|count", "command|docs", "command|getkeys",
         "command|getkeysandflags", "command|help", "command|info", "command|list",
     }

@@ -39,9 +39,9 @@ Undo = Callable[[bytes], list[bytes]]
 
 def change_everywhere(
     spec: CommandSpec, args: list[bytes], slot: Slot, routes: RouteTable, config_set: Sequence[str]
-) -> bytes | None:
-    """Start the change on every backend the planner names; its reply lands in `slot`.
-    `config_set`: the globs of allow_config_set."""
+) -> AtomicChange | bytes:
+    """The change on every backend the planner names (its reply lands in `slot`), or the
+    refusal to answer. `config_set`: the globs of allow_config_set."""
     snapshot: Snapshot
     undo: Undo
     if spec.name == "config|set":
@@ -55,10 +55,48 @@ def change_everywhere(
     if primary.error is not None:
         return primary.error
     backends = [routes.backends[f.addr] for f in primary.fragments]
-    task = asyncio.get_running_loop().create_task(_change(backends, args, snapshot, undo, slot))
-    _running.add(task)
-    task.add_done_callback(_running.discard)
-    return None
+    return AtomicChange(backends, args, snapshot, undo, slot)
+
+
+class AtomicChange:
+    """One change, held by its client like a blocking call (net/blocking.HeldCall): it starts
+    once every earlier request of the client is answered, and later ones wait for its reply, so
+    FUNCTION LOAD then FCALL (or CONFIG SET then a command) run in the client's order."""
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        args: list[bytes],
+        snapshot: Snapshot,
+        undo: Undo,
+        slot: Slot,
+    ) -> None:
+        self.slot = slot
+        self.on_done: Callable[[], None] | None = None
+        self._work = (backends, args, snapshot, undo)
+        self._started = False
+
+    def at_head(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        task = asyncio.get_running_loop().create_task(self._run())
+        _running.add(task)
+        task.add_done_callback(_running.discard)
+
+    async def _run(self) -> None:
+        backends, args, snapshot, undo = self._work
+        try:
+            await _change(backends, args, snapshot, undo, self.slot)
+        finally:
+            if self.on_done is not None:
+                self.on_done()
+
+    def cancel(self) -> None:
+        """The client is gone: the change still completes (or is undone) everywhere."""
+
+    def unblock(self, error: bool) -> bool:
+        return False  # not a blocked client: CLIENT UNBLOCK does not apply
 
 
 def _config_refusal(args: list[bytes], allowed: Sequence[str]) -> bytes | None:

@@ -32,7 +32,7 @@ from proxy.commands.spec import (
 )
 from proxy.config.model import ClientConfig
 from proxy.net.atomic import change_everywhere
-from proxy.net.blocking import BlockingCall, open_blocking
+from proxy.net.blocking import HeldCall, open_blocking
 from proxy.net.dualwrite import send_planned
 from proxy.net.fence import MigrationState
 from proxy.net.forwarder import send_info
@@ -82,7 +82,7 @@ class DispatchClient(Protocol):
 
     def begin_slices(self, request: SliceRequest, slot: Slot) -> None: ...
 
-    def begin_blocking(self, call: BlockingCall) -> None: ...
+    def begin_blocking(self, call: HeldCall) -> None: ...
 
 
 def fast_entry(name: bytes, stats_for: Callable[[CommandSpec], CommandStats]) -> Known:
@@ -186,7 +186,11 @@ def send_keyed(
         client.begin_slices(SliceRequest(spec, args, proto, client.client_id), slot)
         return None
     if spec.merge is Merge.ATOMIC:  # FUNCTION LOAD DELETE RESTORE, CONFIG SET
-        return change_everywhere(spec, args, slot, host.routes, host.allow_config_set)
+        change = change_everywhere(spec, args, slot, host.routes, host.allow_config_set)
+        if isinstance(change, bytes):
+            return change
+        client.begin_blocking(change)  # later requests wait for it, as for BLPOP
+        return None
     return send_planned(spec, args, slot, host.routes, host.migration, proto, client.client_id)
 
 

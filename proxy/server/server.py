@@ -328,6 +328,10 @@ class ProxyServer:
         client = next((c for c in self.clients if c.client_id == client_id), None)
         return None if client is None else views.client_row(client)
 
+    def unblock_client(self, client_id: int, error: bool) -> bool:
+        client = next((c for c in self.clients if c.client_id == client_id), None)
+        return client is not None and client.unblock(error)
+
     def kill_client(self, client_id: int) -> None:
         for client in list(self.clients):
             if client.client_id == client_id:

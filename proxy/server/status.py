@@ -75,6 +75,7 @@ def info_sections(server: ServerState) -> list[tuple[str, list[tuple[str, str]]]
             [
                 ("connected_clients", str(len(server.clients))),
                 ("maxclients", str(server.max_clients)),
+                ("blocked_clients", str(sum(c.blocked for c in server.clients))),
             ],
         ),
         (

@@ -42,6 +42,7 @@ def _clean(backends3: list[RedisServer], reference: RedisServer) -> None:
         c.flushall()
         c.function_flush()
         c.config_set("maxmemory", 0)
+        c.config_set("zset-max-listpack-entries", 128)
 
 
 def raw(port: int, *args: str) -> bytes:
@@ -65,6 +66,9 @@ def raw(port: int, *args: str) -> bytes:
         ("CLIENT", "KILL", "ADDR", "1.1.1.1:1", "LADDR", "x"),
         ("CLIENT", "KILL", "1.2.3.4:5"),
         ("CLIENT", "KILL", "ID", "1", "TYPE"),
+        ("CLIENT", "UNBLOCK", "x"),
+        ("CLIENT", "UNBLOCK", "5", "foo"),
+        ("CLIENT", "UNBLOCK", "999999"),
         ("CONFIG", "GET"),
         ("RANDOMKEY",),
         ("FUNCTION", "DELETE", "nolib"),
@@ -279,3 +283,37 @@ def test_config_set_only_what_the_operator_allows_all_or_nothing(
     refused = pytest.raises(redis.ResponseError, match="not allowed")
     with proxy_for([b.addr for b in backends3]) as p, refused:  # the default: refused
         redis.Redis(port=p.port).config_set("notify-keyspace-events", "KEA")
+
+
+@pytest.mark.parametrize(("how", "reply"), [("TIMEOUT", b"*-1\r\n"), ("ERROR", b"-UNBLOCKED")])
+def test_client_unblock_ends_a_blocking_call(proxy: ProxyThread, how: str, reply: bytes) -> None:
+    r = redis.Redis(port=proxy.port)
+    with RespConn(proxy.port) as blocked:
+        blocked_id = blocked.call("CLIENT", "ID")[1]
+        assert r.execute_command("CLIENT", "UNBLOCK", blocked_id) == 0  # not blocked yet
+        blocked.send(encode(["BLPOP", "unblock:list", "0"]))
+        wait_until(lambda: r.info("clients")["blocked_clients"] == 1, 5, "the client blocks")
+        # 0 until the backend told the proxy its blocking connection's id
+        unblock = ("CLIENT", "UNBLOCK", blocked_id, how)
+        wait_until(lambda: r.execute_command(*unblock) == 1, 5, "CLIENT UNBLOCK took")
+        raw_reply = blocked.read_reply()[0]
+        assert raw_reply.startswith(reply)
+        assert blocked.call("PING")[1] == ("+", b"PONG")
+    assert r.info("clients")["blocked_clients"] == 0
+
+
+def test_changes_everywhere_keep_the_clients_order(backends3: list[RedisServer]) -> None:
+    """FUNCTION LOAD then FCALL, CONFIG SET then CONFIG GET, pipelined in one write: the later
+    requests wait for the change, as after any command in Redis."""
+    extra = 'allow_config_set: ["zset-*"]\n'
+    with proxy_for([b.addr for b in backends3], extra) as p:
+        redis.Redis(port=p.port).mset({f"o{i}": i for i in range(10)})
+        calls = [["FUNCTION", "LOAD", LIB % ("ordered", "oget")]]
+        calls += [["FCALL", "oget", "1", f"o{i}"] for i in range(10)]
+        calls += [["CONFIG", "SET", "zset-max-listpack-entries", "5"]]
+        calls += [["CONFIG", "GET", "zset-max-listpack-entries"]]
+        payload = b"".join(encode(c) for c in [*calls, ["QUIT"]])
+        got, closed = exchange(p.port, payload)
+        want = b"$7\r\nordered\r\n" + b"".join(b"$1\r\n%d\r\n" % i for i in range(10))
+        want += b"+OK\r\n*2\r\n$25\r\nzset-max-listpack-entries\r\n$1\r\n5\r\n+OK\r\n"
+        assert (got, closed) == (want, True)

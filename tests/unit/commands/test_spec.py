@@ -98,7 +98,7 @@ DOCUMENTED = {
     "function|delete function|restore function|list function|dump config|set",
     Kind.LOCAL: "ping echo quit select hello auth command command|info command|count "
     "command|getkeys command|docs info client|setname client|getname client|id client|info "
-    "client|list client|kill client|reply reset time",
+    "client|list client|kill client|reply client|unblock reset time",
     Kind.TRANSACTION: "multi exec discard watch unwatch",
     Kind.BLOCKING: "blpop brpop brpoplpush blmove bzpopmin bzpopmax blmpop bzmpop",
     Kind.PUBSUB: "subscribe psubscribe ssubscribe unsubscribe punsubscribe sunsubscribe publish "
