@@ -17,6 +17,8 @@ for bin in redis-server redis-cli redis-benchmark; do
 done
 deny="-needs:debug -needs:repl -needs:config-maxmemory -needs:config-resetstat -needs:reset"
 deny="$deny -needs:save -needs:pfdebug -needs:local-process -needs:latency -external:skip"
+# Tests Redis itself keeps from cluster mode: they use keys of different slots together.
+deny="$deny -cluster:skip"
 for unit in "$@"; do
   out=$(timeout 600 ./runtest --host 127.0.0.1 --port "$port" --singledb --clients 1 \
         --tags "$deny" --skipfile "$skipfile" --single "$unit" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' || true)
