@@ -25,6 +25,7 @@ from proxy.config.model import (
     HASH_NAMES,
     LOG_FORMATS,
     LOG_LEVELS,
+    MAX_DATABASES,
     MAX_WORKERS,
     PHASES,
     Address,
@@ -56,6 +57,7 @@ __all__ = [
     "HASH_NAMES",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "MAX_DATABASES",
     "MAX_WORKERS",
     "PHASES",
     "Address",
@@ -156,6 +158,7 @@ _TOP_RULES: Final[dict[str, _Rule]] = {
     "log_level": _one_of(*LOG_LEVELS),
     "slowlog_ms": _float(0),
     "allow_flush": _bool,
+    "databases": _int(1, MAX_DATABASES),
 }
 _TOP_DEFAULTS: Final[dict[str, Any]] = {
     "listen": DEFAULT_LISTEN,
@@ -165,6 +168,7 @@ _TOP_DEFAULTS: Final[dict[str, Any]] = {
     "log_level": "info",
     "slowlog_ms": 0.0,
     "allow_flush": False,
+    "databases": 16,
 }
 _CLIENT_RULES: Final[dict[str, _Rule]] = {
     "password": _secret,

@@ -18,6 +18,7 @@ from typing import Protocol, cast
 
 from proxy import errors
 from proxy.codec.resp import ReplyScanner, encode_request, is_error
+from proxy.commands.local import db_of, proto_of
 from proxy.config.schema import BackendConfig
 from proxy.net.metrics import LATENCY_BUCKETS_S, BackendStats
 from proxy.net.probe import BUSY_PREFIX, ProbeOutcome, auth_command
@@ -66,16 +67,18 @@ class FutureOwner(ReplyOwner):
 
 
 class BackendConnection(asyncio.BufferedProtocol):
-    """One TCP connection to a backend, speaking RESP `proto` (2 or 3).
+    """One TCP connection to a backend, speaking RESP `proto` (2 or 3) in database `db`
+    (together its lane, commands/local.lane).
 
     A BufferedProtocol: reads land in the connection's own buffer and are fed to the scanner as
     bytes (the copy uvloop would make for data_received), except while a big bulk string is
     under way, when they land straight in the reply's own buffer (ReplyScanner.room).
     """
 
-    def __init__(self, backend: ConnectionHost, proto: int) -> None:
+    def __init__(self, backend: ConnectionHost, lane: int) -> None:
         self.backend = backend
-        self.proto = proto
+        self.proto = proto_of(lane)  # RESP version
+        self.db = db_of(lane)  # selected by the handshake
         self.transport: asyncio.Transport | None = None
         self.pending: deque[Slot] = deque()  # reply slots in request order
         self.out: list[bytes] = []  # requests written this loop iteration, not yet sent
@@ -137,6 +140,8 @@ class BackendConnection(asyncio.BufferedProtocol):
             auth = auth_command(cfg)
             if auth is not None:
                 commands.append(auth)
+        if self.db:
+            commands.append([b"SELECT", b"%d" % self.db])
         commands.append([b"CLIENT", b"SETNAME", b"shardproxy"])
         owner = _Handshake(self)
         for cmd in commands:

@@ -44,7 +44,7 @@ class Deferred:
     spec: CommandSpec
     args: list[bytes]
     slot: Slot
-    proto: int
+    lane: int  # the client's RESP version and database (commands/local.lane)
     block: DeferredBlock | None = None  # set: it sends itself (spec and args name it only)
 
 
