@@ -40,12 +40,13 @@ SHADOW_SAFE = frozenset(
 class _SecondarySink(ReplyOwner):
     """Owner of one request's secondary-write slots: reports errors, never fails the client."""
 
-    __slots__ = ("keys", "names", "slots", "state")
+    __slots__ = ("db", "keys", "names", "slots", "state")
 
-    def __init__(self, state: MigrationState, keys: tuple[bytes, ...], count: int) -> None:
+    def __init__(self, state: MigrationState, keys: tuple[bytes, ...], count: int, db: int) -> None:
         super().__init__()
         self.state = state
         self.keys = keys
+        self.db = db
         self.slots = [Slot(self, None, 0.0) for _ in range(count)]
         self.names: list[str] = []
 
@@ -55,7 +56,7 @@ class _SecondarySink(ReplyOwner):
             reply = slot.reply
             if reply is not None and is_error(reply):
                 slot.reply = b""  # report once
-                self.state.on_secondary_error(name, self.keys, reply)
+                self.state.on_secondary_error(name, self.keys, reply, self.db)
 
 
 class _ShadowSink(ReplyOwner):
@@ -193,7 +194,7 @@ def send_secondary_block(
     """Requests written together (a transaction's MULTI ... EXEC) as the secondary write to
     `addr`: on its RESP2 connection 0 of `db`, in one burst; replies only checked, as
     send_secondary."""
-    sink = _SecondarySink(state, keys, len(requests))
+    sink = _SecondarySink(state, keys, len(requests), db)
     backend = routes.backends[addr]
     sink.names.extend(backend.name for _ in requests)
     payload = b"".join(encode_request(args) for args in requests)
@@ -211,7 +212,7 @@ def send_secondary(
 ) -> None:
     """The secondary write of a request in database `db`: on the RESP2 connection 0 of `db`."""
     secondary_lane = lane_for(2, db)
-    sink = _SecondarySink(state, keys, len(secondary.fragments))
+    sink = _SecondarySink(state, keys, len(secondary.fragments), db)
     for fragment, child in zip(secondary.fragments, sink.slots, strict=True):
         backend = routes.backends[fragment.addr]
         sink.names.append(backend.name)

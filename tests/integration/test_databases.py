@@ -246,9 +246,10 @@ def test_a_smaller_databases_setting_bounds_select(servers: list[RedisServer]) -
 
 def test_backends_with_fewer_databases_stop_the_start(servers: list[RedisServer]) -> None:
     text = simple_config([s.addr for s in servers], free_port(), free_port(), "databases: 32\n")
+    refused = ProxyThread(text)
     with pytest.raises(DatabasesError, match=r"databases: 32 in the config, but .* has 16"):
-        with running_proxy(text):
-            pass
+        refused.start()
+    refused.stop()
     with redis_servers(1, "--databases", "32") as big:
         text = simple_config([big[0].addr], free_port(), free_port(), "databases: 32\n")
         with running_proxy(text) as p:
