@@ -7,8 +7,12 @@ blocking, transaction, WATCH); SELECT's errors are Redis's own, byte for byte.
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -256,3 +260,81 @@ def test_backends_with_fewer_databases_stop_the_start(servers: list[RedisServer]
             c = redis.Redis(port=p.port, db=31, protocol=2)
             c.set("k", "v")
             assert in_db(big[0], 31).get("k") == b"v"
+
+
+NODE_DIR = Path(__file__).resolve().parents[1] / ".node"  # gitignored
+IOREDIS_SCRIPT = """
+const Redis = require("ioredis");
+const [port, name] = process.argv.slice(2);
+(async () => {
+  const one = new Redis({ port: Number(port), db: 1, lazyConnect: true });
+  const zero = new Redis({ port: Number(port), lazyConnect: true });
+  await one.connect();
+  await zero.connect();
+  await one.set(name, "from-db-1");
+  await zero.set(name, "from-db-0");
+  const seen = [await one.get(name), await zero.get(name), await one.dbsize()];
+  one.disconnect();
+  zero.disconnect();
+  console.log(JSON.stringify(seen));
+})().catch((e) => { console.error(String(e)); process.exit(1); });
+"""
+
+
+def ioredis() -> Path:
+    """node_modules with ioredis 5 in tests/.node (installed once), or skip without node/npm."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node and npm are needed for the ioredis test")
+    if not (NODE_DIR / "node_modules" / "ioredis").is_dir():
+        NODE_DIR.mkdir(exist_ok=True)
+        done = subprocess.run(
+            [npm, "install", "--prefix", str(NODE_DIR), "ioredis@5", "--no-audit", "--no-fund"],
+            capture_output=True,
+            timeout=180,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"npm install ioredis@5 failed: {done.stderr[-300:]!r}")
+    return NODE_DIR
+
+
+def test_ioredis_with_db_1_writes_to_db_1(proxy: ProxyThread, servers: list[RedisServer]) -> None:
+    """ioredis sends SELECT 1 on connect (issue 14: it ignored the refusal, and its writes landed
+    in db 0, mixed with another application's)."""
+    where = ioredis()
+    script = where / "db1.js"
+    script.write_text(IOREDIS_SCRIPT)
+    done = subprocess.run(
+        ["node", str(script), str(proxy.port), "io:key"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=where,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["from-db-1", "from-db-0", 1]
+    home = owner(proxy, servers, "io:key")
+    assert in_db(home, 1).get("io:key") == b"from-db-1"
+    assert in_db(home, 0).get("io:key") == b"from-db-0"
+
+
+def test_a_backend_that_may_not_say_is_trusted_and_a_db_it_lacks_fails_alone() -> None:
+    """The backend user may not CONFIG GET: the start goes on; the backend has 2 dbs where the
+    config says 4: db 3's requests fail naming the backend, and none of them runs in db 0 (its
+    connection sends them only once SELECT 3 succeeded)."""
+    with redis_servers(1, "--databases", "2") as (server,):
+        server.client().acl_setuser(
+            "proxy", enabled=True, passwords=["+pw"], keys="*", channels="*",
+            commands=["+@all", "-config"],
+        )  # fmt: skip
+        text = simple_config([server.addr], free_port(), free_port(), "databases: 4\n")
+        text = text.replace("backend:\n", "backend:\n  username: proxy\n  password: pw\n")
+        with running_proxy(text) as p:
+            three = redis.Redis(port=p.port, db=3, protocol=2)
+            with pytest.raises(redis.ResponseError, match="handshake refused: ERR DB index"):
+                three.set("k", "lost")
+            one = redis.Redis(port=p.port, db=1, protocol=2)
+            assert one.set("k", "kept") and one.get("k") == b"kept"
+            assert p.server is not None and p.server.routes.route_backends[0].up
+        assert in_db(server, 1).get("k") == b"kept"
+        assert not in_db(server, 0).exists("k")
