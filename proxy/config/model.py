@@ -22,7 +22,7 @@ LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
 ACL_CHECKS: Final[tuple[str, ...]] = ("warn", "refuse", "off")
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
 MIB: Final = 1024 * 1024
-MAX_DATABASES: Final = 1 << 20  # a config's `databases` at most (a backend lane per db in use)
+MAX_DATABASES: Final = 65536  # a config's `databases` at most (Redis sets none; lanes are lazy)
 MAX_WORKERS: Final = 64  # worker processes; more than cores only adds context switches
 
 

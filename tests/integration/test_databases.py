@@ -338,3 +338,22 @@ def test_a_backend_that_may_not_say_is_trusted_and_a_db_it_lacks_fails_alone() -
             assert p.server is not None and p.server.routes.route_backends[0].up
         assert in_db(server, 1).get("k") == b"kept"
         assert not in_db(server, 0).exists("k")
+
+
+def test_flushdb_empties_the_clients_db_and_pubsub_is_global(servers: list[RedisServer]) -> None:
+    text = simple_config([s.addr for s in servers], free_port(), free_port(), "allow_flush: true\n")
+    with running_proxy(text) as p:
+        zero = redis.Redis(port=p.port, protocol=2)
+        six = redis.Redis(port=p.port, db=6, protocol=2)
+        zero.mset({f"a{i}": 1 for i in range(20)})
+        six.mset({f"a{i}": 6 for i in range(20)})
+        assert six.flushdb()
+        assert six.dbsize() == 0 and zero.dbsize() == 20
+        assert sum(in_db(s, 0).dbsize() for s in servers) == 20
+        listener = zero.pubsub()
+        listener.subscribe("news")
+        assert listener.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+        assert six.publish("news", "from db 6") == 1  # channels are global, as in Redis
+        message = listener.get_message(timeout=5)
+        assert message is not None and message["data"] == b"from db 6"
+        listener.close()
