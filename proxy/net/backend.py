@@ -43,7 +43,7 @@ class Backend:
         self.down_reason = ""
         self.down_reply = b""
         self.closed = False
-        # Shared connections by lane (commands/local.lane: a RESP version and a database),
+        # Shared connections by lane (commands/local.lane_for: a RESP version and a database),
         # each opened on first use; the lanes of db 0 are the RESP versions 2 and 3.
         self._conns: dict[int, list[BackendConnection | None]] = {
             2: [None] * config.connections,

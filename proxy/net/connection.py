@@ -71,7 +71,7 @@ class FutureOwner(ReplyOwner):
 
 class BackendConnection(asyncio.BufferedProtocol):
     """One TCP connection to a backend, speaking RESP `proto` (2 or 3) in database `db`
-    (together its lane, commands/local.lane).
+    (together its lane, commands/local.lane_for).
 
     A BufferedProtocol: reads land in the connection's own buffer and are fed to the scanner as
     bytes (the copy uvloop would make for data_received), except while a big bulk string is

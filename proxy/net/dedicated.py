@@ -134,7 +134,7 @@ def open_dedicated(
     make: type[DedicatedConnection] = DedicatedConnection,
 ) -> DedicatedConnection | bytes:
     """A new connection of `purpose` to `backend` (of class `make`) in `lane` (its RESP version
-    and database: commands/local.lane), connecting; or the error
+    and database: commands/local.lane_for), connecting; or the error
     to answer: the backend is down, or `limit` (0: none) of that purpose are open already."""
     if not backend.up:
         return backend.down_reply

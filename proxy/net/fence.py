@@ -44,7 +44,7 @@ class Deferred:
     spec: CommandSpec
     args: list[bytes]
     slot: Slot
-    lane: int  # the client's RESP version and database (commands/local.lane)
+    lane: int  # the client's RESP version and database (commands/local.lane_for)
     block: DeferredBlock | None = None  # set: it sends itself (spec and args name it only)
 
 

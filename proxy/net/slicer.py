@@ -50,7 +50,7 @@ class RouterHolder(Protocol):
 class SliceRequest:
     spec: CommandSpec
     args: list[bytes]
-    lane: int  # the client's RESP version and database (commands/local.lane)
+    lane: int  # the client's RESP version and database (commands/local.lane_for)
     client_id: int
 
 
