@@ -1,6 +1,6 @@
 """The proxy's whole per-request Python path, without sockets: CPU µs per request.
 
-    python benchmarks/hotpath.py [--requests N] [--repeat R] [--hash NAME]
+    python benchmarks/hotpath.py [--requests N] [--repeat R] [--hash NAME] [--db N]
 
 A real ClientConnection, RouteTable, Backend and BackendConnection (the same objects `serve` uses)
 over in-memory transports: each round feeds a client read of `depth` GET requests (or SET 64 B),
@@ -8,6 +8,7 @@ runs the event loop once so the backend write is flushed, feeds the three backen
 lets the client write its replies. What is left out is only the kernel and uvloop's own socket
 work, so the figure is the part of the proxy's cost that Python code decides, and it is steady
 on a noisy machine (best of --repeat). `run.py` measures the whole thing against nutcracker.
+--db N: the clients SELECTed db N (their backend connections are those of db N's lane).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import uvloop
 
 from proxy.codec.resp import encode_request
 from proxy.commands.clients import ClientRow
+from proxy.commands.local import lane_for
 from proxy.config.schema import parse_config
 from proxy.net.backend import Backend
 from proxy.net.client import ClientConnection
@@ -89,6 +91,7 @@ class Host:
         self.max_clients = config.client.max_connections
         self.allow_flush = False
         self.allow_config_set: tuple[str, ...] = ()
+        self.databases = config.databases
         self.slowlog_ms = 0.0
         self.clients: set[ClientConnection] = set()
         self.metrics = ProxyMetrics()
@@ -117,13 +120,14 @@ class Host:
         return False
 
 
-def connect_backend(backend: Backend) -> tuple[BackendConnection, MemoryTransport]:
-    """A ready RESP2 connection on an in-memory transport (handshake answered)."""
-    conn = BackendConnection(backend, 2)
+def connect_backend(backend: Backend, db: int) -> tuple[BackendConnection, MemoryTransport]:
+    """A ready RESP2 connection to db `db` on an in-memory transport (handshake answered)."""
+    lane = lane_for(2, db)
+    conn = BackendConnection(backend, lane)
     transport = MemoryTransport()
     conn.connection_made(transport)
-    conn.data_received(b"+OK\r\n")  # CLIENT SETNAME
-    backend._conns[2][0] = conn  # a benchmark wiring what Backend._connect would
+    conn.data_received(b"+OK\r\n" * (2 if db else 1))  # SELECT, CLIENT SETNAME
+    backend._conns[lane] = [conn]  # a benchmark wiring what Backend._connect would
     return conn, transport
 
 
@@ -131,15 +135,18 @@ def reply_for(request: list[bytes]) -> bytes:
     return b"$64\r\n" + VALUE + b"\r\n" if request[0] == b"GET" else b"+OK\r\n"
 
 
-async def measure(command: bytes, depth: int, fan_in: int, total: int, hash_name: str) -> float:
+async def measure(
+    command: bytes, depth: int, fan_in: int, total: int, hash_name: str, db: int = 0
+) -> float:
     """CPU µs per request: rounds of `fan_in` client reads of `depth` requests each, one loop
     iteration (the backends' coalesced writes), one read of replies per backend."""
     host = Host(hash_name)
-    conns = [connect_backend(b) for b in host.routes.route_backends]
+    conns = [connect_backend(b, db) for b in host.routes.route_backends]
     clients = []
     for _ in range(fan_in):
         client = ClientConnection(host)
         client.connection_made(MemoryTransport())
+        client.session.set_db(db)  # as its SELECT would
         clients.append(client)
     node_for = host.routes.node_for
     rounds: list[tuple[list[bytes], dict[int, bytes]]] = []
@@ -182,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--hash", default="crc32a")
+    parser.add_argument("--db", type=int, default=0)
     args = parser.parse_args(argv)
-    print(f"hash {args.hash}; CPU µs per request, best of {args.repeat}")
+    print(f"hash {args.hash}, db {args.db}; CPU µs per request, best of {args.repeat}")
     for command in (b"GET", b"SET"):
         for depth, fan_in in CASES:
             best = min(
-                uvloop.run(measure(command, depth, fan_in, args.requests, args.hash))
+                uvloop.run(measure(command, depth, fan_in, args.requests, args.hash, args.db))
                 for _ in range(args.repeat)
             )
             label = f"{command.decode()} -P {depth}, {fan_in} client reads per loop iteration"

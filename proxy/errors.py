@@ -169,11 +169,43 @@ def unrecognized_option(option: bytes) -> bytes:
 
 
 def select_db() -> bytes:
-    return _err("ERR DB index is out of range (shardproxy serves db 0 only)")
+    return _err("ERR DB index is out of range")
+
+
+def too_few_databases(wanted: int, short: list[tuple[str, int]]) -> str:
+    """At start: backends with fewer databases than the config's `databases`."""
+    found = ", ".join(f"{addr} has {n}" for addr, n in short)
+    return (
+        f"databases: {wanted} in the config, but {found}; lower `databases` or raise the "
+        "backends' own `databases` setting"
+    )
+
+
+def select_while_watching() -> bytes:
+    return _err(
+        "ERR SELECT while WATCHing is not supported by shardproxy (the watched keys stay in "
+        "the database they were watched in); UNWATCH or EXEC first"
+    )
+
+
+def copy_db() -> bytes:
+    return _err("ERR COPY ... DB is not supported by shardproxy; SELECT the database instead")
+
+
+def swapdb() -> bytes:
+    return _err(
+        "ERR SWAPDB is not allowed through shardproxy: the databases are spread over many "
+        "backends and cannot be swapped atomically"
+    )
 
 
 def syntax_error() -> bytes:
     return _err("ERR syntax error")
+
+
+def not_int_range(low: int, high: int) -> bytes:
+    """Redis's error for an integer argument outside a C int (getRangeLongFromObjectOrReply)."""
+    return _err(f"ERR value is out of range, value must between {low} and {high}")
 
 
 def not_integer() -> bytes:

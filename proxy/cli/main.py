@@ -221,6 +221,7 @@ def _run(config: ProxyConfig, text: str, path: str | None, watch: bool, workers:
     import uvloop
 
     from proxy.server.aclcheck import AclCheckError
+    from proxy.server.dbcheck import DatabasesError
     from proxy.server.server import ProxyServer
 
     async def serve() -> None:
@@ -236,7 +237,7 @@ def _run(config: ProxyConfig, text: str, path: str | None, watch: bool, workers:
     except OSError as exc:
         print(f"shardproxy: cannot serve: {exc}", file=sys.stderr)
         return 1
-    except AclCheckError as exc:
+    except (AclCheckError, DatabasesError) as exc:
         print(f"shardproxy: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -249,6 +250,7 @@ def _run_workers(
     import uvloop
 
     from proxy.server.aclcheck import AclCheckError
+    from proxy.server.dbcheck import DatabasesError
     from proxy.workers.supervisor import Supervisor
 
     async def supervise() -> int:
@@ -265,7 +267,7 @@ def _run_workers(
 
     try:
         return uvloop.run(supervise())
-    except AclCheckError as exc:  # checked once, before any worker starts
+    except (AclCheckError, DatabasesError) as exc:  # checked once, before any worker starts
         print(f"shardproxy: {exc}", file=sys.stderr)
         return 1
 

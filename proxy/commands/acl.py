@@ -3,7 +3,7 @@
 Scripts (EVAL, FCALL) run commands inside Redis, where the proxy's deny list never sees them, so
 the backends must refuse them themselves. The rules allow everything (`+@all`) but @admin and
 @dangerous, give back the few of those the proxy forwards or sends itself (RESTORE, KEYS, INFO,
-SORT...), and deny every other command the proxy refuses clients (MOVE, MIGRATE, SWAPDB, FLUSH*
+SORT...), and deny every other command the proxy refuses clients (MIGRATE, SWAPDB, FLUSH*
 unless `allow_flush`...). The same sets give the probes of the startup and reload check.
 """
 
@@ -32,11 +32,11 @@ PROXY_SENDS = frozenset(
         "hgetall", "smembers", "zrange", "xrange",
     }
 )  # fmt: skip
-# Denied to clients today but kept: SELECT (databases), SCRIPT KILL and FUNCTION KILL (to be
-# forwarded; they stop a runaway script and are no escape).
+# Kept: SELECT (the handshake of a database's backend connections), SCRIPT KILL and FUNCTION
+# KILL (to be forwarded; they stop a runaway script and are no escape).
 KEPT = frozenset({"select", "script|kill", "function|kill"})
 # Always named in the rules, even where a category already denies them: the escapes reported.
-NAMED_DENIALS = ("migrate", "move", "swapdb")
+NAMED_DENIALS = ("migrate", "swapdb")
 # Forwarded for clients but never needed by the proxy itself: a backend user without them is not
 # a fault the check reports (the client then gets the backend's NOPERM).
 OPTIONAL = frozenset(
@@ -45,7 +45,7 @@ OPTIONAL = frozenset(
 )  # fmt: skip
 # The check's probes that must be refused (besides FLUSH* without allow_flush).
 MUST_DENY = (
-    "migrate", "move", "swapdb", "config|set", "debug", "shutdown",
+    "migrate", "swapdb", "config|set", "debug", "shutdown",
     "replicaof", "module|load", "acl|setuser", "bgsave",
 )  # fmt: skip
 

@@ -57,7 +57,7 @@ def client_line(row: ClientRow) -> bytes:
 
 
 def session_db(session: Session) -> int:
-    return 0
+    return session.db
 
 
 def session_user(session: Session) -> str:

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from proxy import __version__, errors
 from proxy.codec.resp import OK, PONG, encode_bulk, encode_int, encode_map_raw, encode_simple
+from proxy.commands.checks import db_index
 from proxy.commands.clients import (
     ClientRow,
     client_info,
@@ -28,6 +29,20 @@ from proxy.commands.spec import CommandSpec
 from proxy.commands.table import REDIS_VERSION  # whose command table the proxy serves
 
 
+def lane_for(proto: int, db: int) -> int:
+    """The key of a backend's shared connections: a RESP version (2 or 3) and a database.
+    A db 0 lane is the protocol version itself, so db 0 costs nothing (net/backend.py)."""
+    return proto | db << 2
+
+
+def proto_of(lane: int) -> int:
+    return lane & 3
+
+
+def db_of(lane: int) -> int:
+    return lane >> 2
+
+
 @dataclass
 class Session:
     """Per-client connection state that local commands read and change."""
@@ -36,6 +51,8 @@ class Session:
     peer: str
     password: str | None  # the required client password (None: no AUTH needed)
     proto: int = 2
+    db: int = 0  # SELECTed
+    lane: int = 2  # lane_for(proto, db): the backend connections its requests use
     authed: bool = False
     # Inside MULTI, or pinned by WATCH: every request goes to net/transaction.py (dispatch).
     in_tx: bool = False
@@ -50,6 +67,14 @@ class Session:
 
     def __post_init__(self) -> None:
         self.set_authed(self.password is None)
+
+    def set_proto(self, proto: int) -> None:
+        self.proto = proto
+        self.lane = lane_for(proto, self.db)
+
+    def set_db(self, db: int) -> None:
+        self.db = db
+        self.lane = lane_for(self.proto, db)
 
     def set_authed(self, authed: bool) -> None:
         self.authed = authed
@@ -75,6 +100,8 @@ class Session:
 
 class ServerView(Protocol):
     """What INFO and HELLO may tell about the running proxy."""
+
+    databases: int  # the config's `databases`: SELECT takes 0..databases-1
 
     def info_sections(self) -> list[tuple[str, list[tuple[str, str]]]]: ...
 
@@ -121,11 +148,11 @@ def _quit(args: list[bytes], session: Session, view: ServerView) -> bytes:
 
 
 def _select(args: list[bytes], session: Session, view: ServerView) -> bytes:
-    try:
-        db = int(args[1])
-    except ValueError:
-        return errors.not_integer()
-    return OK if db == 0 else errors.select_db()
+    db = db_index(args[1], view.databases)
+    if isinstance(db, bytes):
+        return db
+    session.set_db(db)
+    return OK
 
 
 def check_password(session: Session, user: bytes | None, password: bytes) -> bytes | None:
@@ -180,7 +207,7 @@ def _hello(args: list[bytes], session: Session, view: ServerView) -> bytes:
         if _bad_name(name):
             return errors.invalid_client_name()
         session.name = name or None
-    session.proto = proto
+    session.set_proto(proto)
     resp3 = proto == 3
     fields = [
         (b"server", encode_bulk(b"redis")),
@@ -224,7 +251,8 @@ def _client_reply(args: list[bytes], session: Session, view: ServerView) -> byte
 
 def _reset(args: list[bytes], session: Session, view: ServerView) -> bytes:
     session.set_reply_mode(b"on")
-    session.proto = 2
+    session.set_proto(2)
+    session.set_db(0)  # as Redis's RESET
     session.name = None
     session.set_authed(session.password is None)
     session.set_in_tx(False)  # the proxy's transaction state is reset by net/transaction
@@ -266,23 +294,36 @@ def _info(args: list[bytes], session: Session, view: ServerView) -> bytes:
     return encode_info(info_body(args, view), session.proto)
 
 
+def keyspace_dbs(text: bytes) -> dict[int, tuple[int, int, int]]:
+    """The `dbN:keys=..,expires=..,avg_ttl=..` lines of an `INFO keyspace` text, by db."""
+    dbs: dict[int, tuple[int, int, int]] = {}
+    for line in text.splitlines():
+        head, _, rest = line.partition(b":")
+        if not (head.startswith(b"db") and head[2:].isdigit() and rest):
+            continue
+        fields = dict(f.split(b"=", 1) for f in rest.split(b",") if b"=" in f)
+        values = [fields.get(name, b"0") for name in (b"keys", b"expires", b"avg_ttl")]
+        if all(v.isdigit() for v in values):
+            dbs[int(head[2:])] = (int(values[0]), int(values[1]), int(values[2]))
+    return dbs
+
+
 def sum_keyspace(replies: list[bytes]) -> bytes:
-    """`# Keyspace` summed over the backends' `INFO keyspace` texts (db0 only: the proxy's db)."""
-    keys = expires = 0
-    ttl_weighted = 0
+    """`# Keyspace` summed per db over the backends' `INFO keyspace` texts, as Redis lists it:
+    every db that has keys, whichever the client selected."""
+    totals: dict[int, list[int]] = {}
     for raw in replies:
-        for line in raw.splitlines():
-            if not line.startswith(b"db0:"):
-                continue
-            fields = dict(f.split(b"=", 1) for f in line[4:].split(b",") if b"=" in f)
-            k, e = int(fields.get(b"keys", 0)), int(fields.get(b"expires", 0))
-            keys += k
-            expires += e
-            ttl_weighted += int(fields.get(b"avg_ttl", 0)) * e
+        for db, (keys, expires, avg_ttl) in keyspace_dbs(raw).items():
+            total = totals.setdefault(db, [0, 0, 0])
+            total[0] += keys
+            total[1] += expires
+            total[2] += avg_ttl * expires  # weighted by the keys it is the average of
     out = b"# Keyspace\r\n"
-    if keys:
-        avg_ttl = ttl_weighted // expires if expires else 0
-        out += b"db0:keys=%d,expires=%d,avg_ttl=%d\r\n" % (keys, expires, avg_ttl)
+    for db in sorted(totals):
+        keys, expires, ttl_weighted = totals[db]
+        if keys:
+            avg_ttl = ttl_weighted // expires if expires else 0
+            out += b"db%d:keys=%d,expires=%d,avg_ttl=%d\r\n" % (db, keys, expires, avg_ttl)
     return out
 
 

@@ -96,9 +96,10 @@ LOCAL = frozenset(
 TRANSACTION = frozenset({"multi", "exec", "discard", "watch", "unwatch"})
 # Blocking only with BLOCK: routed by their streams; the routing layer refuses BLOCK.
 SAME_BACKEND = frozenset({"xread", "xreadgroup"})
-# Keyed commands the default rule would route: other databases and cluster internals.
+# Keyed commands the default rule would route: cluster internals. (MOVE is routed by its key:
+# its two databases are on the key's backend; its db argument is checked: commands/checks.py.)
 # Keyless commands (WAIT, SWAPDB, FUNCTION STATS, ...) are denied by the default rule.
-DENIED = frozenset({"move", "migrate", "restore-asking"})
+DENIED = frozenset({"migrate", "restore-asking"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
 ACL_CHECKS: Final[tuple[str, ...]] = ("warn", "refuse", "off")
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
 MIB: Final = 1024 * 1024
+MAX_DATABASES: Final = 65536  # a config's `databases` at most (Redis sets none; lanes are lazy)
 MAX_WORKERS: Final = 64  # worker processes; more than cores only adds context switches
 
 
@@ -125,6 +126,7 @@ class ProxyConfig:
     log_level: str  # one of LOG_LEVELS
     slowlog_ms: float  # log requests slower than this; 0 = off
     allow_flush: bool  # FLUSHDB / FLUSHALL fan out only when true
+    databases: int  # SELECT 0..databases-1, as Redis's `databases`; every backend has as many
     client: ClientConfig
     backend: BackendConfig
     pools: Mapping[str, PoolConfig]  # read-only, in file order

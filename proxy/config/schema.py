@@ -25,6 +25,7 @@ from proxy.config.model import (
     HASH_NAMES,
     LOG_FORMATS,
     LOG_LEVELS,
+    MAX_DATABASES,
     MAX_WORKERS,
     PHASES,
     Address,
@@ -56,6 +57,7 @@ __all__ = [
     "HASH_NAMES",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "MAX_DATABASES",
     "MAX_WORKERS",
     "PHASES",
     "Address",
@@ -167,6 +169,7 @@ _TOP_RULES: Final[dict[str, _Rule]] = {
     "slowlog_ms": _float(0),
     "allow_flush": _bool,
     "allow_config_set": _globs,
+    "databases": _int(1, MAX_DATABASES),
 }
 _TOP_DEFAULTS: Final[dict[str, Any]] = {
     "listen": DEFAULT_LISTEN,
@@ -177,6 +180,7 @@ _TOP_DEFAULTS: Final[dict[str, Any]] = {
     "slowlog_ms": 0.0,
     "allow_flush": False,
     "allow_config_set": (),
+    "databases": 16,
 }
 _CLIENT_RULES: Final[dict[str, _Rule]] = {
     "password": _secret,

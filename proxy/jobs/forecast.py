@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from proxy.jobs.executor import Executor, JobError, scan_keys
+from proxy.jobs.executor import Executor, JobError, keyed_dbs, scan_keys
 from proxy.migration.keys import is_reserved
 from proxy.migration.phases import ActiveMigration
 from proxy.migration.shares import moved_shares, share_method
@@ -31,15 +31,19 @@ class KeySample:
 
 
 async def sample_keys(ex: Executor, m: ActiveMigration, per_server: int) -> KeySample:
-    """SCAN up to `per_server` keys of each source server; count where each would move."""
+    """SCAN up to `per_server` keys of each source server (from its databases with keys, in
+    order); count where each would move."""
     sample = KeySample()
     for addr in dict.fromkeys(m.source.addrs):
         seen = 0
         try:
-            async for _, keys in scan_keys(ex, addr, min(per_server, 1000)):
-                for key in keys[: per_server - seen]:
-                    _place(sample, m, addr, key)
-                seen += len(keys)
+            for db in await keyed_dbs(ex, [addr]):
+                async for _, keys in scan_keys(ex.in_db(db), addr, min(per_server, 1000)):
+                    for key in keys[: per_server - seen]:
+                        _place(sample, m, addr, key)
+                    seen += len(keys)
+                    if seen >= per_server:
+                        break
                 if seen >= per_server:
                     break
         except JobError as exc:

@@ -5,8 +5,8 @@ Order: the call is sent once every earlier request of its client is answered (so
 before it has run), and the client's later requests wait until its reply is in (the client
 holds them, as for a stream). A client that goes away releases the connection at once: the
 backend forgets the blocked call with it. Connections that answered are kept idle, a few per
-backend and protocol, for the next call. During a migration the call runs on the read side;
-what it popped there is popped on the other side too (net/mirror.py).
+backend and lane (RESP version and database), for the next call. During a migration the call
+runs on the read side; what it popped there is popped on the other side too (net/mirror.py).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Protocol
 
 from proxy import errors
 from proxy.codec.resp import encode_request, is_error
+from proxy.commands.local import db_of
 from proxy.commands.spec import CommandSpec
 from proxy.net.backend import Backend
 from proxy.net.dedicated import DedicatedConnection, Purpose, open_dedicated
@@ -25,16 +26,16 @@ from proxy.net.route import RouteTable
 from proxy.net.slot import ReplyOwner, Slot
 from proxy.routing.plan import plan_same_backend
 
-IDLE_PER_BACKEND = 8  # idle blocking connections kept per backend and protocol
+IDLE_PER_BACKEND = 8  # idle blocking connections kept per backend and lane
 
 
 class _Lease(ReplyOwner):
     """One blocking connection and the call using it now (None: idle in the cache)."""
 
-    def __init__(self, backend: Backend, proto: int) -> None:
+    def __init__(self, backend: Backend, lane: int) -> None:
         super().__init__()
         self.backend = backend
-        self.proto = proto
+        self.lane = lane
         self.call: BlockingCall | None = None
         self.conn: DedicatedConnection | None = None
         # The connection's id on the backend (CLIENT ID, asked first): for CLIENT UNBLOCK.
@@ -57,8 +58,8 @@ class _Lease(ReplyOwner):
 _IDLE: dict[tuple[Backend, int], list[_Lease]] = {}
 
 
-def _take_idle(backend: Backend, proto: int) -> _Lease | None:
-    idle = _IDLE.get((backend, proto))
+def _take_idle(backend: Backend, lane: int) -> _Lease | None:
+    idle = _IDLE.get((backend, lane))
     while idle:
         lease = idle.pop()
         if lease.conn is not None and not lease.conn.closed:
@@ -69,7 +70,7 @@ def _take_idle(backend: Backend, proto: int) -> _Lease | None:
 def _keep_idle(lease: _Lease) -> None:
     conn = lease.conn
     assert conn is not None
-    idle = _IDLE.setdefault((lease.backend, lease.proto), [])
+    idle = _IDLE.setdefault((lease.backend, lease.lane), [])
     if lease.backend.closed or conn.closed or len(idle) >= IDLE_PER_BACKEND:
         conn.release()
         return
@@ -78,21 +79,21 @@ def _keep_idle(lease: _Lease) -> None:
 
 
 def _forget_idle(lease: _Lease) -> None:
-    idle = _IDLE.get((lease.backend, lease.proto))
+    idle = _IDLE.get((lease.backend, lease.lane))
     if idle is not None and lease in idle:
         idle.remove(lease)
 
 
 def close_idle(backend: Backend) -> None:
     """The backend is closed (removed, or the proxy stops): close its idle connections."""
-    for proto in (2, 3):
-        for lease in _IDLE.pop((backend, proto), []):
+    for key in [k for k in _IDLE if k[0] is backend]:
+        for lease in _IDLE.pop(key):
             if lease.conn is not None:
                 lease.conn.release()
 
 
-def idle_count(backend: Backend, proto: int) -> int:
-    return len(_IDLE.get((backend, proto), ()))
+def idle_count(backend: Backend, lane: int) -> int:
+    return len(_IDLE.get((backend, lane), ()))
 
 
 class HeldCall(Protocol):
@@ -190,7 +191,7 @@ def open_blocking(
     slot: Slot,
     routes: RouteTable,
     state: MigrationState,
-    proto: int,
+    lane: int,
 ) -> BlockingCall | bytes:
     """The call for `args` on a connection of its own (idle or new), or the error to answer:
     keys on different backends, a pop that cannot be mirrored now, the backend down or its
@@ -199,12 +200,12 @@ def open_blocking(
     if isinstance(addr, bytes):
         return addr
     backend = routes.backends[addr]
-    lease = _take_idle(backend, proto)
+    lease = _take_idle(backend, lane)
     if lease is None:
-        lease = _Lease(backend, proto)
+        lease = _Lease(backend, lane)
         limit = backend.config.max_blocking_connections
         conn = open_dedicated(
-            backend, proto, Purpose.BLOCKING, lease.on_failed, limit=limit, watch_stalls=False
+            backend, lane, Purpose.BLOCKING, lease.on_failed, limit=limit, watch_stalls=False
         )
         if isinstance(conn, bytes):
             return conn
@@ -212,7 +213,7 @@ def open_blocking(
         conn.send(encode_request([b"CLIENT", b"ID"]), lease.id_slot)
     popped = None
     if not routes.fast and routes.secondary_writes and spec.write:
-        popped = Popped(spec, args, addr, state)
+        popped = Popped(spec, args, addr, state, db_of(lane))
     return BlockingCall(lease, encode_request(args), slot, popped)
 
 

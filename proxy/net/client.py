@@ -172,7 +172,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                     pending.append(slot)
                     backend = router.route_backends[router.node_for(args[key])]
                     raw = self.reader.raws[0] or encode_request(args)  # b"": not kept (see feed)
-                    backend.send(self.session.proto, self.client_id, raw, slot)
+                    backend.send(self.session.lane, self.client_id, raw, slot)
                     if pending[0].reply is not None:  # a backend down answers at once
                         self.flush()
                     return
@@ -224,7 +224,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         routes = self.host.routes
         session = self.session
         pending = self.pending
-        proto = session.proto
+        lane = session.lane
         cid = self.client_id
         known = self._known
         fast = routes.fast and session.direct
@@ -242,7 +242,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                 slot = Slot(self, stats, now)  # the fast path, as in data_received
                 pending.append(slot)
                 raw = raws[i] or encode_request(args)  # b"": not kept (see RequestReader.feed)
-                route_backends[node_for(args[key])].send(proto, cid, raw, slot)
+                route_backends[node_for(args[key])].send(lane, cid, raw, slot)
                 continue
             dispatch(self, args)
             if session.closing:
@@ -250,7 +250,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
             if self._sliced is not None:  # sent slice by slice: the rest waits for it
                 self._wait_for_slices(requests, raws, i + 1, failure)
                 return
-            proto = session.proto
+            lane = session.lane
             fast = routes.fast and session.direct
         self._backlog = None
         if failure is not None and not session.closing:
@@ -301,7 +301,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         spec, backend, head = stream_target(reader, self.host.routes)
         slot = Slot(self, self.stats_for(spec), perf_counter())
         self.pending.append(slot)
-        self._stream = stream = BulkStream(self, backend, self.session.proto, head, slot)
+        self._stream = stream = BulkStream(self, backend, self.session.lane, head, slot)
         self._hold = True
         reader.begin_stream(stream)
         if self.pending and self.pending[0] is slot:

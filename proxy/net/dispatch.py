@@ -18,7 +18,12 @@ from typing import Protocol
 from proxy import errors
 from proxy.codec.pubsub import pong
 from proxy.codec.resp import encode_request
-from proxy.commands.checks import has_block_option, refusal_before_routing
+from proxy.commands.checks import (
+    DB_ARGUMENT,
+    db_argument_refusal,
+    has_block_option,
+    refusal_before_routing,
+)
 from proxy.commands.info import backend_sections
 from proxy.commands.local import ServerView, Session, run_local
 from proxy.commands.spec import (
@@ -41,7 +46,7 @@ from proxy.net.pubsub import SUBSCRIBED_OK, Subscriptions, handle_pubsub
 from proxy.net.route import RouteTable
 from proxy.net.slicer import SliceRequest, wants_slices
 from proxy.net.slot import ReplyOwner, Slot
-from proxy.net.transaction import Transaction, on_request, start
+from proxy.net.transaction import Transaction, on_request, select_in_transaction, start
 
 _PRE_AUTH = frozenset({"auth", "hello", "quit", "reset"})
 # The fast path's entry for a command name: key index, fewest and most arguments, stats.
@@ -90,7 +95,7 @@ def fast_entry(name: bytes, stats_for: Callable[[CommandSpec], CommandStats]) ->
     (`GET` or `get`): for a single-key command, its key's index, the argument counts it takes
     and its stats; anything else gets an entry no request fits, so it comes to dispatch."""
     spec = PLAIN.get(name)
-    if spec is None or spec.kind is not Kind.SINGLE:
+    if spec is None or spec.kind is not Kind.SINGLE or spec.name in DB_ARGUMENT:
         return NOT_FAST
     arity = spec.arity
     highest = arity if arity > 0 else 1 << 30
@@ -179,11 +184,15 @@ def send_keyed(
     host = client.host
     if spec.needs_flush_permission and not host.allow_flush:
         return errors.flush_disabled(spec.name)
-    proto = client.session.proto
+    if spec.name in DB_ARGUMENT:  # MOVE key db
+        problem = db_argument_refusal(spec, args, host.databases)
+        if problem is not None:
+            return problem
+    lane = client.session.lane
     if has_block_option(spec, args):  # XREAD(GROUP) ... BLOCK
         return send_blocking(client, spec, args, slot)
     if wants_slices(spec, args):
-        client.begin_slices(SliceRequest(spec, args, proto, client.client_id), slot)
+        client.begin_slices(SliceRequest(spec, args, lane, client.client_id), slot)
         return None
     if spec.merge is Merge.ATOMIC:  # FUNCTION LOAD DELETE RESTORE, CONFIG SET
         change = change_everywhere(spec, args, slot, host.routes, host.allow_config_set)
@@ -191,7 +200,7 @@ def send_keyed(
             return change
         client.begin_blocking(change)  # later requests wait for it, as for BLPOP
         return None
-    return send_planned(spec, args, slot, host.routes, host.migration, proto, client.client_id)
+    return send_planned(spec, args, slot, host.routes, host.migration, lane, client.client_id)
 
 
 def answer_local(
@@ -210,7 +219,10 @@ def answer_local(
         if spec.name == "reset" and client.pubsub is not None:
             client.pubsub.close()  # RESET leaves subscribed mode
             client.pubsub = None
-        slot.reply = run_local(spec, args, client.session, host)
+        if spec.name == "select" and client.tx is not None:
+            slot.reply = select_in_transaction(client.tx, spec, args, host)
+        else:
+            slot.reply = run_local(spec, args, client.session, host)
         if slot.reply[:10] == b"-WRONGPASS":
             host.metrics.client_errors_total.labels("auth").inc()
     return None
@@ -221,8 +233,8 @@ def send_blocking(
 ) -> bytes | None:
     """BLPOP ... XREAD BLOCK: on a backend connection of the client's own (net/blocking.py)."""
     host = client.host
-    proto = client.session.proto
-    call = open_blocking(spec, args, slot, host.routes, host.migration, proto)
+    lane = client.session.lane
+    call = open_blocking(spec, args, slot, host.routes, host.migration, lane)
     if isinstance(call, bytes):
         return call
     client.begin_blocking(call)
@@ -238,7 +250,7 @@ def refuse_unsupported(
 def refuse_denied(
     client: DispatchClient, spec: CommandSpec, args: list[bytes], slot: Slot
 ) -> bytes | None:
-    return errors.denied(spec.name)
+    return errors.swapdb() if spec.name == "swapdb" else errors.denied(spec.name)
 
 
 HANDLERS: dict[Kind, Handler] = {

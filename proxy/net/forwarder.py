@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from proxy.codec.resp import decode_reply, encode_request
 from proxy.commands.info import sum_section
-from proxy.commands.local import ServerView, encode_info, info_body, sum_keyspace
+from proxy.commands.local import ServerView, encode_info, info_body, proto_of, sum_keyspace
 from proxy.commands.spec import Merge
 from proxy.net.route import RouteTable
 from proxy.net.slot import ReplyOwner, Slot
@@ -36,8 +36,9 @@ class Gather(ReplyOwner):
         self.parent.answer(merge_replies(self.plan, replies, self.resp3))
 
 
-def send_plan(plan: Plan, routes: RouteTable, slot: Slot, proto: int, client_id: int) -> None:
-    """Send every fragment of `plan`; its (merged) reply lands in `slot`."""
+def send_plan(plan: Plan, routes: RouteTable, slot: Slot, lane: int, client_id: int) -> None:
+    """Send every fragment of `plan` on `lane` (the client's RESP version and database); its
+    (merged) reply lands in `slot`."""
     if plan.error is not None:
         slot.reply = plan.error
         return
@@ -45,21 +46,22 @@ def send_plan(plan: Plan, routes: RouteTable, slot: Slot, proto: int, client_id:
     fragments = plan.fragments
     if len(fragments) == 1 and plan.merge is None:
         fragment = fragments[0]
-        backends[fragment.addr].send(proto, client_id, encode_request(fragment.args), slot)
+        backends[fragment.addr].send(lane, client_id, encode_request(fragment.args), slot)
         return
-    gather = Gather(slot, plan, proto == 3)
+    resp3 = proto_of(lane) == 3
+    gather = Gather(slot, plan, resp3)
     alone = plan.merge is Merge.KILL  # not queued behind the script it is meant to stop
     for fragment, child in zip(fragments, gather.children, strict=True):
         if alone:
             backends[fragment.addr].send_alone(fragment.args, child)
         else:
-            backends[fragment.addr].send(proto, client_id, encode_request(fragment.args), child)
+            backends[fragment.addr].send(lane, client_id, encode_request(fragment.args), child)
     if all(c.reply is not None for c in gather.children):
         # Every backend was down: answered already; merge now (the client flushes after).
         gather.parent.reply = merge_replies(
             plan,
             [c.reply for c in gather.children],  # type: ignore[misc]
-            proto == 3,
+            resp3,
         )
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from proxy import errors
 from proxy.codec.resp import encode_request
-from proxy.commands.checks import RESERVED_PREFIX, refusal_before_routing
+from proxy.commands.checks import RESERVED_PREFIX, db_argument_refusal, refusal_before_routing
 from proxy.commands.spec import CommandSpec, Kind
 from proxy.net.dedicated import DedicatedConnection, Purpose, open_dedicated
 from proxy.net.dualwrite import send_secondary_block
@@ -122,7 +122,7 @@ def watch(client: TxClient, tx: Transaction, args: list[bytes], slot: Slot) -> b
         pin = Pin(addr, tx.on_pin_lost)
         limit = routes.topology.config.backend.max_watch_connections
         backend = routes.backends[addr]
-        conn = open_dedicated(backend, client.session.proto, Purpose.WATCH, pin.on_failed, limit)
+        conn = open_dedicated(backend, client.session.lane, Purpose.WATCH, pin.on_failed, limit)
         if isinstance(conn, bytes):
             return conn
         pin.conn = conn
@@ -155,7 +155,8 @@ def send_pinned(
         spec.kind is Kind.MULTI and (len(args) - 1) % spec.key_step
     ):
         return False  # dispatch answers the same refusal
-    if refusal_before_routing(spec, args) is not None:
+    databases = client.host.databases
+    if refusal_before_routing(spec, args) or db_argument_refusal(spec, args, databases):
         return False
     routes = client.host.routes
     dual = plan(spec, args, routes)
@@ -176,5 +177,6 @@ def send_pinned(
     if dual.secondary is not None:
         state = client.host.migration
         for fragment in dual.secondary.fragments:
-            send_secondary_block(fragment.addr, [fragment.args], dual.keys, routes, state)
+            db = client.session.db
+            send_secondary_block(fragment.addr, [fragment.args], dual.keys, routes, state, db)
     return True

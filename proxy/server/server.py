@@ -30,6 +30,7 @@ from proxy.routing.topology import Topology, build_topology
 from proxy.server import status as views
 from proxy.server.aclcheck import AclCheckError, AclReport, check_config, log_reports, refusal
 from proxy.server.admin import AdminServer
+from proxy.server.dbcheck import check_databases
 from proxy.server.fdlimit import log_lowered, size_clients
 from proxy.server.lifecycle import ConfigFamilies, Lifecycle
 from proxy.server.reload import Accepted, validate_reload
@@ -89,6 +90,7 @@ class ProxyServer:
         self._sized = False
         self.allow_flush = config.allow_flush
         self.allow_config_set = config.allow_config_set
+        self.databases = config.databases
         self.slowlog_ms = config.slowlog_ms
         self.acl_reports: dict[str, AclReport] = {}  # backend addr -> its user's last ACL check
         self.memory = MemoryGuard(self.clients, self.memory_budget, self._on_memory_sweep)
@@ -114,6 +116,8 @@ class ProxyServer:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.role is None:  # under a supervisor, the supervisor checks it once
+            await check_databases(self._config)
         if self._config.backend.acl_check == "refuse" and self.role is None:
             reason = await self.check_acl(self._config)
             if reason:
@@ -249,6 +253,7 @@ class ProxyServer:
         self.client_config = config.client
         self.allow_flush = config.allow_flush
         self.allow_config_set = config.allow_config_set
+        self.databases = config.databases
         self.slowlog_ms = config.slowlog_ms
         self._size_clients()
         self.lifecycle.accepted(config, generation, topology.config_hash, "")

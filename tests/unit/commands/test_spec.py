@@ -88,7 +88,7 @@ def test_table_is_sorted_and_from_the_recorded_version() -> None:
 
 DOCUMENTED = {
     Kind.SINGLE: "get set incr hset lpush zadd expire object|encoding xinfo|stream memory|usage "
-    "georadius_ro xgroup|create bitfield restore",
+    "georadius_ro xgroup|create bitfield restore move",
     Kind.MULTI: "mget mset del unlink exists touch",
     Kind.SAME_BACKEND: "rename smove lmove sinterstore zunionstore bitop pfmerge copy msetnx eval "
     "evalsha eval_ro fcall fcall_ro sort sort_ro georadius georadiusbymember xread xreadgroup "
@@ -106,7 +106,7 @@ DOCUMENTED = {
     Kind.DENIED: "debug shutdown replicaof slaveof cluster|info "
     "cluster|nodes module|load save bgsave bgrewriteaof monitor sync psync migrate acl|setuser "
     "acl|whoami failover latency|latest slowlog|get client|tracking "
-    "client|pause swapdb move wait lastsave role function|stats script|debug "
+    "client|pause swapdb wait lastsave role function|stats script|debug "
     "object|help readonly readwrite "
     "asking restore-asking pfdebug lolwut",
 }

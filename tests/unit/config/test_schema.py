@@ -75,6 +75,7 @@ def test_every_default() -> None:
     assert config.listen == Address("127.0.0.1", 6380) == DEFAULT_LISTEN
     assert config.admin == Address("127.0.0.1", 9380) == DEFAULT_ADMIN
     assert config.workers == 1
+    assert config.databases == 16  # Redis's default
     assert config.log_format == "text"
     assert config.log_level == "info"
     assert config.slowlog_ms == 0
@@ -289,6 +290,9 @@ def test_non_string_keys() -> None:
         ("workers: 0", "workers: must be 1..64"),
         ("workers: -2", "workers: must be 1..64"),
         ("workers: 65", "workers: must be 1..64"),
+        ("databases: 0", "databases: must be 1..65536"),
+        ("databases: 65537", "databases: must be 1..65536"),
+        ("databases: many", "databases: expected an integer, got 'many'"),
         (
             "listen: 127.0.0.1:0\nworkers: 2",
             "listen: port 0 (any free port) cannot be shared by workers > 1; give a port",
