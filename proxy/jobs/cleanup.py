@@ -1,13 +1,15 @@
 """Cleanup after retire: delete the keys a server kept from the old layout but no longer owns.
 
 For each server of a pool, SCAN it and UNLINK (in batches) every key the pool's ring places on
-another server. Reserved keys (the jobs' state and temporary keys) are never touched. Only safe once
-the target pool answers every read: the CLI allows it in phase retire, or after the migration block
-is gone when the operator names the pool the keys came from.
+another server. Reserved keys (the jobs' state and temporary keys) are never touched, nor keys
+that prefix routes give to another pool (a server may be in two pools). Only safe once the target
+pool answers every read: the CLI allows it in phase retire, or after the migration block is gone
+when the operator names the pool the keys came from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from proxy.jobs.executor import Executor, RateLimiter, request, scan_keys
@@ -26,9 +28,10 @@ async def cleanup_pool(
     dry_run: bool,
     scan_count: int = 500,
     limiter: RateLimiter | None = None,
+    claims: Callable[[bytes], bool] = lambda key: True,
 ) -> dict[str, int]:
     """Per server address: how many keys it holds that `pool`'s ring places elsewhere (deleted
-    unless dry_run)."""
+    unless dry_run); only keys `claims` gives to the pool (by prefix routes) are considered."""
     counts: dict[str, int] = {}
     for addr in dict.fromkeys(pool.addrs):
         counts[addr] = 0
@@ -36,7 +39,9 @@ async def cleanup_pool(
         async for _, keys in scan_keys(ex, addr, scan_count):
             if limiter is not None:
                 await limiter.take(len(keys))
-            strays = [k for k in keys if not is_reserved(k) and pool.addr_for(k) != addr]
+            strays = [
+                k for k in keys if not is_reserved(k) and claims(k) and pool.addr_for(k) != addr
+            ]
             counts[addr] += len(strays)
             if dry_run:
                 continue

@@ -91,7 +91,7 @@ class InfoGather(ReplyOwner):
 def send_info(
     args: list[bytes], routes: RouteTable, slot: Slot, view: ServerView, proto: int
 ) -> None:
-    addrs = list(dict.fromkeys(routes.topology.route.addrs))
+    addrs = list(dict.fromkeys(routes.read.addrs))  # every pool keys are routed to
     gather = InfoGather(slot, args, view, proto, len(addrs))
     payload = encode_request([b"INFO", b"keyspace"])
     for addr, child in zip(addrs, gather.children, strict=True):
