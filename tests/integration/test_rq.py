@@ -12,14 +12,15 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import redis
 from rq import Queue, Retry
 
 from tests.integration import rq_jobs
-from tests.integration.test_prefix_routes import ROUTE, Routed
 from tests.support.processes import RedisServer, redis_servers, wait_until
+from tests.support.routed import ROUTE, Routed
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = (40, 10, 10)  # per phase: jobs that succeed, fail once then succeed, always fail
@@ -58,14 +59,42 @@ class Traffic(threading.Thread):
             self.ops += 1
 
 
-def start_worker(port: int) -> subprocess.Popen[bytes]:
-    """An `rq worker --burst` subprocess: it drains the queue (retries included) and exits."""
+def start_worker(port: int, log: BinaryIO, *extra: str) -> subprocess.Popen[bytes]:
+    """An `rq worker` subprocess: without --burst it waits for jobs in a blocking pop (BLMOVE
+    through the proxy) until SIGTERM; with --burst it drains the queue and exits. Its log (a
+    traceback per failed job) goes to a file: a pipe nobody reads would fill and stall it."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "rq.cli", "worker", "--burst", "-w", "rq.worker.SimpleWorker",
+        [sys.executable, "-m", "rq.cli", "worker", *extra, "-w", "rq.worker.SimpleWorker",
          "-u", f"redis://127.0.0.1:{port}", "default"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log,
     )  # fmt: skip
+
+
+def effects(client: redis.Redis, queue: Queue) -> tuple[int, int]:
+    """(successful jobs recorded, jobs in the failed registry)."""
+    return client.llen("rq:test:done"), queue.failed_job_registry.count
+
+
+def wait_for_batch(client: redis.Redis, queue: Queue, jobs: dict[str, list[int]]) -> None:
+    expected = (len(jobs["succeed"]) + len(jobs["flaky"]), len(jobs["fail"]))
+
+    def done() -> bool:
+        got = effects(client, queue)
+        return got[0] >= expected[0] and got[1] >= expected[1]
+
+    try:
+        wait_until(done, 60, "the batch done")
+    except TimeoutError:
+        registries = (
+            queue.count,
+            queue.started_job_registry.count,
+            queue.scheduled_job_registry.count,
+        )
+        raise AssertionError(
+            f"effects {effects(client, queue)}, expected {expected}; queued,"
+            f" started, scheduled: {registries}"
+        ) from None
 
 
 def enqueue_batch(queue: Queue, start: int) -> dict[str, list[int]]:
@@ -96,18 +125,23 @@ def test_rq_through_a_migration_of_the_default_pool(
         ("main", "retire"), ("main2", None), ("main2", None),
     ]  # fmt: skip
     jobs: dict[str, list[int]] = {"succeed": [], "flaky": [], "fail": []}
+    log_path = tmp_path / "worker.log"
+    log = log_path.open("ab")
+    waiting = start_worker(routed.port, log)  # blocked in a pop between batches, across reloads
     try:
         for round_, (route, phase) in enumerate(steps):
             for kind, indexes in enqueue_batch(queue, round_ * sum(BATCH)).items():
                 jobs[kind] += indexes
-            worker = start_worker(routed.port)
+            burst = start_worker(routed.port, log, "--burst")  # a second worker, racing the first
             block = f"{migration}  phase: {phase}\n" if phase else ""
             ok, why = routed.reload(routed.render(ROUTE, route, block))  # while jobs run
             assert ok, why
             if phase == "backfill":
                 wait_until(lambda: routed.status()["backfill"]["state"] == "done", 60, "backfill")
-            _, err = worker.communicate(timeout=120)
-            assert worker.returncode == 0, err.decode(errors="replace")[-2000:]
+            assert burst.wait(120) == 0, log_path.read_text(errors="replace")[-2000:]
+            wait_for_batch(routed.client, queue, jobs)
+        waiting.terminate()  # SIGTERM: rq's warm shutdown
+        assert waiting.wait(30) == 0, log_path.read_text(errors="replace")[-2000:]
         traffic.stop.set()
         traffic.join(10)
         check_jobs(routed, queue, jobs)
@@ -118,6 +152,10 @@ def test_rq_through_a_migration_of_the_default_pool(
         for i in (0, 1, 2):  # no rq: key ever reached the default pools' servers
             assert list(servers[i].client().scan_iter(match="rq:*")) == []
     finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait(10)
+        log.close()
         traffic.stop.set()
         routed.stop()
 
