@@ -123,20 +123,27 @@ def test_reload_adds_and_removes_routes(routed: Routed) -> None:
     assert routed.on_backends(b"rq:queue:r") == [3]  # the old config keeps serving
 
 
-def walk(routed: Routed, migration: str, done: str, routes: str, route: str = "main") -> None:
-    """none -> double-write -> backfill (until done) -> cut-read -> retire -> cleanup."""
+def cli(*args: str) -> str:
+    out = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def walk(routed: Routed, migration: str, done: str, routes: str, plan: list[str]) -> None:
+    """none -> double-write -> backfill (until done) -> cut-read -> retire -> cleanup; `plan`:
+    lines `shardproxy plan` must print in double-write."""
+    route = "main"
     for phase in ("double-write", "backfill"):
         ok, why = routed.reload(routed.render(routes, route, f"{migration}  phase: {phase}\n"))
         assert ok, why
+        if phase == "double-write":
+            out = cli("plan", "-c", str(routed.path))
+            assert all(line in out for line in plan), out
     wait_until(lambda: routed.status()["backfill"]["state"] == "done", 60, "backfill done")
     for phase in ("cut-read", "retire"):
         ok, why = routed.reload(routed.render(routes, route, f"{migration}  phase: {phase}\n"))
         assert ok, why
-    out = subprocess.run(
-        [*CLI, "cleanup", "-c", str(routed.path)], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    assert done in out.stdout, out.stdout
+    assert done in cli("cleanup", "-c", str(routed.path))
 
 
 def test_migrating_the_default_pool_leaves_routed_keys_alone(
@@ -150,7 +157,12 @@ def test_migrating_the_default_pool_leaves_routed_keys_alone(
             c.set(b"rq:job:%d" % i, i)
             c.set(b"user:%d" % i, i)
         servers[1].client().set("rq:stray", "written before the route existed")
-        walk(routed, "migration:\n  to: main2\n", "cleanup pool main2: deleted", routes=ROUTE)
+        plan = [
+            "prefix routes (longest prefix wins):",
+            "  'rq:' -> queues: stays on pool queues: none of its keys move",
+            "keys of other pools (prefix routes) left alone",
+        ]
+        walk(routed, "migration:\n  to: main2\n", "cleanup pool main2: deleted", ROUTE, plan)
         ok, why = routed.reload(routed.render(ROUTE, route="main2"))
         assert ok, why
         for i in range(N):
@@ -174,7 +186,11 @@ def test_migrating_the_routed_pool_moves_its_keys_only(routed: Routed) -> None:
         routed,
         "migration:\n  from: queues\n  to: queues2\n",
         "cleanup pool queues2: deleted",
-        routes=ROUTE,
+        ROUTE,
+        [
+            "  'rq:' -> queues: follows the migration to pool queues2:",
+            f"  route 'rq:': sampled {N}, would move",
+        ],
     )
     refused, why = routed.reload(routed.render(ROUTE))
     assert not refused and "routes of pool 'queues' to name 'queues2'" in why
