@@ -42,11 +42,17 @@ def routed(servers: list[RedisServer], tmp_path: Path) -> Iterator[Routed]:
     cluster.stop()
 
 
+def write_keys(client: redis.Redis) -> None:
+    """N keys of the routed pool (rq:job:<i>) and N of the default pool (user:<i>), value i."""
+    pipe = client.pipeline(transaction=False)
+    for i in range(N):
+        pipe.set(b"rq:job:%d" % i, i).set(b"user:%d" % i, i)
+    pipe.execute()
+
+
 def test_keys_land_on_their_pools_servers(routed: Routed) -> None:
     c = routed.client
-    for i in range(N):
-        c.set(b"rq:job:%d" % i, i)
-        c.set(b"user:%d" % i, i)
+    write_keys(c)
     for i in range(N):
         assert routed.on_backends(b"rq:job:%d" % i) == [3]
         assert routed.on_backends(b"user:%d" % i) == [routed.owner(b"user:%d" % i)]
@@ -153,9 +159,7 @@ def test_migrating_the_default_pool_leaves_routed_keys_alone(
     routed = Routed(servers, tmp_path / "proxy.yaml", queues=[0])
     try:
         c = routed.client
-        for i in range(N):
-            c.set(b"rq:job:%d" % i, i)
-            c.set(b"user:%d" % i, i)
+        write_keys(c)
         servers[1].client().set("rq:stray", "written before the route existed")
         plan = [
             "prefix routes (longest prefix wins):",
@@ -178,9 +182,7 @@ def test_migrating_the_default_pool_leaves_routed_keys_alone(
 
 def test_migrating_the_routed_pool_moves_its_keys_only(routed: Routed) -> None:
     c = routed.client
-    for i in range(N):
-        c.set(b"rq:job:%d" % i, i)
-        c.set(b"user:%d" % i, i)
+    write_keys(c)
     before = {i: routed.on_backends(b"user:%d" % i) for i in range(N)}
     walk(
         routed,
