@@ -1,6 +1,6 @@
 """The proxy's whole per-request Python path, without sockets: CPU µs per request.
 
-    python benchmarks/hotpath.py [--requests N] [--repeat R] [--hash NAME] [--db N]
+    python benchmarks/hotpath.py [--requests N] [--repeat R] [--hash NAME] [--db N] [--routes N]
 
 A real ClientConnection, RouteTable, Backend and BackendConnection (the same objects `serve` uses)
 over in-memory transports: each round feeds a client read of `depth` GET requests (or SET 64 B),
@@ -79,13 +79,18 @@ class MemoryTransport(asyncio.Transport):
 class Host:
     """The ClientHost a ProxyServer would be, minus the listener."""
 
-    def __init__(self, hash_name: str) -> None:
+    def __init__(self, hash_name: str, routes: int = 0) -> None:
         text = (
             "listen: 127.0.0.1:1\nbackend:\n  connections: 1\npools:\n  bench:\n"
             f"    hash: {hash_name}\n    hash_tag: '{{}}'\n    servers:\n"
             "      - 127.0.0.1:7001:1 r1\n      - 127.0.0.1:7002:1 r2\n"
             "      - 127.0.0.1:7003:1 r3\n"
         )
+        if routes:  # prefix routes no benchmark key matches (the common case), of varied lengths
+            text += "  queues: {servers: ['127.0.0.1:7004']}\nroute: bench\nroutes:\n"
+            text += "".join(
+                f"  - {{prefix: 'q{i}:{'x' * (i % 3)}', pool: queues}}\n" for i in range(routes)
+            )
         config = parse_config(text)
         self.client_config = config.client
         self.max_clients = config.client.max_connections
@@ -136,11 +141,17 @@ def reply_for(request: list[bytes]) -> bytes:
 
 
 async def measure(
-    command: bytes, depth: int, fan_in: int, total: int, hash_name: str, db: int = 0
+    command: bytes,
+    depth: int,
+    fan_in: int,
+    total: int,
+    hash_name: str,
+    db: int = 0,
+    routes: int = 0,
 ) -> float:
     """CPU µs per request: rounds of `fan_in` client reads of `depth` requests each, one loop
     iteration (the backends' coalesced writes), one read of replies per backend."""
-    host = Host(hash_name)
+    host = Host(hash_name, routes)
     conns = [connect_backend(b, db) for b in host.routes.route_backends]
     clients = []
     for _ in range(fan_in):
@@ -190,12 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--hash", default="crc32a")
     parser.add_argument("--db", type=int, default=0)
+    parser.add_argument("--routes", type=int, default=0, help="prefix routes in the config")
     args = parser.parse_args(argv)
-    print(f"hash {args.hash}, db {args.db}; CPU µs per request, best of {args.repeat}")
+    print(
+        f"hash {args.hash}, db {args.db}, {args.routes} prefix routes; "
+        f"CPU µs per request, best of {args.repeat}"
+    )
     for command in (b"GET", b"SET"):
         for depth, fan_in in CASES:
             best = min(
-                uvloop.run(measure(command, depth, fan_in, args.requests, args.hash, args.db))
+                uvloop.run(
+                    measure(command, depth, fan_in, args.requests, args.hash, args.db, args.routes)
+                )
                 for _ in range(args.repeat)
             )
             label = f"{command.decode()} -P {depth}, {fan_in} client reads per loop iteration"

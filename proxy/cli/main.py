@@ -280,8 +280,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config {args.config}: ok")
     print(f"listen {config.listen}  admin {config.admin or 'off'}  workers {config.workers}")
     migration = config.migration
-    phase = f"{migration.phase} -> pool {migration.to}" if migration else "none"
+    if migration:
+        phase = f"{migration.phase}, pool {config.migration_source} -> pool {migration.to}"
+    else:
+        phase = "none"
     print(f"route pool: {config.route}   migration: {phase}")
+    if config.routes:
+        print(f"prefix routes (longest prefix wins; every other key -> pool {config.route}):")
+        width = max(len(repr(r.prefix)) for r in config.routes)
+        for r in config.routes:
+            follows = "  (follows the migration)" if r.pool == config.migration_source else ""
+            print(f"  {r.prefix!r:<{width}} -> pool {r.pool}{follows}")
     for pool in describe(config)["pools"]:
         print(f"\npool {pool['name']}: hash {pool['hash']}, {pool['distribution']}, ", end="")
         print(f"hash_tag {pool['hash_tag']!r}")
@@ -335,7 +344,9 @@ def describe(config: ProxyConfig) -> dict[str, Any]:
         "workers": config.workers,
         "route": config.route,
         "phase": migration.phase if migration else None,
+        "migration_from": config.migration_source,
         "migration_to": migration.to if migration else None,
+        "routes": [{"prefix": r.prefix, "pool": r.pool} for r in config.routes],
         "pools": pools,
     }
 

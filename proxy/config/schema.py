@@ -35,6 +35,7 @@ from proxy.config.model import (
     MigrationConfig,
     PoolConfig,
     ProxyConfig,
+    RouteConfig,
     ServerConfig,
 )
 from proxy.config.phase import Phase
@@ -47,6 +48,7 @@ from proxy.config.reader import (
     parse_server,
     read_config_file,
 )
+from proxy.config.routes import read_routes
 from proxy.errors import ConfigError
 
 __all__ = [
@@ -68,6 +70,7 @@ __all__ = [
     "MigrationConfig",
     "PoolConfig",
     "ProxyConfig",
+    "RouteConfig",
     "ServerConfig",
     "load_config",
     "parse_config",
@@ -254,7 +257,9 @@ def _read_section(
 
 
 def _read_config(r: Reader, raw: object) -> ProxyConfig:
-    top = r.section("", raw, (*_TOP_RULES, "client", "backend", "pools", "route", "migration"))
+    top = r.section(
+        "", raw, (*_TOP_RULES, "client", "backend", "pools", "route", "routes", "migration")
+    )
     values = _read_fields(r, "", top, _TOP_RULES, _TOP_DEFAULTS)
     listen, admin = values["listen"], values["admin"]
     if admin is not None and admin == listen and listen.port != 0:
@@ -272,6 +277,7 @@ def _read_config(r: Reader, raw: object) -> ProxyConfig:
         pools=MappingProxyType(pools),
         route=route,
         migration=_read_migration(r, top.get("migration"), route, names),
+        routes=read_routes(r, top.get("routes"), names),
     )
 
 
@@ -388,14 +394,18 @@ def _read_migration(
     if raw is None or not isinstance(raw, dict):
         r.mapping("migration", raw)  # reports a non-mapping
         return None
-    mapping = r.section("migration", raw, ("to", "phase", "backfill", *_MIGRATION_RULES))
-    to, phase = "", Phase.NONE
+    allowed = ("to", "from", "phase", "backfill", *_MIGRATION_RULES)
+    mapping = r.section("migration", raw, allowed)
+    to, phase, source = "", Phase.NONE, None
+    if mapping.get("from") is not None:
+        source = _read_pool_name(r, "migration.from", mapping["from"], pool_names) or None
     if "to" not in mapping:
         r.fail("migration.to", "required")
     else:
         to = _read_pool_name(r, "migration.to", mapping["to"], pool_names)
-        if to and to == route:
-            r.fail("migration.to", f"must name a pool other than route ({route!r})")
+        if to and to == (source or route):
+            what = "migration.from" if source else "route"
+            r.fail("migration.to", f"must name a pool other than {what} ({source or route!r})")
     if "phase" not in mapping:
         r.fail("migration.phase", "required")
     else:
@@ -404,4 +414,4 @@ def _read_migration(
         r, "migration.backfill", mapping.get("backfill"), _BACKFILL_RULES, BackfillConfig
     )
     values = _read_fields(r, "migration", mapping, _MIGRATION_RULES, _defaults_of(MigrationConfig))
-    return MigrationConfig(to=to, phase=phase, backfill=backfill, **values)
+    return MigrationConfig(to=to, phase=phase, backfill=backfill, source=source, **values)

@@ -65,7 +65,7 @@ class BackfillSnapshot:
     step: str  # "scan" | "verify" | "" (what the running job does now)
     scanned: int  # source keys examined (cumulative across resumed runs)
     copied: int
-    skipped: int  # not moving (same address in both rings), or gone when copied
+    skipped: int  # not moving (same address in both rings, another pool's), or gone when copied
     failed: int  # copies that got an error (the verify pass repairs them)
     stale: int  # keys on a source server that its ring does not place there
     big_keys: int  # keys above big_key_bytes, copied in chunks
@@ -296,7 +296,9 @@ class BackfillJob:
             if is_reserved(key):
                 continue
             c.scanned += 1
-            if self.m.source.addr_for(key) != addr:
+            if not self.m.moves(key):  # another pool's, by prefix routes: never moved
+                c.skipped += 1
+            elif self.m.source.addr_for(key) != addr:
                 c.stale += 1
             elif (dst := self.m.target.addr_for(key)) == addr:
                 c.skipped += 1
@@ -343,6 +345,7 @@ class BackfillJob:
             self.m.source,
             self.m.target,
             ttl_tolerance_ms=self.m.settings.verify_ttl_tolerance_ms,
+            claims=self.m.moves,
             repair=True,
             authority="source",
             fence=self.fence,

@@ -10,6 +10,7 @@ from the side that answers reads in the phase, with copy_key, so it never races 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -153,6 +154,7 @@ class Verifier:
         concurrency: int = 100,
         limiter: RateLimiter | None = None,
         recheck_pause_s: float = RECHECK_PAUSE_S,
+        claims: Callable[[bytes], bool] = lambda key: True,
     ) -> None:
         if authority not in ("source", "target"):
             raise ValueError(f"authority must be 'source' or 'target', got {authority!r}")
@@ -163,6 +165,9 @@ class Verifier:
         self.repair, self.authority, self.fence = repair, authority, fence
         self.scan_count, self.concurrency = scan_count, concurrency
         self.limiter, self.pause = limiter, recheck_pause_s
+        self.claims = (
+            claims  # the migrating pool's keys (by prefix routes); others are not compared
+        )
         self.report = VerifyReport()
 
     async def _dbs(self) -> list[int]:
@@ -208,6 +213,7 @@ class Verifier:
                 if (
                     isinstance(key, bytes)
                     and not is_reserved(key)
+                    and self.claims(key)
                     and self.source.addr_for(key) == addr
                     and (dst := self.target.addr_for(key)) != addr
                 ):
@@ -244,6 +250,7 @@ class Verifier:
             (k, addr, dst)
             for k in keys
             if not is_reserved(k)
+            and self.claims(k)
             and self.source.addr_for(k) == addr
             and (dst := self.target.addr_for(k)) != addr
         ]
@@ -258,6 +265,7 @@ class Verifier:
             (k, src, addr)
             for k in keys
             if not is_reserved(k)
+            and self.claims(k)
             and self.target.addr_for(k) == addr
             and (src := self.source.addr_for(k)) != addr
         ]

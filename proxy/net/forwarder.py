@@ -114,7 +114,7 @@ def send_info(
     proto: int,
     sections: list[str],
 ) -> None:
-    addrs = list(dict.fromkeys(routes.topology.route.addrs))
+    addrs = list(dict.fromkeys(routes.read.addrs))  # every pool keys are routed to
     gather = InfoGather(slot, args, view, proto, len(addrs), sections)
     payload = encode_request([b"INFO", *(s.encode() for s in sections)])
     for addr, child in zip(addrs, gather.children, strict=True):

@@ -41,8 +41,8 @@ def backend_rows(server: ServerState) -> list[BackendRow]:
 
 
 def readiness(server: ServerState) -> tuple[bool, str]:
-    """Ready when every backend of the route pool is up."""
-    down = [b for b in server.routes.route_backends if not b.up]
+    """Ready when every backend of the route pool and of the prefix routes' pools is up."""
+    down = [b for b in _routed_backends(server) if not b.up]
     if down:
         return False, "backends down: " + ", ".join(f"{b.name} ({b.addr})" for b in down)
     return True, "ok"
@@ -86,11 +86,16 @@ def info_sections(server: ServerState) -> list[tuple[str, list[tuple[str, str]]]
                 ("config_hash", topology.config_hash),
                 ("route_pool", topology.route.name),
                 ("phase", topology.phase),
-                ("backends", str(len(topology.route.addrs))),
-                ("backends_down", str(sum(not b.up for b in server.routes.route_backends))),
+                ("backends", str(len(_routed_backends(server)))),
+                ("backends_down", str(sum(not b.up for b in _routed_backends(server)))),
             ],
         ),
     ]
+
+
+def _routed_backends(server: ServerState) -> list[Backend]:
+    """The backends keys are routed to (route and prefix routes), each once."""
+    return list({b.addr: b for b in server.routes.route_backends}.values())
 
 
 def status(server: ServerState) -> dict[str, Any]:
@@ -102,8 +107,13 @@ def status(server: ServerState) -> dict[str, Any]:
         "generation": topology.generation,
         "config_hash": topology.config_hash,
         "route": topology.route.name,
+        "routes": [{"prefix": r.prefix, "pool": r.pool} for r in topology.config.routes],
         "phase": topology.phase,
-        "migration": {"to": migration.to, "phase": migration.phase} if migration else None,
+        "migration": (
+            {"from": topology.config.migration_source, "to": migration.to, "phase": migration.phase}
+            if migration
+            else None
+        ),
         "backfill": server.phases.backfill_status(),
         "clients": len(server.clients),
         "max_clients": server.max_clients,
