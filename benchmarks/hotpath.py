@@ -29,6 +29,7 @@ from proxy.config.schema import parse_config
 from proxy.net.backend import Backend
 from proxy.net.client import ClientConnection
 from proxy.net.connection import BackendConnection
+from proxy.net.defence import Defences
 from proxy.net.fence import MigrationState
 from proxy.net.metrics import ProxyMetrics
 from proxy.net.pool import BackendPool
@@ -76,12 +77,12 @@ class MemoryTransport(asyncio.Transport):
 class Host:
     """The ClientHost a ProxyServer would be, minus the listener."""
 
-    def __init__(self, hash_name: str) -> None:
+    def __init__(self, hash_name: str, extra: str = "") -> None:
         text = (
             "listen: 127.0.0.1:1\nbackend:\n  connections: 1\npools:\n  bench:\n"
             f"    hash: {hash_name}\n    hash_tag: '{{}}'\n    servers:\n"
             "      - 127.0.0.1:7001:1 r1\n      - 127.0.0.1:7002:1 r2\n"
-            "      - 127.0.0.1:7003:1 r3\n"
+            "      - 127.0.0.1:7003:1 r3\n" + extra
         )
         config = parse_config(text)
         self.client_config = config.client
@@ -93,6 +94,7 @@ class Host:
         self.pool = BackendPool()
         self.routes = self.pool.sync(build_topology(config, 1, "bench"))
         self.migration = MigrationState(lambda: self.routes)
+        self.defences = Defences(config.defences)
         self._ids = 0
 
     def next_client_id(self) -> int:
@@ -117,10 +119,12 @@ def reply_for(request: list[bytes]) -> bytes:
     return b"$64\r\n" + VALUE + b"\r\n" if request[0] == b"GET" else b"+OK\r\n"
 
 
-async def measure(command: bytes, depth: int, fan_in: int, total: int, hash_name: str) -> float:
+async def measure(
+    command: bytes, depth: int, fan_in: int, total: int, hash_name: str, extra: str = ""
+) -> float:
     """CPU µs per request: rounds of `fan_in` client reads of `depth` requests each, one loop
     iteration (the backends' coalesced writes), one read of replies per backend."""
-    host = Host(hash_name)
+    host = Host(hash_name, extra)
     conns = [connect_backend(b) for b in host.routes.route_backends]
     clients = []
     for _ in range(fan_in):
@@ -168,12 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--hash", default="crc32a")
+    parser.add_argument(
+        "--extra", default="", help="config YAML appended, e.g. 'hotkeys: {enabled: false}'"
+    )
     args = parser.parse_args(argv)
-    print(f"hash {args.hash}; CPU µs per request, best of {args.repeat}")
+    print(
+        f"hash {args.hash}; CPU µs per request, best of {args.repeat}; {args.extra or 'defaults'}"
+    )
     for command in (b"GET", b"SET"):
         for depth, fan_in in CASES:
             best = min(
-                uvloop.run(measure(command, depth, fan_in, args.requests, args.hash))
+                uvloop.run(measure(command, depth, fan_in, args.requests, args.hash, args.extra))
                 for _ in range(args.repeat)
             )
             label = f"{command.decode()} -P {depth}, {fan_in} client reads per loop iteration"

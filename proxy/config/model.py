@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
+from proxy.config.defences import DefencesConfig
 from proxy.config.phase import Phase
 from proxy.config.reader import format_addr, parse_host_port
 
@@ -130,6 +131,7 @@ class ProxyConfig:
     pools: Mapping[str, PoolConfig]  # read-only, in file order
     route: str  # the pool that owns the keyspace
     migration: MigrationConfig | None
+    defences: DefencesConfig = field(default_factory=DefencesConfig)  # hot keys, big keys, ...
 
     def __post_init__(self) -> None:
         if not isinstance(self.pools, MappingProxyType):

@@ -22,6 +22,7 @@ from proxy.commands.local import ServerView, Session, run_local, wants_keyspace
 from proxy.commands.spec import PLAIN, CommandSpec, Kind, arity_error, lookup, unknown_error
 from proxy.config.model import ClientConfig
 from proxy.net.blocking import BlockingCall, open_blocking
+from proxy.net.defence import Defences, send_defended
 from proxy.net.dualwrite import send_planned
 from proxy.net.fence import MigrationState
 from proxy.net.forwarder import send_info
@@ -40,6 +41,7 @@ NOT_FAST: Known = (0, 1, 0, None)  # no argument count fits: always dispatched
 
 class DispatchHost(ServerView, Protocol):
     routes: RouteTable  # the route table in use now (a reload swaps it)
+    defences: Defences  # hot keys, big keys, the hot-key cache, coalescing, TTL jitter
     migration: MigrationState
     allow_flush: bool
     metrics: ProxyMetrics
@@ -51,6 +53,7 @@ class DispatchClient(Protocol):
 
     session: Session
     client_id: int
+    keyed: bool  # slots name their key (big keys are watched)
     tx: Transaction | None  # MULTI / WATCH state (net/transaction.py), made on first use
     pubsub: Subscriptions | None  # net/pubsub.py: from the client's first (un)subscribe
 
@@ -71,12 +74,17 @@ class DispatchClient(Protocol):
     def begin_blocking(self, call: BlockingCall) -> None: ...
 
 
-def fast_entry(name: bytes, stats_for: Callable[[CommandSpec], CommandStats]) -> Known:
+def fast_entry(
+    name: bytes,
+    stats_for: Callable[[CommandSpec], CommandStats],
+    defended: Callable[[CommandSpec], bool],
+) -> Known:
     """What the client's fast path (net/client.py) needs to know of a command name as typed
     (`GET` or `get`): for a single-key command, its key's index, the argument counts it takes
-    and its stats; anything else gets an entry no request fits, so it comes to dispatch."""
+    and its stats; anything else, or a command the cache defences must see, gets an entry no
+    request fits, so it comes to dispatch."""
     spec = PLAIN.get(name)
-    if spec is None or spec.kind is not Kind.SINGLE:
+    if spec is None or spec.kind is not Kind.SINGLE or defended(spec):
         return NOT_FAST
     arity = spec.arity
     highest = arity if arity > 0 else 1 << 30
@@ -96,7 +104,13 @@ def dispatch(client: DispatchClient, args: list[bytes]) -> None:
         client.reject(refusal, spec.label)
         return
     stats = client.stats_for(spec)
-    slot = Slot(client.owner, stats, perf_counter())
+    defences = client.host.defences
+    if defences.cache is None:
+        slot = Slot(client.owner, stats, perf_counter())
+    else:  # a write's slot tracks its keys until its reply (net/hotcache.py)
+        slot = defences.new_slot(client.owner, stats, spec, args)
+    if client.keyed and spec.first_key and spec.first_key < len(args):
+        slot.key = args[spec.first_key]  # names a big reply's key (net/hotkeys.py)
     client.append(slot)
     problem = HANDLERS[spec.kind](client, spec, args, slot)
     if problem is not None:
@@ -146,6 +160,8 @@ def send_keyed(
     if wants_slices(spec, args):
         client.begin_slices(SliceRequest(spec, args, proto, client.client_id), slot)
         return None
+    if host.defences.active and not client.session.in_tx:  # never inside MULTI or WATCH
+        return send_defended(host, spec, args, slot, proto, client.client_id)
     return send_planned(spec, args, slot, host.routes, host.migration, proto, client.client_id)
 
 

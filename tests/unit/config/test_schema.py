@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from proxy.config.defences import SECTIONS as DEFENCE_SECTIONS
+from proxy.config.defences import BigKeysConfig, CoalesceConfig, HotCacheConfig, HotKeysConfig
 from proxy.config.reader import config_hash, read_config_file
 from proxy.config.schema import (
     DEFAULT_ADMIN,
@@ -884,7 +886,11 @@ def test_example_names_every_key() -> None:
     def names(cls: type[Any]) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
 
-    assert set(raw) == names(ProxyConfig)
+    assert set(raw) == names(ProxyConfig) - {"defences"} | set(DEFENCE_SECTIONS)
+    assert set(raw["hotkeys"]) == names(HotKeysConfig)
+    assert set(raw["bigkeys"]) == names(BigKeysConfig)
+    assert set(raw["hotcache"]) == names(HotCacheConfig)
+    assert set(raw["coalesce"]) == names(CoalesceConfig)
     assert set(raw["client"]) == names(ClientConfig)
     assert set(raw["backend"]) == names(BackendConfig)
     assert set(raw["migration"]) == names(MigrationConfig)
