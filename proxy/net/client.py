@@ -33,7 +33,7 @@ from proxy.codec.request import RequestReader
 from proxy.codec.resp import ProtocolError, encode_request
 from proxy.commands.checks import RESERVED_PREFIX
 from proxy.commands.local import Session
-from proxy.commands.spec import PLAIN, CommandSpec, lookup
+from proxy.commands.spec import PLAIN, CommandSpec
 from proxy.config.schema import ClientConfig
 from proxy.net.blocking import BlockingCall
 from proxy.net.dispatch import NOT_FAST, DispatchHost, Known, dispatch, fast_entry
@@ -328,18 +328,10 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         return watch.sample_every
 
     def _note_big_requests(self, requests: list[list[bytes]]) -> None:
-        watch = self.host.defences.watch
-        for args in requests:
-            size = sum(map(len, args))
-            if size >= self._big_bytes:
-                spec = lookup(args)
-                label = spec.label if spec is not None else "unknown"
-                key = args[spec.first_key] if spec is not None and spec.first_key else None
-                watch.note_big(key, size, label, "request")
+        self.host.defences.watch.note_requests(requests)
 
     def on_big_reply(self, slot: Slot, size: int) -> None:
-        label = slot.stats.label if slot.stats is not None else "other"
-        self.host.defences.watch.note_big(getattr(slot, "key", None), size, label, "reply")
+        self.host.defences.watch.note_reply(slot, size)
 
     # -- big values streamed through (proxy.stream) ---------------------------------------
     def _streamable(self, head: list[bytes]) -> bool:

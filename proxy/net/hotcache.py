@@ -33,13 +33,14 @@ READS = frozenset({"get", "hget", "hgetall"})  # single-key reads cached and coa
 class _Watched(ReplyOwner):
     """A read in flight whose reply may fill the cache: valid until a write taints its key."""
 
-    __slots__ = ("cache", "keys", "valid")
+    __slots__ = ("cache", "keys", "slot", "valid")
 
-    def __init__(self, cache: HotCache, keys: list[bytes]) -> None:
+    def __init__(self, cache: HotCache, keys: list[bytes], start: float) -> None:
         super().__init__()
         self.cache = cache
         self.keys = keys
         self.valid = True
+        self.slot = Slot(self, None, start)  # the one sent to the backend
         for key in keys:
             cache.watching.setdefault(key, []).append(self)
 
@@ -54,17 +55,33 @@ class _Watched(ReplyOwner):
     def taint(self) -> None:
         self.valid = False
 
+    def landed(self) -> bytes | None:
+        """The reply, once it is in (no longer watched from then on)."""
+        self.dirty = False
+        reply = self.slot.reply
+        if reply is None:
+            return None
+        self.unwatch()
+        return bytes(reply)
+
+
+def _pass_on(slot: Slot, reply: bytes, now: bool) -> None:
+    """Answer a client's slot: `now` while still in dispatch (the client flushes after)."""
+    if now:
+        slot.reply = reply
+    else:
+        slot.answer(reply)
+
 
 class Flight(_Watched):
     """One backend read shared by every client slot waiting for it (`waiters`)."""
 
-    __slots__ = ("ck", "fill", "slot", "waiters")
+    __slots__ = ("ck", "fill", "waiters")
 
     def __init__(self, cache: HotCache, ck: CacheKey, fill: bool, first: Slot) -> None:
-        super().__init__(cache, [ck[2]])
+        super().__init__(cache, [ck[2]], first.start)
         self.ck = ck
         self.fill = fill
-        self.slot = Slot(self, None, first.start)
         self.waiters = [first]
 
     def taint(self) -> None:
@@ -73,54 +90,41 @@ class Flight(_Watched):
             del self.cache.flights[self.ck]
 
     def flush(self, now: bool = False) -> None:
-        self.dirty = False
-        reply = self.slot.reply
+        reply = self.landed()
         if reply is None:
             return
-        self.unwatch()
         if self.cache.flights.get(self.ck) is self:
             del self.cache.flights[self.ck]
-        reply = bytes(reply)
         if self.valid and self.fill and not is_error(reply):
             self.cache.put(self.ck, reply)
         for waiter in self.waiters:
-            if now:
-                waiter.reply = reply
-            else:
-                waiter.answer(reply)
+            _pass_on(waiter, reply, now)
 
 
 class MgetFill(_Watched):
     """An MGET sent whole: its reply goes to the client; its watched parts fill the cache."""
 
-    __slots__ = ("all_keys", "parent", "proto", "slot")
+    __slots__ = ("all_keys", "parent", "proto")
 
     def __init__(
         self, cache: HotCache, parent: Slot, all_keys: list[bytes], keys: list[bytes], proto: int
     ) -> None:
-        super().__init__(cache, keys)
+        super().__init__(cache, keys, parent.start)
         self.parent = parent
         self.all_keys = all_keys
         self.proto = proto
-        self.slot = Slot(self, None, parent.start)
 
     def flush(self, now: bool = False) -> None:
-        self.dirty = False
-        reply = self.slot.reply
+        reply = self.landed()
         if reply is None:
             return
-        self.unwatch()
-        reply = bytes(reply)
         parts = split_aggregate(reply) if self.valid else None
         if parts is not None and len(parts) == len(self.all_keys):
             wanted = set(self.keys)
             for key, part in zip(self.all_keys, parts, strict=True):
                 if key in wanted:
                     self.cache.put(("mget", self.proto, key, b""), part)
-        if now:
-            self.parent.reply = reply
-        else:
-            self.parent.answer(reply)
+        _pass_on(self.parent, reply, now)
 
 
 class WriteTracker:

@@ -21,6 +21,7 @@ from proxy.config.defences import DefencesConfig
 from proxy.defences.topk import BigItem, LargestSeen, SlidingTopK
 from proxy.net.metrics import DefenceStats
 from proxy.net.route import RouteTable
+from proxy.net.slot import Slot
 
 NEVER = 1 << 62  # a countdown or threshold that is never reached
 REFRESH_S = 1.0  # seconds between rebuilds of the hot set from the top keys
@@ -59,8 +60,8 @@ class KeyWatch:
         pool = routes.read
         counts = self._pools.get(pool.name)
         if counts is None:
-            hot = self.config.hotkeys
-            counts = self._pools[pool.name] = _PoolCounts(hot.capacity, hot.window_s, now)
+            cfg = self.config.hotkeys
+            counts = self._pools[pool.name] = _PoolCounts(cfg.capacity, cfg.window_s, now)
         rotated = counts.keys.rotate(now)
         counts.backends.rotate(now)
         current = counts.keys.current
@@ -129,6 +130,20 @@ class KeyWatch:
         return key.decode("utf-8", "backslashreplace")
 
     # -- big keys -------------------------------------------------------------------------
+    def note_requests(self, requests: list[list[bytes]]) -> None:
+        """Requests of one client read that may hold a big one: count the big ones."""
+        for args in requests:
+            size = sum(map(len, args))
+            if size >= self.big_bytes:
+                spec = lookup(args)
+                label = spec.label if spec is not None else "unknown"
+                key = args[spec.first_key] if spec is not None and spec.first_key else None
+                self.note_big(key, size, label, "request")
+
+    def note_reply(self, slot: Slot, size: int) -> None:
+        label = slot.stats.label if slot.stats is not None else "other"
+        self.note_big(getattr(slot, "key", None), size, label, "reply")
+
     def note_big(self, key: bytes | None, size: int, command: str, direction: str) -> None:
         ident = (command, direction)
         self.stats.bigkeys[ident] = self.stats.bigkeys.get(ident, 0) + 1
