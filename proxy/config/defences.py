@@ -98,6 +98,9 @@ def read_defences(r: Reader, top: dict[str, object]) -> DefencesConfig:
         r.fail("hotcache.patterns", "required when hotcache.enabled (which keys may be cached)")
     raw = r.section("coalesce", top.get("coalesce"), CoalesceConfig.__slots__)
     coalesce = CoalesceConfig(_bool(r, "coalesce", raw, "enabled", False))
+    for name, on in (("hotcache", hotcache.enabled), ("coalesce", coalesce.enabled)):
+        if on and not hotkeys.enabled:
+            r.fail(f"{name}.enabled", "needs hotkeys.enabled: it acts on hot keys only")
     return DefencesConfig(hotkeys, bigkeys, hotcache, coalesce, _jitter(r, top.get("ttl_jitter")))
 
 

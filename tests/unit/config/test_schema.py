@@ -934,3 +934,27 @@ def test_backend_acl_check_defaults_to_warn_and_reads_a_bare_off() -> None:
         assert parse_config(text, env={}).backend.acl_check == mode
     with pytest.raises(ConfigError, match=r"backend\.acl_check"):
         parse_config(f"backend:\n  acl_check: loud\n{base}", env={})
+
+
+def test_defences_are_off_but_sampling_and_their_errors_carry_paths() -> None:
+    config = parse(MINIMAL)
+    assert config.defences.hotkeys.enabled and not config.defences.hotcache.enabled
+    with pytest.raises(ConfigError) as info:
+        parse(
+            MINIMAL
+            + "\nhotkeys: {enabled: false, top: 0}\nhotcache: {enabled: true, patterns: [''],"
+            " ttl_ms: 0}\ncoalesce: {enabled: 'yes'}\nttl_jitter: [{pattern: 'a*', percent: 150},"
+            " {percent: 1}, 3]\nbigkeys: {threshold_bytes: -1}\n"
+        )
+    text = str(info.value)
+    for problem in (
+        "hotkeys.top: must be 1..10000",
+        "hotcache.patterns[0]: must be 1..1024 characters",
+        "hotcache.ttl_ms: must be 1..3.6e+06",
+        "hotcache.enabled: needs hotkeys.enabled",
+        "ttl_jitter[0].percent: must be 0..100",
+        "ttl_jitter[1].pattern: required",
+        "ttl_jitter[2]: expected a mapping",
+        "bigkeys.threshold_bytes: must be >= 0",
+    ):
+        assert problem in text, (problem, text)
