@@ -36,6 +36,7 @@ from proxy.commands.local import Session
 from proxy.commands.spec import PLAIN, CommandSpec
 from proxy.config.schema import ClientConfig
 from proxy.net.blocking import BlockingCall
+from proxy.net.defence import send_defended
 from proxy.net.dispatch import NOT_FAST, DispatchHost, Known, dispatch, fast_entry
 from proxy.net.hotkeys import NEVER
 from proxy.net.metrics import CommandStats
@@ -167,7 +168,9 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
             tick = self._tick - 1
             if len(requests) == 1 and tick:  # unpipelined: _process's loop unrolled
                 args = requests[0]
-                key, lowest, highest, stats = self._known.get(args[0]) or self._learn(args[0])
+                key, lowest, highest, stats, defend = self._known.get(args[0]) or self._learn(
+                    args[0]
+                )
                 router = self.host.routes
                 pending = self.pending
                 if (
@@ -180,6 +183,11 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                 ):
                     self.last_active = now = perf_counter()
                     self._tick = tick
+                    if defend is not None:
+                        self._send_defended(defend, args, stats, now)
+                        if pending[0].reply is not None:
+                            self.flush()
+                        return
                     slot = Slot(self, stats, now)
                     if self.keyed:
                         slot.key = args[key]
@@ -257,8 +265,11 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
             tick -= 1
             if not tick:
                 tick = self._sample(args)
-            key, lowest, highest, stats = known.get(args[0]) or self._learn(args[0])
+            key, lowest, highest, stats, defend = known.get(args[0]) or self._learn(args[0])
             if fast and lowest <= len(args) <= highest and not args[key].startswith(RESERVED):
+                if defend is not None:
+                    self._send_defended(defend, args, stats, now)
+                    continue
                 slot = Slot(self, stats, now)  # the fast path, as in data_received
                 if keyed:
                     slot.key = args[key]
@@ -319,6 +330,21 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         self._tick = watch.sample_every
         self._big_bytes = watch.big_bytes
         self.keyed = watch.big_bytes < NEVER
+
+    def _send_defended(
+        self, spec: CommandSpec, args: list[bytes], stats: CommandStats | None, now: float
+    ) -> None:
+        """The fast path of a command the defences must see (net/defence.py)."""
+        slot = self.host.defences.new_slot(self, stats, spec, args, now)
+        if self.keyed:
+            slot.key = args[spec.first_key]
+        self.pending.append(slot)
+        problem = send_defended(self.host, spec, args, slot, self.session.proto, self.client_id)
+        if problem is not None:
+            slot.reply = problem
+            slot.stats = None
+            if stats is not None:
+                stats.rejected += 1
 
     def _sample(self, args: list[bytes]) -> int:
         """A sampled request: count its keys; the countdown to the next sample."""

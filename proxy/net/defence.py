@@ -14,7 +14,8 @@ import random
 from time import perf_counter
 from typing import Protocol
 
-from proxy.commands.spec import CommandSpec
+from proxy.codec.resp import encode_request
+from proxy.commands.spec import CommandSpec, Kind
 from proxy.config.defences import DefencesConfig
 from proxy.defences.jitter import JITTERED, jitter_args
 from proxy.defences.patterns import KeyPatterns
@@ -63,13 +64,19 @@ class Defences:
         return self.jitters and spec.name in JITTERED
 
     def new_slot(
-        self, owner: ReplyOwner, stats: CommandStats | None, spec: CommandSpec, args: list[bytes]
+        self,
+        owner: ReplyOwner,
+        stats: CommandStats | None,
+        spec: CommandSpec,
+        args: list[bytes],
+        now: float = 0.0,
     ) -> Slot:
         """The slot for a request: a write's tracks its keys while the cache is on."""
+        now = now or perf_counter()
         if self.cache is None or not mutates(spec):
-            return Slot(owner, stats, perf_counter())
+            return Slot(owner, stats, now)
         keys = tuple(args[p] for p in spec.key_positions(args))
-        return WriteSlot(owner, stats, perf_counter(), self.tracker, keys or None)
+        return WriteSlot(owner, stats, now, self.tracker, keys or None)
 
     def new_block_slot(
         self, owner: ReplyOwner, stats: CommandStats | None, queued: list[Queued]
@@ -111,6 +118,9 @@ class Defences:
             self.cache.clear()
 
 
+_SINGLE = Kind.SINGLE  # Enum attribute access is slow on 3.11 (benchmarks/README.md)
+
+
 class DefendedHost(Protocol):
     routes: RouteTable
     migration: MigrationState
@@ -142,7 +152,13 @@ def send_defended(
             target = cache.mget(args, slot, proto)
             if slot.reply is not None:
                 return None
-    problem = send_planned(spec, args, target, host.routes, host.migration, proto, client_id)
+    routes = host.routes
+    if routes.fast and spec.kind is _SINGLE:  # one ring, one backend: no plan needed
+        backend = routes.route_backends[routes.node_for(args[spec.first_key])]
+        backend.send(proto, client_id, encode_request(args), target)
+        problem = None
+    else:
+        problem = send_planned(spec, args, target, routes, host.migration, proto, client_id)
     if target is not slot and cache is not None:
         if problem is not None:
             cache.abandon(target)

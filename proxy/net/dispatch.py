@@ -34,9 +34,10 @@ from proxy.net.slot import ReplyOwner, Slot
 from proxy.net.transaction import Transaction, on_request, start
 
 _PRE_AUTH = frozenset({"auth", "hello", "quit", "reset"})
-# The fast path's entry for a command name: key index, fewest and most arguments, stats.
-Known = tuple[int, int, int, CommandStats | None]
-NOT_FAST: Known = (0, 1, 0, None)  # no argument count fits: always dispatched
+# The fast path's entry for a command name: key index, fewest and most arguments, stats, and
+# the spec when the cache defences must see it (net/defence.py), else None.
+Known = tuple[int, int, int, CommandStats | None, CommandSpec | None]
+NOT_FAST: Known = (0, 1, 0, None, None)  # no argument count fits: always dispatched
 
 
 class DispatchHost(ServerView, Protocol):
@@ -80,15 +81,15 @@ def fast_entry(
     defended: Callable[[CommandSpec], bool],
 ) -> Known:
     """What the client's fast path (net/client.py) needs to know of a command name as typed
-    (`GET` or `get`): for a single-key command, its key's index, the argument counts it takes
-    and its stats; anything else, or a command the cache defences must see, gets an entry no
+    (`GET` or `get`): for a single-key command, its key's index, the argument counts it takes,
+    its stats and its spec if the cache defences must see it; anything else gets an entry no
     request fits, so it comes to dispatch."""
     spec = PLAIN.get(name)
-    if spec is None or spec.kind is not Kind.SINGLE or defended(spec):
+    if spec is None or spec.kind is not Kind.SINGLE:
         return NOT_FAST
     arity = spec.arity
     highest = arity if arity > 0 else 1 << 30
-    return (spec.first_key, abs(arity), highest, stats_for(spec))
+    return (spec.first_key, abs(arity), highest, stats_for(spec), spec if defended(spec) else None)
 
 
 def dispatch(client: DispatchClient, args: list[bytes]) -> None:
