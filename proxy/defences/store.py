@@ -52,9 +52,14 @@ class ByteLRU:
         self.bytes += size
         return True
 
-    def invalidate(self, key: bytes) -> None:
-        for ck in list(self._by_key.get(key, ())):
+    def invalidate(self, key: bytes) -> bool:
+        """Drop every entry of `key`; True if there was any."""
+        entries = self._by_key.get(key)
+        if not entries:
+            return False
+        for ck in list(entries):
             self._drop(ck)
+        return True
 
     def clear(self) -> None:
         self._entries.clear()

@@ -184,7 +184,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                     self.last_active = now = perf_counter()
                     self._tick = tick
                     if defend is not None:
-                        self._send_defended(defend, args, stats, now)
+                        self._send_defended(defend, args, stats, now, self.reader.raws[0])
                         if pending[0].reply is not None:
                             self.flush()
                         return
@@ -268,7 +268,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
             key, lowest, highest, stats, defend = known.get(args[0]) or self._learn(args[0])
             if fast and lowest <= len(args) <= highest and not args[key].startswith(RESERVED):
                 if defend is not None:
-                    self._send_defended(defend, args, stats, now)
+                    self._send_defended(defend, args, stats, now, raws[i])
                     continue
                 slot = Slot(self, stats, now)  # the fast path, as in data_received
                 if keyed:
@@ -332,14 +332,20 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         self.keyed = watch.big_bytes < NEVER
 
     def _send_defended(
-        self, spec: CommandSpec, args: list[bytes], stats: CommandStats | None, now: float
+        self,
+        spec: CommandSpec,
+        args: list[bytes],
+        stats: CommandStats | None,
+        now: float,
+        raw: bytes,
     ) -> None:
         """The fast path of a command the defences must see (net/defence.py)."""
         slot = self.host.defences.new_slot(self, stats, spec, args, now)
         if self.keyed:
             slot.key = args[spec.first_key]
         self.pending.append(slot)
-        problem = send_defended(self.host, spec, args, slot, self.session.proto, self.client_id)
+        session = self.session
+        problem = send_defended(self.host, spec, args, slot, session.proto, self.client_id, raw)
         if problem is not None:
             slot.reply = problem
             slot.stats = None

@@ -75,7 +75,10 @@ class Defences:
         now = now or perf_counter()
         if self.cache is None or not mutates(spec):
             return Slot(owner, stats, now)
-        keys = tuple(args[p] for p in spec.key_positions(args))
+        if spec.kind is _SINGLE:
+            keys: tuple[bytes, ...] = (args[spec.first_key],)
+        else:
+            keys = tuple(args[p] for p in spec.key_positions(args))
         return WriteSlot(owner, stats, now, self.tracker, keys or None)
 
     def new_block_slot(
@@ -134,12 +137,16 @@ def send_defended(
     slot: Slot,
     proto: int,
     client_id: int,
+    raw: bytes = b"",
 ) -> bytes | None:
     """send_planned, with the defences on: TTL jitter, then the cache and coalescing for reads
-    of hot keys (the read may be answered, or join a flight, and nothing is sent)."""
+    of hot keys (the read may be answered, or join a flight, and nothing is sent). `raw`: the
+    request as the client sent it, when canonical (client's fast path)."""
     defences = host.defences
     if defences.jitters:
-        args = defences.jittered(spec, args)
+        jittered = defences.jittered(spec, args)
+        if jittered is not args:
+            args, raw = jittered, b""
     cache = defences.cache
     target = slot
     if cache is not None:
@@ -155,7 +162,7 @@ def send_defended(
     routes = host.routes
     if routes.fast and spec.kind is _SINGLE:  # one ring, one backend: no plan needed
         backend = routes.route_backends[routes.node_for(args[spec.first_key])]
-        backend.send(proto, client_id, encode_request(args), target)
+        backend.send(proto, client_id, raw or encode_request(args), target)
         problem = None
     else:
         problem = send_planned(spec, args, target, routes, host.migration, proto, client_id)

@@ -294,12 +294,14 @@ class HotCache:
             self.clear()
             return
         watching = self.watching
+        dropped = False
         for key in keys:
-            if store is not None:
-                store.invalidate(key)
-            for watched in watching.pop(key, ()):
-                watched.taint()
-        if store is not None:
+            if store is not None and store.invalidate(key):
+                dropped = True
+            if key in watching:
+                for watched in watching.pop(key):
+                    watched.taint()
+        if dropped and store is not None:
             self.stats.cache_bytes = store.bytes
             self.stats.cache_entries = len(store)
 
