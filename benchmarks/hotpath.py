@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # run as a script: make `proxy` importable from t
 import uvloop
 
 from proxy.codec.resp import encode_request
+from proxy.commands.clients import ClientRow
 from proxy.config.schema import parse_config
 from proxy.net.backend import Backend
 from proxy.net.client import ClientConnection
@@ -88,6 +89,7 @@ class Host:
         self.client_config = config.client
         self.max_clients = config.client.max_connections
         self.allow_flush = False
+        self.allow_config_set: tuple[str, ...] = ()
         self.slowlog_ms = 0.0
         self.clients: set[ClientConnection] = set()
         self.metrics = ProxyMetrics()
@@ -103,6 +105,18 @@ class Host:
 
     def info_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
         return []
+
+    def client_rows(self) -> list[ClientRow]:
+        return []
+
+    def client_row(self, client_id: int) -> ClientRow | None:
+        return None
+
+    def kill_client(self, client_id: int) -> None:
+        pass
+
+    def unblock_client(self, client_id: int, error: bool) -> bool:
+        return False
 
 
 def connect_backend(backend: Backend) -> tuple[BackendConnection, MemoryTransport]:

@@ -133,9 +133,35 @@ def invalid_client_name() -> bytes:
     return _err("ERR Client names cannot contain spaces, newlines or special characters.")
 
 
-def invalid_client_info(attr: str) -> bytes:
-    """CLIENT SETINFO with a lib-name or lib-ver Redis would refuse."""
-    return _err(f"ERR {attr} cannot contain spaces, newlines or special characters.")
+def config_set_not_allowed(name: str) -> bytes:
+    return _err(
+        f"ERR CONFIG SET of '{name}' is not allowed through shardproxy; the operator may allow "
+        "it with allow_config_set in the proxy config"
+    )
+
+
+def not_allowed_in_multi() -> bytes:
+    return _err("ERR Command not allowed inside a transaction")
+
+
+def unblock_reason() -> bytes:
+    return _err("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR")
+
+
+def unknown_client_type(name: bytes) -> bytes:
+    return _err_bytes(b"ERR Unknown client type '%s'" % name)
+
+
+def invalid_client_id() -> bytes:
+    return _err("ERR Invalid client ID")
+
+
+def client_id_not_positive() -> bytes:
+    return _err("ERR client-id should be greater than 0")
+
+
+def no_such_client() -> bytes:
+    return _err("ERR No such client")
 
 
 def unrecognized_option(option: bytes) -> bytes:

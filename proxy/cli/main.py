@@ -304,7 +304,7 @@ def cmd_acl(args: argparse.Namespace) -> int:
         print(f"shardproxy acl: --user {user!r} is not a usable ACL user name", file=sys.stderr)
         return 2
     config = load_config(args.config)
-    rules = build_rules(config.allow_flush)
+    rules = build_rules(config.allow_flush, bool(config.allow_config_set))
     if args.json:
         out: dict[str, Any] = {"rules": list(rules.rules()), "allowed": list(rules.allowed)}
         out |= {"denied": list(rules.denied), "allow_flush": config.allow_flush}

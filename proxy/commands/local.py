@@ -17,6 +17,13 @@ from typing import Protocol
 
 from proxy import __version__, errors
 from proxy.codec.resp import OK, PONG, encode_bulk, encode_int, encode_map_raw, encode_simple
+from proxy.commands.clients import (
+    ClientRow,
+    client_info,
+    client_kill,
+    client_list,
+    client_unblock,
+)
 from proxy.commands.spec import CommandSpec
 from proxy.commands.table import REDIS_VERSION  # whose command table the proxy serves
 
@@ -37,9 +44,8 @@ class Session:
     # subscribed. Kept by the setters below, the one place it is computed.
     direct: bool = False
     name: bytes | None = None
-    lib_name: bytes | None = None
-    lib_ver: bytes | None = None
     closing: bool = False  # QUIT: close once the replies before it are written
+    reply_mode: bytes = b"on"  # CLIENT REPLY: on, off, skip (the next command's reply)
     created: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -58,13 +64,33 @@ class Session:
         self._update_direct()
 
     def _update_direct(self) -> None:
-        self.direct = self.authed and not self.in_tx and not self.subscribed
+        self.direct = (
+            self.authed and not self.in_tx and not self.subscribed and self.reply_mode == b"on"
+        )
+
+    def set_reply_mode(self, mode: bytes) -> None:
+        self.reply_mode = mode
+        self._update_direct()
 
 
 class ServerView(Protocol):
     """What INFO and HELLO may tell about the running proxy."""
 
     def info_sections(self) -> list[tuple[str, list[tuple[str, str]]]]: ...
+
+    def client_rows(self) -> list[ClientRow]:
+        """The proxy's clients (this process's), for CLIENT LIST and KILL."""
+        ...
+
+    def client_row(self, client_id: int) -> ClientRow | None: ...
+
+    def kill_client(self, client_id: int) -> None:
+        """Close that client's connection now (CLIENT KILL)."""
+        ...
+
+    def unblock_client(self, client_id: int, error: bool) -> bool:
+        """End that client's blocking call (CLIENT UNBLOCK); False if it is not blocked."""
+        ...
 
 
 Handler = Callable[[list[bytes], Session, ServerView], bytes]
@@ -187,36 +213,17 @@ def _client_id(args: list[bytes], session: Session, view: ServerView) -> bytes:
     return encode_int(session.client_id)
 
 
-def _client_setinfo(args: list[bytes], session: Session, view: ServerView) -> bytes:
-    attr = args[2].lower()
-    if attr == b"lib-name":
-        if _bad_name(args[3]):
-            return errors.invalid_client_info("lib-name")
-        session.lib_name = args[3]
-    elif attr == b"lib-ver":
-        if _bad_name(args[3]):
-            return errors.invalid_client_info("lib-ver")
-        session.lib_ver = args[3]
-    else:
-        return errors.unrecognized_option(args[2])
+def _client_reply(args: list[bytes], session: Session, view: ServerView) -> bytes:
+    """CLIENT REPLY ON|OFF|SKIP: the proxy drops the replies (net/dispatch.py)."""
+    mode = args[2].lower()
+    if mode not in (b"on", b"off", b"skip"):
+        return errors.syntax_error()
+    session.set_reply_mode(mode)
     return OK
 
 
-def client_info_line(session: Session) -> bytes:
-    age = int(time.monotonic() - session.created)
-    return (
-        f"id={session.client_id} addr={session.peer} name={(session.name or b'').decode()} "
-        f"age={age} db=0 resp={session.proto} "
-        f"lib-name={(session.lib_name or b'').decode()} "
-        f"lib-ver={(session.lib_ver or b'').decode()}\n"
-    ).encode()
-
-
-def _client_info(args: list[bytes], session: Session, view: ServerView) -> bytes:
-    return encode_bulk(client_info_line(session))
-
-
 def _reset(args: list[bytes], session: Session, view: ServerView) -> bytes:
+    session.set_reply_mode(b"on")
     session.proto = 2
     session.name = None
     session.set_authed(session.password is None)
@@ -229,12 +236,6 @@ def _time(args: list[bytes], session: Session, view: ServerView) -> bytes:
     sec = int(now)
     usec = int((now - sec) * 1_000_000)
     return b"*2\r\n" + encode_bulk(b"%d" % sec) + encode_bulk(b"%d" % usec)
-
-
-def wants_keyspace(args: list[bytes]) -> bool:
-    """Does INFO with these arguments include the # Keyspace section (summed over backends)?"""
-    wanted = {a.lower() for a in args[1:]}
-    return not wanted or bool(wanted & {b"all", b"everything", b"default", b"keyspace"})
 
 
 def info_body(args: list[bytes], view: ServerView, keyspace: bytes = b"") -> bytes:
@@ -307,8 +308,11 @@ _HANDLERS: dict[str, Handler] = {
     "client|setname": _client_setname,
     "client|getname": _client_getname,
     "client|id": _client_id,
-    "client|setinfo": _client_setinfo,
-    "client|info": _client_info,
+    "client|info": client_info,
+    "client|list": client_list,
+    "client|reply": _client_reply,
+    "client|unblock": client_unblock,
+    "client|kill": client_kill,
     "reset": _reset,
     "time": _time,
     "info": _info,

@@ -131,6 +131,8 @@ class ProxyConfig:
     pools: Mapping[str, PoolConfig]  # read-only, in file order
     route: str  # the pool that owns the keyspace
     migration: MigrationConfig | None
+    # CONFIG SET of parameters matching these globs fans out, all or nothing; () refuses it.
+    allow_config_set: tuple[str, ...] = ()
     defences: DefencesConfig = field(default_factory=DefencesConfig)  # hot keys, big keys, ...
 
     def __post_init__(self) -> None:

@@ -123,6 +123,16 @@ def _bool(r: Reader, path: str, value: object, default: Any) -> Any:
     return r.boolean(path, value, default)
 
 
+def _globs(r: Reader, path: str, value: object, default: Any) -> Any:
+    """A list of glob patterns (lowercase, as Redis's config names)."""
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        r.fail(path, f"expected a list of non-empty strings, got {describe(value)}")
+        return default
+    return tuple(v.lower() for v in value)
+
+
 def _secret(r: Reader, path: str, value: object, default: Any) -> Any:
     return r.secret(path, value)
 
@@ -158,6 +168,7 @@ _TOP_RULES: Final[dict[str, _Rule]] = {
     "log_level": _one_of(*LOG_LEVELS),
     "slowlog_ms": _float(0),
     "allow_flush": _bool,
+    "allow_config_set": _globs,
 }
 _TOP_DEFAULTS: Final[dict[str, Any]] = {
     "listen": DEFAULT_LISTEN,
@@ -167,6 +178,7 @@ _TOP_DEFAULTS: Final[dict[str, Any]] = {
     "log_level": "info",
     "slowlog_ms": 0.0,
     "allow_flush": False,
+    "allow_config_set": (),
 }
 _CLIENT_RULES: Final[dict[str, _Rule]] = {
     "password": _secret,

@@ -12,6 +12,7 @@ what it popped there is popped on the other side too (net/mirror.py).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from proxy import errors
 from proxy.codec.resp import encode_request, is_error
@@ -27,14 +28,24 @@ from proxy.routing.plan import plan_same_backend
 IDLE_PER_BACKEND = 8  # idle blocking connections kept per backend and protocol
 
 
-class _Lease:
+class _Lease(ReplyOwner):
     """One blocking connection and the call using it now (None: idle in the cache)."""
 
     def __init__(self, backend: Backend, proto: int) -> None:
+        super().__init__()
         self.backend = backend
         self.proto = proto
         self.call: BlockingCall | None = None
         self.conn: DedicatedConnection | None = None
+        # The connection's id on the backend (CLIENT ID, asked first): for CLIENT UNBLOCK.
+        self.id_slot = Slot(self, None, 0.0)
+
+    def flush(self) -> None:  # ReplyOwner: CLIENT ID answered; nothing waits for it
+        self.dirty = False
+
+    def backend_id(self) -> bytes | None:
+        reply = self.id_slot.reply
+        return reply[1:-2] if reply is not None and reply[:1] == b":" else None
 
     def on_failed(self) -> None:
         if self.call is not None:
@@ -84,6 +95,20 @@ def idle_count(backend: Backend, proto: int) -> int:
     return len(_IDLE.get((backend, proto), ()))
 
 
+class HeldCall(Protocol):
+    """A request its client's later requests wait for: a blocking call, or a change made on
+    every backend (net/atomic.py). Sent once it is at the head of the client's queue."""
+
+    slot: Slot
+    on_done: Callable[[], None] | None
+
+    def at_head(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+    def unblock(self, error: bool) -> bool: ...
+
+
 class BlockingCall(ReplyOwner):
     """One blocking request: its reply lands in `slot`, in the client's queue."""
 
@@ -111,6 +136,17 @@ class BlockingCall(ReplyOwner):
             self._finish(errors.backend_unavailable(backend.name, backend.addr, reason), False)
             return
         conn.send(self.payload, self.inner)
+
+    def unblock(self, error: bool) -> bool:
+        """CLIENT UNBLOCK: ask the backend to end the call as if it timed out (or with its
+        -UNBLOCKED error). Its reply then comes as any reply would: an element popped just
+        before is delivered, never lost. False when the call is not waiting on the backend."""
+        backend_id = self.lease.backend_id()
+        if not self.sent or self.finished or backend_id is None:
+            return False
+        how = b"ERROR" if error else b"TIMEOUT"
+        self.lease.backend.call([b"CLIENT", b"UNBLOCK", backend_id, how])
+        return True
 
     def cancel(self) -> None:
         """The client is gone: closing the connection ends the call on the backend too."""
@@ -173,6 +209,7 @@ def open_blocking(
         if isinstance(conn, bytes):
             return conn
         lease.conn = conn
+        conn.send(encode_request([b"CLIENT", b"ID"]), lease.id_slot)
     popped = None
     if not routes.fast and routes.secondary_writes and spec.write:
         popped = Popped(spec, args, addr, state)

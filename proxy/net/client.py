@@ -35,7 +35,7 @@ from proxy.commands.checks import RESERVED_PREFIX
 from proxy.commands.local import Session
 from proxy.commands.spec import PLAIN, CommandSpec
 from proxy.config.schema import ClientConfig
-from proxy.net.blocking import BlockingCall
+from proxy.net.blocking import BlockingCall, HeldCall
 from proxy.net.defence import send_defended
 from proxy.net.dispatch import NOT_FAST, DispatchHost, Known, dispatch, fast_entry
 from proxy.net.hotkeys import NEVER
@@ -83,7 +83,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         self._hold = False  # dispatch nothing now: writes paused, or a stream's reply awaited
         self._yielding = False  # reading paused until the next loop iteration (_yield_reading)
         self._sliced: SlicedRequest | None = None  # a huge request still being sent
-        self._blocking: BlockingCall | None = None  # BLPOP ...: later requests wait for it
+        self._blocking: HeldCall | None = None  # BLPOP ...: later requests wait for it
         # Cache of host.metrics.command_stats by command name (CommandSpec's own hash is slow).
         self._stats: dict[str, CommandStats] = {}
         # The fast path's view of each command name this client sent (see _learn).
@@ -426,7 +426,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
             self._update_reading()
 
     # -- blocking commands (net/blocking.py) ----------------------------------------------
-    def begin_blocking(self, call: BlockingCall) -> None:
+    def begin_blocking(self, call: HeldCall) -> None:
         """Dispatch made `call`: later requests wait for its reply (held, as for a stream)."""
         self._blocking = call
         self._hold = True
@@ -442,6 +442,15 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
     def held_bytes(self) -> int:
         """Unread and owed replies (ReplyQueue), and requests not yet complete."""
         return super().held_bytes() + self.reader.buffered_bytes()
+
+    @property
+    def blocked(self) -> bool:
+        """Waiting in BLPOP ... (INFO's blocked_clients)."""
+        return isinstance(self._blocking, BlockingCall)
+
+    def unblock(self, error: bool) -> bool:
+        """CLIENT UNBLOCK of this client (net/blocking.py)."""
+        return self._blocking is not None and self._blocking.unblock(error)
 
     def throttle(self, on: bool) -> None:
         self._throttled = on

@@ -10,6 +10,7 @@ answered in the request's place in the client's queue.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Protocol
@@ -18,10 +19,20 @@ from proxy import errors
 from proxy.codec.pubsub import pong
 from proxy.codec.resp import encode_request
 from proxy.commands.checks import has_block_option, refusal_before_routing
-from proxy.commands.local import ServerView, Session, run_local, wants_keyspace
-from proxy.commands.spec import PLAIN, CommandSpec, Kind, arity_error, lookup, unknown_error
+from proxy.commands.info import backend_sections
+from proxy.commands.local import ServerView, Session, run_local
+from proxy.commands.spec import (
+    PLAIN,
+    CommandSpec,
+    Kind,
+    Merge,
+    arity_error,
+    lookup,
+    unknown_error,
+)
 from proxy.config.model import ClientConfig
-from proxy.net.blocking import BlockingCall, open_blocking
+from proxy.net.atomic import change_everywhere
+from proxy.net.blocking import HeldCall, open_blocking
 from proxy.net.defence import Defences, send_defended
 from proxy.net.dualwrite import send_planned
 from proxy.net.fence import MigrationState
@@ -45,6 +56,7 @@ class DispatchHost(ServerView, Protocol):
     defences: Defences  # hot keys, big keys, the hot-key cache, coalescing, TTL jitter
     migration: MigrationState
     allow_flush: bool
+    allow_config_set: tuple[str, ...]  # CONFIG SET: the parameters it may change (globs)
     metrics: ProxyMetrics
     client_config: ClientConfig
 
@@ -55,6 +67,8 @@ class DispatchClient(Protocol):
     session: Session
     client_id: int
     keyed: bool  # slots name their key (big keys are watched)
+    pending: deque[Slot]  # the reply slots in request order (net/replies.py)
+    silent: set[Slot]  # slots whose replies are not written (CLIENT REPLY)
     tx: Transaction | None  # MULTI / WATCH state (net/transaction.py), made on first use
     pubsub: Subscriptions | None  # net/pubsub.py: from the client's first (un)subscribe
 
@@ -72,7 +86,7 @@ class DispatchClient(Protocol):
 
     def begin_slices(self, request: SliceRequest, slot: Slot) -> None: ...
 
-    def begin_blocking(self, call: BlockingCall) -> None: ...
+    def begin_blocking(self, call: HeldCall) -> None: ...
 
 
 def fast_entry(
@@ -93,7 +107,32 @@ def fast_entry(
 
 
 def dispatch(client: DispatchClient, args: list[bytes]) -> None:
-    """Check one request, then hand it to its kind's handler; its reply keeps its place."""
+    """Check one request, then hand it to its kind's handler; its reply keeps its place.
+
+    CLIENT REPLY OFF or SKIP (and the command after SKIP) get no reply: their slots are marked
+    silent, dropped when they reach the head of the queue; pub/sub confirmations still go out."""
+    session = client.session
+    mode = session.reply_mode
+    pending = client.pending
+    tail = pending[-1] if pending else None
+    _dispatch(client, args)
+    if mode == b"on" and session.reply_mode == b"on":
+        return
+    spec = lookup(args)
+    name = spec.name if spec is not None else ""
+    if name == "client|reply" and session.reply_mode == b"on":
+        return  # CLIENT REPLY ON is answered
+    if spec is not None and spec.kind is Kind.PUBSUB:
+        return  # confirmations are pushes: Redis sends them whatever the mode
+    if mode == b"skip" and name != "client|reply":
+        session.set_reply_mode(b"on")  # this was the command to skip
+    for slot in reversed(pending):
+        if slot is tail:
+            break
+        client.silent.add(slot)
+
+
+def _dispatch(client: DispatchClient, args: list[bytes]) -> None:
     spec = lookup(args)
     if client.session.in_tx and on_request(client, spec, args):
         return
@@ -161,6 +200,12 @@ def send_keyed(
     if wants_slices(spec, args):
         client.begin_slices(SliceRequest(spec, args, proto, client.client_id), slot)
         return None
+    if spec.merge is Merge.ATOMIC:  # FUNCTION LOAD DELETE RESTORE, CONFIG SET
+        change = change_everywhere(spec, args, slot, host.routes, host.allow_config_set)
+        if isinstance(change, bytes):
+            return change
+        client.begin_blocking(change)  # later requests wait for it, as for BLPOP
+        return None
     if host.defences.active and not client.session.in_tx:  # never inside MULTI or WATCH
         return send_defended(host, spec, args, slot, proto, client.client_id)
     return send_planned(spec, args, slot, host.routes, host.migration, proto, client.client_id)
@@ -174,8 +219,8 @@ def answer_local(
     proto = client.session.proto
     if spec.name == "command" or spec.name.startswith("command|"):
         host.routes.route_backends[0].send(proto, client.client_id, encode_request(args), slot)
-    elif spec.name == "info" and wants_keyspace(args):
-        send_info(args, host.routes, slot, host, proto)
+    elif spec.name == "info" and (sections := backend_sections(args)):
+        send_info(args, host.routes, slot, host, proto, sections)
     elif spec.name == "ping" and _subscribed_resp2(client):
         slot.reply = pong(args)
     else:

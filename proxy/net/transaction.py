@@ -203,6 +203,8 @@ def queue_refusal(spec: CommandSpec, args: list[bytes]) -> bytes | None:
     ):
         return arity_error(spec)
     kind = spec.kind
+    if "no_multi" in spec.flags:  # SAVE SHUTDOWN ...: Redis's own refusal comes first
+        return errors.not_allowed_in_multi()
     if kind is Kind.DENIED:
         return errors.denied(spec.name)
     if kind in (Kind.LOCAL, Kind.TRANSACTION):

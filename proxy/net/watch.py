@@ -2,10 +2,12 @@
 
 The backend itself detects a changed key (EXEC answers nil) as long as WATCH, MULTI and EXEC
 reach it on one connection: the pin's dedicated connection (net/dedicated.py, Purpose.WATCH,
-bounded by backend.max_watch_connections). While pinned, the client's keyed requests go on it,
-in order; keys of other backends get CROSSSLOT. Unpinned (EXEC, DISCARD, UNWATCH, RESET), the
-connection closes once its owed replies are in; until then the client's requests for that
-backend still go on it, so none overtakes the EXEC.
+bounded by backend.max_watch_connections). While pinned, the client's requests for that
+backend go on it, in order; requests for other backends go as usual, and so do fan-outs and
+requests that span backends (FLUSHALL, DBSIZE, MGET ...) when nothing is owed on the pin (else
+they get CROSSSLOT or a refusal: they could overtake a request on the pin). Unpinned (EXEC,
+DISCARD, UNWATCH, RESET), the connection closes once its owed replies are in; until then the
+client's requests for that backend still go on it, so none overtakes the EXEC.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ class Pin:
         if not self.closed and self.finishing and (conn is None or not conn.pending):
             self.close()
         return self.closed
+
+    def idle(self) -> bool:
+        """Nothing owed on the pin's connection: a request sent elsewhere cannot overtake one."""
+        conn = self.conn
+        return conn is None or not conn.pending
 
     def finish(self) -> None:
         self.finishing = True
@@ -137,6 +144,8 @@ def send_pinned(
     if spec is None or spec.kind in (Kind.LOCAL, Kind.DENIED, Kind.TRANSACTION):
         return False
     if pin is not None and spec.kind in (Kind.FANOUT, Kind.PUBSUB, Kind.BLOCKING):
+        if spec.kind is Kind.FANOUT and pin.idle():
+            return False  # nothing owed on the pin: a fan-out (FLUSHALL ...) cannot overtake it
         client.reject(errors.not_in_transaction(spec.name), spec.label)
         return True
     if spec.kind not in (Kind.SINGLE, Kind.MULTI, Kind.SAME_BACKEND):
@@ -155,8 +164,9 @@ def send_pinned(
     one = fragments[0].addr if len(fragments) == 1 else ""
     target = pin or tx.draining
     if target is None or one != target.addr:
-        if pin is None:
-            return False  # draining only: another backend's request goes as usual
+        if pin is None or (one and one != pin.addr) or pin.idle():
+            # Another backend's request, or nothing owed on the pin: as usual, in order.
+            return False
         client.reject(errors.cross_backend(spec.name), spec.label)
         return True
     slot = client.host.defences.new_slot(client.owner, client.stats_for(spec), spec, args)

@@ -177,12 +177,15 @@ def _multi_secondary(
     return plan_multi(spec, moved, other)
 
 
+_EVERYWHERE = ("script|", "function|")
+
+
 def _fanout(
     spec: CommandSpec, args: list[bytes], read: PoolTopology, other: PoolTopology, write: bool
 ) -> Plan:
-    if not write and not spec.name.startswith("script|") and spec.merge is not Merge.KILL:
+    if not write and not spec.name.startswith(_EVERYWHERE) and spec.merge is not Merge.KILL:
         return plan_fanout(spec, args, read)  # DBSIZE KEYS SCAN: the pool that answers reads
-    # FLUSH* and SCRIPT LOAD/EXISTS/FLUSH: every server of both pools, so EVALSHA works on both;
+    # FLUSH*, SCRIPT and FUNCTION: every server of both pools, so EVALSHA and FCALL work on both;
     # SCRIPT KILL and FUNCTION KILL too: a script may run on either pool.
     addrs = dict.fromkeys((*read.addrs, *other.addrs))
     return Plan(tuple(Fragment(a, args) for a in addrs), spec.merge)

@@ -19,6 +19,7 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
+from proxy.commands.clients import ClientRow
 from proxy.config.reader import config_hash
 from proxy.config.schema import ProxyConfig
 from proxy.jobs.runner import PhaseRunner
@@ -91,6 +92,7 @@ class ProxyServer:
         self.max_clients = config.client.max_connections  # sized to the fd limit by start()
         self._sized = False
         self.allow_flush = config.allow_flush
+        self.allow_config_set = config.allow_config_set
         self.slowlog_ms = config.slowlog_ms
         self.acl_reports: dict[str, AclReport] = {}  # backend addr -> its user's last ACL check
         self.memory = MemoryGuard(self.clients, self.memory_budget, self._on_memory_sweep)
@@ -251,6 +253,7 @@ class ProxyServer:
         self._config_text = text
         self.client_config = config.client
         self.allow_flush = config.allow_flush
+        self.allow_config_set = config.allow_config_set
         self.slowlog_ms = config.slowlog_ms
         self._size_clients()
         self.lifecycle.accepted(config, generation, topology.config_hash, "")
@@ -343,6 +346,22 @@ class ProxyServer:
 
     def info_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
         return views.info_sections(self)
+
+    def client_rows(self) -> list[ClientRow]:
+        return [views.client_row(c) for c in self.clients if not c.closed]
+
+    def client_row(self, client_id: int) -> ClientRow | None:
+        client = next((c for c in self.clients if c.client_id == client_id), None)
+        return None if client is None else views.client_row(client)
+
+    def unblock_client(self, client_id: int, error: bool) -> bool:
+        client = next((c for c in self.clients if c.client_id == client_id), None)
+        return client is not None and client.unblock(error)
+
+    def kill_client(self, client_id: int) -> None:
+        for client in list(self.clients):
+            if client.client_id == client_id:
+                client.abort()  # connection_lost releases what it held
 
     def status(self) -> dict[str, Any]:
         return views.status(self)

@@ -8,6 +8,7 @@ import time
 from typing import Any, Protocol
 
 from proxy import __version__
+from proxy.commands.clients import ClientRow
 from proxy.commands.local import server_section
 from proxy.jobs.runner import PhaseRunner
 from proxy.net.backend import Backend
@@ -47,6 +48,24 @@ def readiness(server: ServerState) -> tuple[bool, str]:
     return True, "ok"
 
 
+def client_row(client: ClientConnection) -> ClientRow:
+    """One client as CLIENT LIST shows it (commands/clients.py)."""
+    transport = client.transport
+    local = transport.get_extra_info("sockname") if transport is not None else None
+    laddr = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else ""
+    subs = client.pubsub
+    counts = (0, 0, 0) if subs is None else tuple(len(t) for t in subs.tables.values())
+    queued = client.tx.queued if client.tx is not None else None
+    return ClientRow(
+        session=client.session,
+        laddr=laddr,
+        idle_s=max(0.0, time.perf_counter() - client.last_active),
+        subscriptions=(counts[0], counts[1], counts[2]),
+        queued=-1 if queued is None else len(queued),
+        output_bytes=client.held_bytes(),
+    )
+
+
 def info_sections(server: ServerState) -> list[tuple[str, list[tuple[str, str]]]]:
     topology = server.routes.topology
     return [
@@ -56,6 +75,7 @@ def info_sections(server: ServerState) -> list[tuple[str, list[tuple[str, str]]]
             [
                 ("connected_clients", str(len(server.clients))),
                 ("maxclients", str(server.max_clients)),
+                ("blocked_clients", str(sum(c.blocked for c in server.clients))),
             ],
         ),
         (

@@ -94,19 +94,20 @@ DOCUMENTED = {
     "evalsha eval_ro fcall fcall_ro sort sort_ro georadius georadiusbymember xread xreadgroup "
     "lmpop zmpop sintercard lcs",
     Kind.FANOUT: "dbsize keys scan script|load script|exists script|flush script|kill "
-    "function|kill flushdb flushall function|flush",
+    "function|kill flushdb flushall function|flush randomkey config|get function|load "
+    "function|delete function|restore function|list function|dump config|set",
     Kind.LOCAL: "ping echo quit select hello auth command command|info command|count "
     "command|getkeys command|docs info client|setname client|getname client|id client|info "
-    "reset time",
+    "client|list client|kill client|reply client|unblock reset time",
     Kind.TRANSACTION: "multi exec discard watch unwatch",
     Kind.BLOCKING: "blpop brpop brpoplpush blmove bzpopmin bzpopmax blmpop bzmpop",
     Kind.PUBSUB: "subscribe psubscribe ssubscribe unsubscribe punsubscribe sunsubscribe publish "
     "spublish pubsub|channels",
-    Kind.DENIED: "config|get config|set debug shutdown replicaof slaveof cluster|info "
+    Kind.DENIED: "debug shutdown replicaof slaveof cluster|info "
     "cluster|nodes module|load save bgsave bgrewriteaof monitor sync psync migrate acl|setuser "
-    "acl|whoami failover latency|latest slowlog|get client|kill client|list client|tracking "
-    "client|pause client|reply swapdb move wait randomkey lastsave role function|load "
-    "function|list script|debug object|help readonly readwrite "
+    "acl|whoami failover latency|latest slowlog|get client|tracking "
+    "client|pause swapdb move wait lastsave role function|stats script|debug "
+    "object|help readonly readwrite "
     "asking restore-asking pfdebug lolwut",
 }
 
