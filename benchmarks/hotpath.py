@@ -1,6 +1,6 @@
 """The proxy's whole per-request Python path, without sockets: CPU µs per request.
 
-    python benchmarks/hotpath.py [--requests N] [--repeat R] [--hash NAME]
+    python benchmarks/hotpath.py [--requests N] [--repeat R] [--hash NAME] [--extra YAML]
 
 A real ClientConnection, RouteTable, Backend and BackendConnection (the same objects `serve` uses)
 over in-memory transports: each round feeds a client read of `depth` GET requests (or SET 64 B),
