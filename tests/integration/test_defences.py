@@ -207,7 +207,7 @@ def test_a_write_straight_to_redis_is_seen_within_ttl_ms(
     written = time.monotonic()
     assert r.get("user:2") == b"old" and stats(proxy).cache_hits == hits + 1  # stale, as allowed
     wait_until(lambda: r.get("user:2") == b"new", ttl_s + 2, "the direct write to show")
-    assert time.monotonic() - written < ttl_s + 0.25
+    assert time.monotonic() - written < ttl_s + 1.0  # ttl_ms, and room for a busy machine
 
 
 def test_nil_replies_are_cached_and_nothing_outside_the_patterns(
