@@ -321,3 +321,19 @@ def test_ttl_jitter_spreads_relative_ttls_and_leaves_absolute_ones(make_proxy: A
     r.set("j:keep", "v2", keepttl=True)
     assert r.pttl("j:keep") <= 6000  # KEEPTTL untouched (the first SET's jitter is <= 20%)
     assert stats(proxy).jittered == 200 + 40 + 1
+
+
+def test_mget_is_answered_from_its_cached_parts(
+    make_proxy: Any, backends3: list[RedisServer]
+) -> None:
+    proxy, _ = make_proxy(CACHE)
+    r = redis.Redis(port=proxy.port)
+    r.mset({"user:m1": "a", "user:m2": "b"})
+    make_hot(r, "user:m1", "user:m2")
+    assert r.mget("user:m1", "user:m2", "user:m3") == [b"a", b"b", None]  # fills the parts
+    hits = stats(proxy).cache_hits
+    owner(backends3, proxy, "user:m2").set("user:m2", "direct")
+    assert r.mget("user:m1", "user:m2", "user:m3") == [b"a", b"b", None]  # all three cached
+    assert stats(proxy).cache_hits == hits + 3
+    r.set("user:m1", "new")  # through the proxy: dropped at once
+    assert r.mget("user:m1", "user:m2", "user:m3") == [b"new", b"direct", None]
