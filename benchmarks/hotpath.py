@@ -1,6 +1,7 @@
 """The proxy's whole per-request Python path, without sockets: CPU µs per request.
 
     python benchmarks/hotpath.py [--requests N] [--repeat R] [--hash NAME] [--db N] [--routes N]
+                                 [--extra YAML]
 
 A real ClientConnection, RouteTable, Backend and BackendConnection (the same objects `serve` uses)
 over in-memory transports: each round feeds a client read of `depth` GET requests (or SET 64 B),
@@ -32,6 +33,7 @@ from proxy.config.schema import parse_config
 from proxy.net.backend import Backend
 from proxy.net.client import ClientConnection
 from proxy.net.connection import BackendConnection
+from proxy.net.defence import Defences
 from proxy.net.fence import MigrationState
 from proxy.net.metrics import ProxyMetrics
 from proxy.net.pool import BackendPool
@@ -79,12 +81,12 @@ class MemoryTransport(asyncio.Transport):
 class Host:
     """The ClientHost a ProxyServer would be, minus the listener."""
 
-    def __init__(self, hash_name: str, routes: int = 0) -> None:
+    def __init__(self, hash_name: str, routes: int = 0, extra: str = "") -> None:
         text = (
             "listen: 127.0.0.1:1\nbackend:\n  connections: 1\npools:\n  bench:\n"
             f"    hash: {hash_name}\n    hash_tag: '{{}}'\n    servers:\n"
             "      - 127.0.0.1:7001:1 r1\n      - 127.0.0.1:7002:1 r2\n"
-            "      - 127.0.0.1:7003:1 r3\n"
+            "      - 127.0.0.1:7003:1 r3\n" + extra
         )
         if routes:  # prefix routes no benchmark key matches (the common case), of varied lengths
             text += "  queues: {servers: ['127.0.0.1:7004']}\nroute: bench\nroutes:\n"
@@ -103,6 +105,7 @@ class Host:
         self.pool = BackendPool()
         self.routes = self.pool.sync(build_topology(config, 1, "bench"))
         self.migration = MigrationState(lambda: self.routes)
+        self.defences = Defences(config.defences)
         self._ids = 0
 
     def next_client_id(self) -> int:
@@ -148,10 +151,11 @@ async def measure(
     hash_name: str,
     db: int = 0,
     routes: int = 0,
+    extra: str = "",
 ) -> float:
     """CPU µs per request: rounds of `fan_in` client reads of `depth` requests each, one loop
     iteration (the backends' coalesced writes), one read of replies per backend."""
-    host = Host(hash_name, routes)
+    host = Host(hash_name, routes, extra)
     conns = [connect_backend(b, db) for b in host.routes.route_backends]
     clients = []
     for _ in range(fan_in):
@@ -202,16 +206,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hash", default="crc32a")
     parser.add_argument("--db", type=int, default=0)
     parser.add_argument("--routes", type=int, default=0, help="prefix routes in the config")
+    parser.add_argument(
+        "--extra", default="", help="config YAML appended, e.g. 'hotkeys: {enabled: false}'"
+    )
     args = parser.parse_args(argv)
     print(
         f"hash {args.hash}, db {args.db}, {args.routes} prefix routes; "
-        f"CPU µs per request, best of {args.repeat}"
+        f"CPU µs per request, best of {args.repeat}; {args.extra or 'defaults'}"
     )
     for command in (b"GET", b"SET"):
         for depth, fan_in in CASES:
             best = min(
                 uvloop.run(
-                    measure(command, depth, fan_in, args.requests, args.hash, args.db, args.routes)
+                    measure(
+                        command,
+                        depth,
+                        fan_in,
+                        args.requests,
+                        args.hash,
+                        args.db,
+                        args.routes,
+                        args.extra,
+                    )
                 )
                 for _ in range(args.repeat)
             )

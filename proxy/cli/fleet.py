@@ -17,22 +17,31 @@ FETCH_TIMEOUT_S = 3.0
 
 
 def fetch_status(addr: str, timeout_s: float = FETCH_TIMEOUT_S) -> dict[str, Any]:
+    return fetch_json(addr, "/status", timeout_s)
+
+
+def fetch_json(addr: str, path: str, timeout_s: float = FETCH_TIMEOUT_S) -> dict[str, Any]:
+    """GET `path` of a proxy's admin port: its JSON object, with "admin" (or "error") added."""
     url = addr if addr.startswith("http") else f"http://{addr}"
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/status", timeout=timeout_s) as resp:
+        with urllib.request.urlopen(f"{url.rstrip('/')}{path}", timeout=timeout_s) as resp:
             data = json.loads(resp.read())
     except (OSError, urllib.error.URLError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         return {"admin": addr, "error": str(reason)}
     if not isinstance(data, dict):
-        return {"admin": addr, "error": "not a shardproxy /status reply"}
+        return {"admin": addr, "error": f"not a shardproxy {path} reply"}
     data["admin"] = addr
     return data
 
 
 def fleet_status(addrs: list[str]) -> list[dict[str, Any]]:
+    return fleet_json(addrs, "/status")
+
+
+def fleet_json(addrs: list[str], path: str) -> list[dict[str, Any]]:
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(addrs)))) as pool:
-        return list(pool.map(fetch_status, addrs))
+        return list(pool.map(lambda addr: fetch_json(addr, path), addrs))
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from proxy import __version__
 from proxy.cli.embedded import EmbeddedError, LocalBackends
 from proxy.cli.fleet import fleet_ok, fleet_status, render_table
+from proxy.cli.keys import add_keys_parsers, cmd_keys
 from proxy.config.reader import read_config_file
 from proxy.config.schema import MAX_WORKERS, ConfigError, ProxyConfig, load_config, parse_config
 from proxy.routing.topology import build_pool
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     acl.add_argument("--json", action="store_true", help="rules, allowed and denied as JSON")
     add_migration_parsers(sub)
     add_status_parser(sub)
+    add_keys_parsers(sub)
     return parser
 
 
@@ -144,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_acl(args)
         if args.command == "status":
             return cmd_status(args)
+        if args.command in ("hotkeys", "bigkeys"):
+            return cmd_keys(args)
         if args.command in MIGRATION_COMMANDS:
             return MIGRATION_COMMANDS[args.command](args)
     except ConfigError as exc:

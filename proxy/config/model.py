@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
+from proxy.config.defences import DefencesConfig
 from proxy.config.phase import Phase
 from proxy.config.reader import format_addr, parse_host_port
 
@@ -144,6 +145,7 @@ class ProxyConfig:
     # CONFIG SET of parameters matching these globs fans out, all or nothing; () refuses it.
     allow_config_set: tuple[str, ...] = ()
     routes: tuple[RouteConfig, ...] = ()  # prefix routes, in file order; longest prefix wins
+    defences: DefencesConfig = field(default_factory=DefencesConfig)  # hot keys, big keys, ...
 
     def __post_init__(self) -> None:
         if not isinstance(self.pools, MappingProxyType):

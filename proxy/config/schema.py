@@ -17,6 +17,8 @@ from dataclasses import MISSING, fields
 from types import MappingProxyType
 from typing import Any, Final
 
+from proxy.config.defences import SECTIONS as DEFENCE_SECTIONS
+from proxy.config.defences import read_defences
 from proxy.config.model import (
     ACL_CHECKS,
     DEFAULT_ADMIN,
@@ -257,9 +259,8 @@ def _read_section(
 
 
 def _read_config(r: Reader, raw: object) -> ProxyConfig:
-    top = r.section(
-        "", raw, (*_TOP_RULES, "client", "backend", "pools", "route", "routes", "migration")
-    )
+    sections = ("client", "backend", "pools", "route", "routes", "migration", *DEFENCE_SECTIONS)
+    top = r.section("", raw, (*_TOP_RULES, *sections))
     values = _read_fields(r, "", top, _TOP_RULES, _TOP_DEFAULTS)
     listen, admin = values["listen"], values["admin"]
     if admin is not None and admin == listen and listen.port != 0:
@@ -278,6 +279,7 @@ def _read_config(r: Reader, raw: object) -> ProxyConfig:
         route=route,
         migration=_read_migration(r, top.get("migration"), route, names),
         routes=read_routes(r, top.get("routes"), names),
+        defences=read_defences(r, top),
     )
 
 

@@ -36,7 +36,9 @@ from proxy.commands.local import Session
 from proxy.commands.spec import PLAIN, CommandSpec
 from proxy.config.schema import ClientConfig
 from proxy.net.blocking import BlockingCall, HeldCall
+from proxy.net.defence import send_defended
 from proxy.net.dispatch import NOT_FAST, DispatchHost, Known, dispatch, fast_entry
+from proxy.net.hotkeys import NEVER
 from proxy.net.metrics import CommandStats
 from proxy.net.pubsub import Subscriptions
 from proxy.net.replies import ReplyQueue
@@ -91,6 +93,11 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         self.last_active = perf_counter()  # the clock of _process's `now`
         self.tx: Transaction | None = None  # MULTI / WATCH state (net/transaction.py)
         self.pubsub: Subscriptions | None = None  # subscriptions (net/pubsub.py), from the first
+        # Hot-key sampling: requests until the next one sampled (net/hotkeys.py); slots carry
+        # their key only while big keys are watched (their replies are checked in flush).
+        self._tick = 1
+        self.keyed = False
+        self.on_defences()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,15 +155,22 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         failure: ProtocolError | None = None
         reader = self.reader
         reader.authed = self.session.authed  # Redis's pre-AUTH limits apply until then
+        # A big request, maybe (only while big keys are watched: `keyed`).
+        big = self.keyed and len(data) + reader.buffered_bytes() >= self._big_bytes
         try:
             requests = reader.feed(data)
         except ProtocolError as exc:
             failure = exc
             requests = exc.requests
         else:
-            if len(requests) == 1:  # unpipelined: _process for one request, its loop unrolled
+            if big:
+                self._note_big_requests(requests)
+            tick = self._tick - 1
+            if len(requests) == 1 and tick:  # unpipelined: _process's loop unrolled
                 args = requests[0]
-                key, lowest, highest, stats = self._known.get(args[0]) or self._learn(args[0])
+                key, lowest, highest, stats, defend = self._known.get(args[0]) or self._learn(
+                    args[0]
+                )
                 router = self.host.routes
                 pending = self.pending
                 if (
@@ -168,7 +182,15 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                     and not args[key].startswith(RESERVED)
                 ):
                     self.last_active = now = perf_counter()
+                    self._tick = tick
+                    if defend is not None:
+                        self._send_defended(defend, args, stats, now, self.reader.raws[0])
+                        if pending[0].reply is not None:
+                            self.flush()
+                        return
                     slot = Slot(self, stats, now)
+                    if self.keyed:
+                        slot.key = args[key]
                     pending.append(slot)
                     backend = router.route_backends[router.node_for(args[key])]
                     raw = self.reader.raws[0] or encode_request(args)  # b"": not kept (see feed)
@@ -231,15 +253,26 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         route_backends = routes.route_backends
         node_for = routes.node_for
         limit = self._limit
+        tick = self._tick
+        keyed = self.keyed
         self.last_active = now = perf_counter()  # the requests of one read arrived together
         for i in range(start, len(requests)):
             if len(pending) >= limit or self._hold:
+                self._tick = tick
                 self._keep_backlog((requests, raws, i, failure))
                 return
             args = requests[i]
-            key, lowest, highest, stats = known.get(args[0]) or self._learn(args[0])
+            tick -= 1
+            if not tick:
+                tick = self._sample(args)
+            key, lowest, highest, stats, defend = known.get(args[0]) or self._learn(args[0])
             if fast and lowest <= len(args) <= highest and not args[key].startswith(RESERVED):
+                if defend is not None:
+                    self._send_defended(defend, args, stats, now, raws[i])
+                    continue
                 slot = Slot(self, stats, now)  # the fast path, as in data_received
+                if keyed:
+                    slot.key = args[key]
                 pending.append(slot)
                 raw = raws[i] or encode_request(args)  # b"": not kept (see RequestReader.feed)
                 route_backends[node_for(args[key])].send(lane, cid, raw, slot)
@@ -248,10 +281,12 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
             if session.closing:
                 break
             if self._sliced is not None:  # sent slice by slice: the rest waits for it
+                self._tick = tick
                 self._wait_for_slices(requests, raws, i + 1, failure)
                 return
             lane = session.lane
             fast = routes.fast and session.direct
+        self._tick = tick
         self._backlog = None
         if failure is not None and not session.closing:
             self._fail_protocol(str(failure))
@@ -282,17 +317,61 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         self._sliced = send_sliced(request, slot, self, self.host)
 
     def _learn(self, name: bytes) -> Known:
-        entry = fast_entry(name, self.stats_for)
+        entry = fast_entry(name, self.stats_for, self.host.defences.defended)
         if entry is not NOT_FAST or name in PLAIN:
             self._known[name] = entry  # unknown or mixed case: not remembered (client input)
         return entry
+
+    # -- the cache defences (net/defence.py) ---------------------------------------------
+    def on_defences(self) -> None:
+        """The defences' config is new (or this client is): learn command names again."""
+        self._known.clear()
+        watch = self.host.defences.watch
+        self._tick = watch.sample_every
+        self._big_bytes = watch.big_bytes
+        self.keyed = watch.big_bytes < NEVER
+
+    def _send_defended(
+        self,
+        spec: CommandSpec,
+        args: list[bytes],
+        stats: CommandStats | None,
+        now: float,
+        raw: bytes,
+    ) -> None:
+        """The fast path of a command the defences must see (net/defence.py)."""
+        slot = self.host.defences.new_slot(self, stats, spec, args, now)
+        if self.keyed:
+            slot.key = args[spec.first_key]
+        self.pending.append(slot)
+        session = self.session
+        problem = send_defended(self.host, spec, args, slot, session.lane, self.client_id, raw)
+        if problem is not None:
+            slot.reply = problem
+            slot.stats = None
+            if stats is not None:
+                stats.rejected += 1
+
+    def _sample(self, args: list[bytes]) -> int:
+        """A sampled request: count its keys; the countdown to the next sample."""
+        watch = self.host.defences.watch
+        if self.session.authed:
+            watch.sample(args, self.host.routes)
+        return watch.sample_every
+
+    def _note_big_requests(self, requests: list[list[bytes]]) -> None:
+        self.host.defences.watch.note_requests(requests)
+
+    def on_big_reply(self, slot: Slot, size: int) -> None:
+        self.host.defences.watch.note_reply(slot, size)
 
     # -- big values streamed through (proxy.stream) ---------------------------------------
     def _streamable(self, head: list[bytes]) -> bool:
         """RequestReader.stream_gate: only on the fast path (no migration, no MULTI or WATCH,
         no blocking call under way)."""
         direct = self.session.direct and self._blocking is None
-        return direct and self.host.routes.fast and streamable(head)
+        plain = not self.host.defences.active  # the cache and jitter see every write
+        return direct and plain and self.host.routes.fast and streamable(head)
 
     def _start_stream(self) -> None:
         """The reader stopped at a streamed value: its request takes its place in the queue;

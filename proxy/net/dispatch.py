@@ -38,6 +38,7 @@ from proxy.commands.spec import (
 from proxy.config.model import ClientConfig
 from proxy.net.atomic import change_everywhere
 from proxy.net.blocking import HeldCall, open_blocking
+from proxy.net.defence import Defences, send_defended
 from proxy.net.dualwrite import send_planned
 from proxy.net.fence import MigrationState
 from proxy.net.forwarder import send_info
@@ -49,13 +50,15 @@ from proxy.net.slot import ReplyOwner, Slot
 from proxy.net.transaction import Transaction, on_request, select_in_transaction, start
 
 _PRE_AUTH = frozenset({"auth", "hello", "quit", "reset"})
-# The fast path's entry for a command name: key index, fewest and most arguments, stats.
-Known = tuple[int, int, int, CommandStats | None]
-NOT_FAST: Known = (0, 1, 0, None)  # no argument count fits: always dispatched
+# The fast path's entry for a command name: key index, fewest and most arguments, stats, and
+# the spec when the cache defences must see it (net/defence.py), else None.
+Known = tuple[int, int, int, CommandStats | None, CommandSpec | None]
+NOT_FAST: Known = (0, 1, 0, None, None)  # no argument count fits: always dispatched
 
 
 class DispatchHost(ServerView, Protocol):
     routes: RouteTable  # the route table in use now (a reload swaps it)
+    defences: Defences  # hot keys, big keys, the hot-key cache, coalescing, TTL jitter
     migration: MigrationState
     allow_flush: bool
     allow_config_set: tuple[str, ...]  # CONFIG SET: the parameters it may change (globs)
@@ -68,6 +71,7 @@ class DispatchClient(Protocol):
 
     session: Session
     client_id: int
+    keyed: bool  # slots name their key (big keys are watched)
     pending: deque[Slot]  # the reply slots in request order (net/replies.py)
     silent: set[Slot]  # slots whose replies are not written (CLIENT REPLY)
     tx: Transaction | None  # MULTI / WATCH state (net/transaction.py), made on first use
@@ -90,16 +94,21 @@ class DispatchClient(Protocol):
     def begin_blocking(self, call: HeldCall) -> None: ...
 
 
-def fast_entry(name: bytes, stats_for: Callable[[CommandSpec], CommandStats]) -> Known:
+def fast_entry(
+    name: bytes,
+    stats_for: Callable[[CommandSpec], CommandStats],
+    defended: Callable[[CommandSpec], bool],
+) -> Known:
     """What the client's fast path (net/client.py) needs to know of a command name as typed
-    (`GET` or `get`): for a single-key command, its key's index, the argument counts it takes
-    and its stats; anything else gets an entry no request fits, so it comes to dispatch."""
+    (`GET` or `get`): for a single-key command, its key's index, the argument counts it takes,
+    its stats and its spec if the cache defences must see it; anything else gets an entry no
+    request fits, so it comes to dispatch."""
     spec = PLAIN.get(name)
     if spec is None or spec.kind is not Kind.SINGLE or spec.name in DB_ARGUMENT:
         return NOT_FAST
     arity = spec.arity
     highest = arity if arity > 0 else 1 << 30
-    return (spec.first_key, abs(arity), highest, stats_for(spec))
+    return (spec.first_key, abs(arity), highest, stats_for(spec), spec if defended(spec) else None)
 
 
 def dispatch(client: DispatchClient, args: list[bytes]) -> None:
@@ -140,7 +149,13 @@ def _dispatch(client: DispatchClient, args: list[bytes]) -> None:
         client.reject(refusal, spec.label)
         return
     stats = client.stats_for(spec)
-    slot = Slot(client.owner, stats, perf_counter())
+    defences = client.host.defences
+    if defences.cache is None:
+        slot = Slot(client.owner, stats, perf_counter())
+    else:  # a write's slot tracks its keys until its reply (net/hotcache.py)
+        slot = defences.new_slot(client.owner, stats, spec, args)
+    if client.keyed and spec.first_key and spec.first_key < len(args):
+        slot.key = args[spec.first_key]  # names a big reply's key (net/hotkeys.py)
     client.append(slot)
     problem = HANDLERS[spec.kind](client, spec, args, slot)
     if problem is not None:
@@ -200,6 +215,8 @@ def send_keyed(
             return change
         client.begin_blocking(change)  # later requests wait for it, as for BLPOP
         return None
+    if host.defences.active and not client.session.in_tx:  # never inside MULTI or WATCH
+        return send_defended(host, spec, args, slot, lane, client.client_id)
     return send_planned(spec, args, slot, host.routes, host.migration, lane, client.client_id)
 
 

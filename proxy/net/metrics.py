@@ -349,3 +349,55 @@ class _LiveCollector(Collector):
             busy.add_metric([name], stats.busy)
             local.add_metric([name], stats.local)
         yield from (up, inflight, latency, errors, busy, local, dedicated)
+
+
+@dataclass
+class DefenceStats:
+    """The cache defences' counters (net/hotkeys.py, net/hotcache.py, net/defence.py); labels
+    are commands and backends, never keys."""
+
+    cache_hits: int = 0
+    cache_misses: int = 0  # cacheable reads (hot, matching) that went to a backend
+    cache_evictions: int = 0  # LRU evictions for the byte budget
+    cache_bytes: int = 0
+    cache_entries: int = 0
+    coalesced: int = 0  # reads that joined another client's read in flight
+    jittered: int = 0  # TTLs extended by ttl_jitter
+    bigkeys: dict[tuple[str, str], int] = field(default_factory=dict)  # (command, direction)
+    hottest_share: dict[str, float] = field(default_factory=dict)  # backend -> share
+
+
+def defence_families(s: DefenceStats) -> Iterator[Metric]:
+    counters = (
+        ("hotcache_hits", "Reads answered from the hot-key cache", s.cache_hits),
+        ("hotcache_misses", "Cacheable reads of hot keys sent to a backend", s.cache_misses),
+        (
+            "hotcache_evictions",
+            "Hot-key cache entries evicted for the byte budget",
+            s.cache_evictions,
+        ),
+        ("coalesced_reads", "Reads that shared another read already in flight", s.coalesced),
+        ("ttl_jittered", "TTLs extended by ttl_jitter", s.jittered),
+    )
+    for name, doc, value in counters:
+        yield CounterMetricFamily(f"shardproxy_{name}", doc, value=value)
+    yield GaugeMetricFamily("shardproxy_hotcache_bytes", "Hot-key cache size", value=s.cache_bytes)
+    yield GaugeMetricFamily(
+        "shardproxy_hotcache_entries", "Hot-key cache entries", value=s.cache_entries
+    )
+    big = CounterMetricFamily(
+        "shardproxy_bigkeys",
+        "Requests and replies over bigkeys.threshold_bytes, by command and direction",
+        labels=["command", "direction"],
+    )
+    for (command, direction), count in sorted(s.bigkeys.items()):
+        big.add_metric([command, direction], count)
+    yield big
+    share = GaugeMetricFamily(
+        "shardproxy_hotkey_top_share",
+        "The hottest key's share of a backend's sampled requests over the hot-key window",
+        labels=["backend"],
+    )
+    for backend, fraction in sorted(s.hottest_share.items()):
+        share.add_metric([backend], fraction)
+    yield share

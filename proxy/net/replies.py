@@ -60,6 +60,7 @@ class ReplyQueue(ReplyOwner):
         self._flushes = 0
         self._set_limit()
         self.write_paused = False  # the transport's buffer is over its high-water mark
+        self._big_bytes = 1 << 62  # replies this big are reported (on_big_reply); never here
         self._slow_s = slow_ms / 1000 if slow_ms > 0 else float("inf")
 
     def flush(self) -> None:
@@ -75,6 +76,7 @@ class ReplyQueue(ReplyOwner):
         now = perf_counter()
         slow_s = self._slow_s
         budget = self._budget
+        big_bytes = self._big_bytes
         biggest = 0
         silent = self.silent
         while pending:
@@ -89,6 +91,8 @@ class ReplyQueue(ReplyOwner):
             size = len(reply)
             if size > biggest:
                 biggest = size
+            if size >= big_bytes:
+                self.on_big_reply(slot, size)
             out.append(reply)
             pending.popleft()
             stats = slot.stats
@@ -120,6 +124,9 @@ class ReplyQueue(ReplyOwner):
 
     def after_flush(self, transport: asyncio.Transport) -> None:
         """What the request side does once replies went out (ClientConnection: resume)."""
+
+    def on_big_reply(self, slot: Slot, size: int) -> None:
+        """A reply of at least `_big_bytes` (bigkeys.threshold_bytes) is going out."""
 
     def _learn_replies(self, biggest: int) -> None:
         """Fold the biggest reply of a flush into the estimate; cap requests in flight so that

@@ -37,10 +37,13 @@ class Slot:
     """One expected reply. `reply` is set (raw RESP bytes) once, then the owner is flushed.
 
     `stats` and `start` (perf_counter seconds at dispatch) feed the latency histograms; slots
-    the proxy answers itself, and a gather's children, carry `stats` None.
+    the proxy answers itself, and a gather's children, carry `stats` None. `key` is set only
+    while big keys are watched (net/hotkeys.py), to name the key of a big reply: read it with
+    getattr(slot, "key", None).
     """
 
-    __slots__ = ("owner", "reply", "start", "stats")
+    __slots__ = ("key", "owner", "reply", "start", "stats")
+    key: bytes
 
     def __init__(self, owner: ReplyOwner, stats: CommandStats | None, start: float) -> None:
         self.owner = owner

@@ -10,7 +10,6 @@ until EXEC, DISCARD, UNWATCH, RESET or disconnect: while pinned, its requests go
 
 from __future__ import annotations
 
-from time import perf_counter
 from typing import Protocol
 
 from proxy import errors
@@ -18,6 +17,7 @@ from proxy.codec.resp import OK, encode_request, encode_simple, is_error
 from proxy.commands.checks import RESERVED_PREFIX, db_argument_refusal, refusal_before_routing
 from proxy.commands.local import ServerView, Session, db_of, run_local
 from proxy.commands.spec import CommandSpec, Kind, arity_error, lookup, unknown_error
+from proxy.net.defence import Defences
 from proxy.net.dualwrite import defer_if_fenced, send_secondary_block
 from proxy.net.fence import Deferred, MigrationState
 from proxy.net.metrics import CommandStats
@@ -35,6 +35,7 @@ _EXEC = lookup([b"EXEC"])
 class TxHost(ServerView, Protocol):
     routes: RouteTable
     migration: MigrationState
+    defences: Defences
 
 
 class TxClient(Protocol):
@@ -205,6 +206,9 @@ def _queue(client: TxClient, tx: Transaction, spec: CommandSpec, args: list[byte
         tx.failed = True
         return
     assert tx.queued is not None
+    defences = client.host.defences
+    if defences.jitters:
+        args = defences.jittered(spec, args)
     tx.queued.append((spec, args))
     answer(client, QUEUED)
 
@@ -237,7 +241,7 @@ def run_exec(client: TxClient, tx: Transaction, spec: CommandSpec) -> None:
     tx.queued = None
     tx.failed = False
     tx.lost = None
-    slot = Slot(client.owner, client.stats_for(spec), perf_counter())
+    slot = client.host.defences.new_block_slot(client.owner, client.stats_for(spec), queued)
     client.append(slot)
     if failed or lost is not None:
         slot.reply = lost or errors.execabort()

@@ -13,7 +13,6 @@ client's requests for that backend still go on it, so none overtakes the EXEC.
 from __future__ import annotations
 
 from collections.abc import Callable
-from time import perf_counter
 from typing import TYPE_CHECKING
 
 from proxy import errors
@@ -171,7 +170,7 @@ def send_pinned(
             return False
         client.reject(errors.cross_backend(spec.name), spec.label)
         return True
-    slot = Slot(client.owner, client.stats_for(spec), perf_counter())
+    slot = client.host.defences.new_slot(client.owner, client.stats_for(spec), spec, args)
     client.append(slot)
     target.send(encode_request(args), slot)
     if dual.secondary is not None:

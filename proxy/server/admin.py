@@ -1,4 +1,5 @@
-"""Admin HTTP (aiohttp): /healthz, /readyz, /status (JSON), /metrics (Prometheus), POST /reload.
+"""Admin HTTP (aiohttp): /healthz, /readyz, /status (JSON), /metrics (Prometheus), POST /reload,
+/hotkeys and /bigkeys (JSON, README "Protecting the cache").
 
 Served by the proxy (ProxyServer), or with `workers: N > 1` by the supervisor for all its workers.
 """
@@ -29,6 +30,10 @@ class AdminHost(Protocol):
 
     async def reload_from_file(self) -> tuple[bool, str]: ...
 
+    async def hotkeys_view(self) -> dict[str, Any]: ...
+
+    async def bigkeys_view(self) -> dict[str, Any]: ...
+
 
 class AdminServer:
     def __init__(self, host: AdminHost, bind_host: str, port: int) -> None:
@@ -42,6 +47,8 @@ class AdminServer:
         app.router.add_get("/status", self._status)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/reload", self._reload)
+        app.router.add_get("/hotkeys", self._hotkeys)
+        app.router.add_get("/bigkeys", self._bigkeys)
         self.app = app
 
     async def start(self) -> None:
@@ -69,6 +76,12 @@ class AdminServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.host.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _hotkeys(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.host.hotkeys_view())
+
+    async def _bigkeys(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.host.bigkeys_view())
 
     async def _reload(self, request: web.Request) -> web.Response:
         ok, message = await self.host.reload_from_file()

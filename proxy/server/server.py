@@ -13,17 +13,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client.core import Metric
 
 from proxy.commands.clients import ClientRow
 from proxy.config.reader import config_hash
 from proxy.config.schema import ProxyConfig
 from proxy.jobs.runner import PhaseRunner
 from proxy.net.client import ClientConnection
+from proxy.net.defence import Defences
 from proxy.net.fence import MigrationState
 from proxy.net.memory import MemoryGuard
-from proxy.net.metrics import ProxyMetrics
+from proxy.net.metrics import ProxyMetrics, defence_families
 from proxy.net.pool import BackendPool
 from proxy.net.route import RouteTable
 from proxy.routing.topology import Topology, build_topology
@@ -94,6 +98,7 @@ class ProxyServer:
         self.slowlog_ms = config.slowlog_ms
         self.acl_reports: dict[str, AclReport] = {}  # backend addr -> its user's last ACL check
         self.memory = MemoryGuard(self.clients, self.memory_budget, self._on_memory_sweep)
+        self.defences = Defences(config.defences)
 
     def memory_budget(self) -> int:
         """client.max_memory_bytes for this process: a worker's share of it, since the budget is
@@ -128,7 +133,7 @@ class ProxyServer:
         self.lifecycle.show_config(self._config, generation, topology.config_hash)
         self._size_clients()
         self.metrics.add_live_collector(
-            lambda: len(self.clients), lambda: views.backend_rows(self), self.phases.collect
+            lambda: len(self.clients), lambda: views.backend_rows(self), self._extra_metrics
         )
         loop = asyncio.get_running_loop()
         listen = self._config.listen
@@ -259,8 +264,12 @@ class ProxyServer:
         self.lifecycle.accepted(config, generation, topology.config_hash, "")
         if config.backend.acl_check != "off" and self.role is None:
             self.lifecycle.spawn(self.check_acl(config))
+        if self.defences.configure(config.defences):
+            for client in self.clients:
+                client.on_defences()
         if topology.phase != old_phase:
             log.warning("migration phase %s -> %s", old_phase, topology.phase)
+            self.defences.on_phase_step()
         self._on_topology()
         return f"generation {generation}"
 
@@ -320,6 +329,23 @@ class ProxyServer:
                     client.close()
 
     # -- views (proxy/server/status.py) ----------------------------------------------------
+    def _extra_metrics(self) -> Iterator[Metric]:
+        yield from self.phases.collect()
+        stats = self.defences.stats
+        stats.hottest_share = self.defences.watch.top_share(self.routes)
+        yield from defence_families(stats)
+
+    async def hotkeys_view(self) -> dict[str, Any]:
+        return {"hotkeys": self.defences.watch.report(self.routes)}
+
+    async def bigkeys_view(self) -> dict[str, Any]:
+        watch = self.defences.watch
+        return {
+            "threshold_bytes": watch.config.bigkeys.threshold_bytes,
+            "counts": self.defences.big_counts(),
+            "bigkeys": watch.big_report(),
+        }
+
     def readiness(self) -> tuple[bool, str]:
         return views.readiness(self)
 

@@ -26,6 +26,7 @@ from typing import Any
 from proxy import __version__
 from proxy.config.reader import config_hash
 from proxy.config.schema import ConfigError, ProxyConfig, parse_config
+from proxy.defences.report import merge_bigkeys, merge_counts, merge_hotkeys
 from proxy.net.metrics import SupervisorMetrics
 from proxy.server.aclcheck import (
     AclCheckError,
@@ -308,6 +309,21 @@ class Supervisor:
             report = self.acl_reports.get(row["addr"])
             row["acl"] = None if report is None else report.describe()
         return status
+
+    async def hotkeys_view(self) -> dict[str, Any]:
+        reports = await asyncio.gather(*(w.status() for w in self.workers))
+        rows = [r.get("hotkeys", []) for r in reports if r]
+        return {"hotkeys": merge_hotkeys(rows, self._config.defences.hotkeys.top)}
+
+    async def bigkeys_view(self) -> dict[str, Any]:
+        reports = [r for r in await asyncio.gather(*(w.status() for w in self.workers)) if r]
+        return {
+            "threshold_bytes": self._config.defences.bigkeys.threshold_bytes,
+            "counts": merge_counts(r.get("bigkey_counts", []) for r in reports),
+            "bigkeys": merge_bigkeys(
+                (r.get("bigkeys", []) for r in reports), self._config.defences.bigkeys.top
+            ),
+        }
 
     async def readiness_report(self) -> tuple[bool, str]:
         reports = await asyncio.gather(*(w.status() for w in self.workers))

@@ -221,6 +221,9 @@ def worker_report(server: ProxyServer) -> dict[str, Any]:
         row["buckets"] = list(backend.stats.latency.buckets)
     ready, reason = server.readiness()
     status.update(pid=os.getpid(), ready=ready, ready_reason=reason)
+    status["hotkeys"] = server.defences.watch.report(server.routes)
+    status["bigkeys"] = server.defences.watch.big_report()
+    status["bigkey_counts"] = server.defences.big_counts()
     return status
 
 

@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from tests.support.processes import RedisServer, redis_servers
-from tests.support.runner import ProxyThread, proxy_for
+from tests.support.runner import DEFENDED, ProxyThread, proxy_for
 from tests.support.wire import Agg, Err, RespConn, parse, stream
 
 N_COMMANDS = 3000
@@ -557,9 +557,12 @@ def reference() -> Iterator[RedisServer]:
         yield servers[0]
 
 
-@pytest.fixture(scope="module")
-def proxy(backends3: list[RedisServer]) -> Iterator[ProxyThread]:
-    with proxy_for([b.addr for b in backends3]) as p:
+@pytest.fixture(scope="module", params=["plain", "defended"])
+def proxy(backends3: list[RedisServer], request: pytest.FixtureRequest) -> Iterator[ProxyThread]:
+    """Every test twice: as shipped, and with every cache defence on (tests/support/runner.py)."""
+    with proxy_for(
+        [b.addr for b in backends3], DEFENDED if request.param == "defended" else ""
+    ) as p:
         yield p
 
 

@@ -38,7 +38,7 @@ from proxy.net.connection import BackendConnection
 from proxy.routing.topology import PoolTopology, build_pool
 from tests.support.loadgen import TTL_S, Entry, Load, Worker, expected_value, normalize, read_args
 from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
-from tests.support.runner import ProxyThread
+from tests.support.runner import DEFENDED, ProxyThread
 
 CLI = [sys.executable, "-m", "proxy"]
 TTL_TOLERANCE_S = 5.0
@@ -97,10 +97,13 @@ def proxy_connections(addr: str) -> int:
 class Cluster:
     """The proxy (in-process, on a real config file) and the file it reloads from."""
 
-    def __init__(self, layout: Layout, path: Path, rate: int = 6000) -> None:
+    def __init__(
+        self, layout: Layout, path: Path, rate: int = 6000, defended: bool = False
+    ) -> None:
         self.layout = layout
         self.path = path
         self.rate = rate
+        self.defended = defended  # every cache defence on (tests/support/runner.DEFENDED)
         self.port, self.admin = free_port(), free_port()
         self.path.write_text(self.render(None))
         self.proxy = ProxyThread(self.path.read_text(), str(path)).start()
@@ -120,6 +123,7 @@ class Cluster:
             + (pool("old", lay.old) if old_pool else "")
             + pool("new", lay.new)
             + f"route: {route}\n"
+            + (DEFENDED if self.defended else "")
         )
         if phase is not None:
             text += (
@@ -331,19 +335,29 @@ def test_modula_doubling_moves_exactly_half(servers: list[RedisServer]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("make_layout", "step_back"),
+    ("make_layout", "step_back", "defended"),
     [
-        (layout_ketama_3_to_5, False),
-        (layout_modula_2_to_4, True),
-        (layout_ketama_2_to_3_disjoint, False),
+        (layout_ketama_3_to_5, False, False),
+        (layout_modula_2_to_4, True, False),
+        (layout_ketama_2_to_3_disjoint, False, False),
+        (layout_ketama_3_to_5, False, True),
     ],
-    ids=["ketama-3-to-5", "modula-2-to-4-with-a-step-back", "ketama-2-to-3-disjoint"],
+    ids=[
+        "ketama-3-to-5",
+        "modula-2-to-4-with-a-step-back",
+        "ketama-2-to-3-disjoint",
+        "ketama-3-to-5-every-cache-defence-on",
+    ],
 )
 def test_reshard_under_load(
-    servers: list[RedisServer], cluster_factory: Any, make_layout: Any, step_back: bool
+    servers: list[RedisServer],
+    cluster_factory: Any,
+    make_layout: Any,
+    step_back: bool,
+    defended: bool,
 ) -> None:
     layout: Layout = make_layout(servers)
-    cluster: Cluster = cluster_factory(layout)
+    cluster: Cluster = cluster_factory(layout, defended=defended)
     workers = make_workers(cluster.port)
     for w in workers:
         w.prepopulate()
@@ -406,6 +420,9 @@ def test_reshard_under_load(
         load.stop()
     assert not load.problems(), "\n".join(load.problems())
     assert cluster.server.migration.double_write_errors == {}
+    if defended:  # the defences were at work, not idle, while the model held
+        stats = cluster.server.defences.stats
+        assert stats.cache_hits > 0 and stats.jittered > 0, stats
 
     model: dict[bytes, Entry] = dict(cold)
     deleted: set[bytes] = set()

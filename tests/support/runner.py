@@ -15,6 +15,17 @@ from proxy.config.schema import parse_config
 from proxy.server.server import ProxyServer
 from tests.support.processes import free_port
 
+# Every cache defence switched on, as hard as a test can push it: every request sampled, every
+# tracked key hot, every key cacheable for a minute (a missed invalidation shows as a stale read),
+# coalescing, TTL jitter of 0% on every key (the TTL rewrite runs, replies stay Redis's), big keys.
+DEFENDED = (
+    "hotkeys: {sample_every: 1, top: 256, capacity: 1024, hot_rate_per_s: 0}\n"
+    "bigkeys: {threshold_bytes: 4096}\n"
+    "hotcache: {enabled: true, ttl_ms: 60000, patterns: ['*']}\n"
+    "coalesce: {enabled: true}\n"
+    "ttl_jitter: [{pattern: '*', percent: 0}]\n"
+)
+
 
 def pool_yaml(name: str, addrs: list[str], extra: str = "") -> str:
     servers = "\n".join(f"      - {a}:1 s{i + 1}" for i, a in enumerate(addrs))

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from proxy.config.defences import SECTIONS as DEFENCE_SECTIONS
+from proxy.config.defences import BigKeysConfig, CoalesceConfig, HotCacheConfig, HotKeysConfig
 from proxy.config.reader import config_hash, read_config_file
 from proxy.config.schema import (
     DEFAULT_ADMIN,
@@ -889,7 +891,11 @@ def test_example_names_every_key() -> None:
     def names(cls: type[Any]) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
 
-    assert set(raw) == names(ProxyConfig)
+    assert set(raw) == names(ProxyConfig) - {"defences"} | set(DEFENCE_SECTIONS)
+    assert set(raw["hotkeys"]) == names(HotKeysConfig)
+    assert set(raw["bigkeys"]) == names(BigKeysConfig)
+    assert set(raw["hotcache"]) == names(HotCacheConfig)
+    assert set(raw["coalesce"]) == names(CoalesceConfig)
     assert set(raw["client"]) == names(ClientConfig)
     assert set(raw["backend"]) == names(BackendConfig)
     assert set(raw["migration"]) == names(MigrationConfig) - {"source"} | {"from"}
@@ -988,3 +994,27 @@ def test_migration_from_names_the_migrating_pool() -> None:
     assert error_of(text + "migration: {from: nope, to: next, phase: double-write}").startswith(
         "migration.from: no pool named 'nope'"
     )
+
+
+def test_defences_are_off_but_sampling_and_their_errors_carry_paths() -> None:
+    config = parse(MINIMAL)
+    assert config.defences.hotkeys.enabled and not config.defences.hotcache.enabled
+    with pytest.raises(ConfigError) as info:
+        parse(
+            MINIMAL
+            + "\nhotkeys: {enabled: false, top: 0}\nhotcache: {enabled: true, patterns: [''],"
+            " ttl_ms: 0}\ncoalesce: {enabled: 'yes'}\nttl_jitter: [{pattern: 'a*', percent: 150},"
+            " {percent: 1}, 3]\nbigkeys: {threshold_bytes: -1}\n"
+        )
+    text = str(info.value)
+    for problem in (
+        "hotkeys.top: must be 1..10000",
+        "hotcache.patterns[0]: must be 1..1024 characters",
+        "hotcache.ttl_ms: must be 1..3.6e+06",
+        "hotcache.enabled: needs hotkeys.enabled",
+        "ttl_jitter[0].percent: must be 0..100",
+        "ttl_jitter[1].pattern: required",
+        "ttl_jitter[2]: expected a mapping",
+        "bigkeys.threshold_bytes: must be >= 0",
+    ):
+        assert problem in text, (problem, text)
