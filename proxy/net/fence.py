@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +37,16 @@ class DeferredBlock(Protocol):
     def send(self, routes: RouteTable) -> None: ...
 
 
+class Watcher(Protocol):
+    """A client's WATCH connection (net/watch.py Pin): the backend it is on, its watched keys."""
+
+    addr: str
+    watched: set[bytes]
+    moved: bool  # set when the backfill copies a watched key: the EXEC answers nil
+
+    def barrier(self) -> Awaitable[None]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Deferred:
     """A request waiting behind the fence: re-planned with the current router when it goes."""
@@ -57,6 +67,7 @@ class MigrationState:
     def __init__(self, current: Callable[[], RouteTable]) -> None:
         self.current = current
         self.held: dict[bytes, list[Callable[[], None]]] = {}  # key -> resumes on release
+        self.watchers: set[Watcher] = set()  # every open WATCH connection
         self._waiting: dict[int, deque[Deferred]] = {}  # client id -> its deferred requests
         self.repair: OrderedDict[bytes, None] = OrderedDict()
         self.double_write_errors: dict[str, int] = {}  # backend name -> failed secondary writes
@@ -67,10 +78,20 @@ class MigrationState:
     # -- the fence -------------------------------------------------------------------------
     async def hold(self, key: bytes, backends: Iterable[Backend]) -> None:
         """Defer new requests for `key`; return once the requests already sent to `backends`
-        (the key's owners in both pools) were answered."""
+        (the key's owners in both pools) were answered, on their shared connections and on the
+        WATCH connections to them (an EXEC in flight there, and its secondary block, go first).
+        A WATCH of `key` is broken: its EXEC will answer nil, as when a watched key changes."""
         self.held.setdefault(key, [])
+        owners = list(backends)
+        addrs = {b.addr for b in owners}
+        waits: list[Awaitable[None]] = [b.barrier() for b in owners]
+        for watcher in self.watchers:
+            if watcher.addr in addrs:
+                if key in watcher.watched:
+                    watcher.moved = True
+                waits.append(watcher.barrier())
         try:
-            await asyncio.gather(*(b.barrier() for b in backends))
+            await asyncio.gather(*waits)
         except BaseException:
             self.release(key)
             raise
