@@ -47,6 +47,12 @@ class Watcher(Protocol):
     def barrier(self) -> Awaitable[None]: ...
 
 
+class Blocked(Protocol):
+    """A blocking pop waiting on a backend (net/blocking.py BlockingCall)."""
+
+    def on_reload(self, routes: RouteTable) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Deferred:
     """A request waiting behind the fence: re-planned with the current router when it goes."""
@@ -68,6 +74,7 @@ class MigrationState:
         self.current = current
         self.held: dict[bytes, list[Callable[[], None]]] = {}  # key -> resumes on release
         self.watchers: set[Watcher] = set()  # every open WATCH connection
+        self.blocking: set[Blocked] = set()  # every blocking pop sent and not answered
         self._waiting: dict[int, deque[Deferred]] = {}  # client id -> its deferred requests
         self.repair: OrderedDict[bytes, None] = OrderedDict()
         self.double_write_errors: dict[str, int] = {}  # backend name -> failed secondary writes
@@ -95,6 +102,17 @@ class MigrationState:
         except BaseException:
             self.release(key)
             raise
+
+    def on_reload(self, routes: RouteTable) -> None:
+        """A WATCH whose keys are now read on another backend (cut-read, a step back, the end of
+        a migration) is broken: its EXEC answers nil, and its requests leave the pin; a blocking
+        pop waiting there is ended (BlockingCall.on_reload)."""
+        read = routes.read
+        for watcher in self.watchers:
+            if any(read.addr_for(k) != watcher.addr for k in watcher.watched):
+                watcher.moved = True
+        for call in list(self.blocking):  # a blocking pop read elsewhere now: unblocked
+            call.on_reload(routes)
 
     def release(self, key: bytes) -> None:
         for resume in self.held.pop(key, ()):
@@ -124,13 +142,17 @@ class MigrationState:
         return None
 
     # -- problems --------------------------------------------------------------------------
-    def on_secondary_error(self, backend: str, keys: tuple[bytes, ...], reply: bytes) -> None:
-        self.double_write_errors[backend] = self.double_write_errors.get(backend, 0) + 1
+    def queue_repair(self, keys: Iterable[bytes]) -> None:
+        """Copy `keys` again from the read side to the other (the repair worker, jobs/runner)."""
         for key in keys:
             self.repair[key] = None
             self.repair.move_to_end(key)
         while len(self.repair) > REPAIR_QUEUE_MAX:
             self.repair.popitem(last=False)
+
+    def on_secondary_error(self, backend: str, keys: tuple[bytes, ...], reply: bytes) -> None:
+        self.double_write_errors[backend] = self.double_write_errors.get(backend, 0) + 1
+        self.queue_repair(keys)
         if self._may_log("secondary"):
             text = reply[:200].decode(errors="replace").strip()
             log.warning(

@@ -231,7 +231,7 @@ def run_exec(client: TxClient, tx: Transaction, spec: CommandSpec) -> None:
     state = client.host.migration
     block = Block(queued, slot, client.session.proto, client.client_id, tx, state)
     routes = client.host.routes
-    if pin is not None and not routes.fast and _watch_broken(client, pin, block, routes):
+    if pin is not None and _watch_broken(client, pin, block, routes):
         slot.reply = b"_\r\n" if client.session.proto == 3 else b"*-1\r\n"
         slot.stats = None
         tx.unpin()
@@ -246,11 +246,16 @@ def run_exec(client: TxClient, tx: Transaction, spec: CommandSpec) -> None:
 
 
 def _watch_broken(client: TxClient, pin: Pin, block: Block, routes: RouteTable) -> bool:
-    """During a migration, a WATCH-guarded EXEC answers nil (nothing runs, as when a watched key
-    changed) if the backfill copied a watched key since WATCH, is copying a key of the block
-    now, or holds an earlier request of the client: it never runs beside a copy."""
+    """A WATCH-guarded EXEC answers nil (nothing runs, as when a watched key changed) if the
+    watched keys moved since WATCH (copied by the backfill, or read elsewhere since a reload),
+    or, during a migration, the backfill is copying a key of the block now or holds an earlier
+    request of the client: it never runs beside a copy."""
     state = client.host.migration
-    if pin.moved or state.waiting_for(client.client_id) is not None:
+    if pin.moved:
+        return True
+    if routes.fast:
+        return False
+    if state.waiting_for(client.client_id) is not None:
         return True
     keys = block.plan_for(routes).keys
     return bool(keys) and bool(state.held) and state.held_key(keys) is not None

@@ -9,8 +9,9 @@ backend still go on it, so none overtakes the EXEC.
 
 During a migration the backfill's fence (net/fence.py) knows every pin: copying a key waits for
 what is in flight on the pins to its owners, and breaks a WATCH of that key (EXEC answers nil,
-as when a watched key changed; the client retries). A pinned request for a key behind the fence
-leaves the pin and waits there like any other; the EXEC after it answers nil.
+as when a watched key changed; the client retries), and so does a reload that reads the watched
+keys on another backend (cut-read). A pinned request for a key behind the fence, or of a broken
+WATCH, leaves the pin and goes as any other; the EXEC after it answers nil.
 """
 
 from __future__ import annotations
@@ -181,8 +182,8 @@ def send_pinned(
     dual = plan(spec, args, routes)
     if dual.primary.error is not None:
         return False
-    if not routes.fast and _fenced(client, dual.keys):
-        return False  # dispatch defers it behind the fence; then EXEC answers nil
+    if (pin is not None and pin.moved) or (not routes.fast and _fenced(client, dual.keys)):
+        return False  # dispatch sends it (or defers it behind the fence); EXEC answers nil
     fragments = dual.primary.fragments
     one = fragments[0].addr if len(fragments) == 1 else ""
     target = pin or tx.draining

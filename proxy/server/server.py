@@ -278,6 +278,7 @@ class ProxyServer:
         """Start or stop the phase's background work (backfill, repairs) for the new route table;
         move subscriptions to where the new table publishes."""
         self.phases.apply(self.routes)
+        self.migration.on_reload(self.routes)
         rehome_all(self.clients, self.routes)
 
     # -- backend ACL -----------------------------------------------------------------------

@@ -177,3 +177,10 @@ def run_cleanup(path: Path) -> str:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def run_verify(path: Path) -> subprocess.CompletedProcess[str]:
+    """`shardproxy verify`: every moved key compared between its two owners (exit 0: equal)."""
+    return subprocess.run(
+        [*CLI, "verify", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
