@@ -20,6 +20,7 @@ from typing import Protocol
 from proxy.commands.spec import CommandSpec
 from proxy.net.backend import Backend
 from proxy.net.route import RouteTable
+from proxy.net.scripts import ScriptBodies
 from proxy.net.slot import Slot
 
 log = logging.getLogger("shardproxy.migration")
@@ -75,6 +76,7 @@ class MigrationState:
         self.held: dict[bytes, list[Callable[[], None]]] = {}  # key -> resumes on release
         self.watchers: set[Watcher] = set()  # every open WATCH connection
         self.blocking: set[Blocked] = set()  # every blocking pop sent and not answered
+        self.scripts = ScriptBodies()  # EVALSHA on the other pool (net/scripts.py)
         self._waiting: dict[int, deque[Deferred]] = {}  # client id -> its deferred requests
         self.repair: OrderedDict[bytes, None] = OrderedDict()
         self.double_write_errors: dict[str, int] = {}  # backend name -> failed secondary writes

@@ -26,9 +26,9 @@ from tests.support.cluster import (
     layout_ketama_3_to_5,
     pool_of,
     proxy_connections,
-    run_cleanup,
     run_verify,
     server_client,
+    walk,
 )
 from tests.support.processes import RedisServer, redis_servers, wait_until
 from tests.support.queueload import COUNTERS, QUEUES, Flow, read_counters, work_list
@@ -68,35 +68,22 @@ def test_queues_and_subscribers_through_a_migration(
     cluster: Cluster = cluster_factory(layout)
     flow = Flow(cluster.port).start()
 
-    def settle(what: str) -> None:
-        wait_until(flow.progress(PROGRESS), 30, f"progress in {what}")
+    def at_each(phase: str) -> None:
+        wait_until(flow.progress(PROGRESS), 30, f"progress in {phase}")
         assert not flow.problems(), "\n".join(flow.problems())
+        if phase == "cut-read":  # a quiet moment: the queues drained, no counter moving
+            flow.pause(lambda: queues_empty(cluster.port))
+            verify = run_verify(cluster.path)
+            assert verify.returncode == 0, verify.stdout + verify.stderr
+            flow.resume()
+        if phase == "route new":  # servers that left: their subscriber connections moved away
+            removed = {addr_of(x) for x in layout.old} - {addr_of(x) for x in layout.new}
+            for addr in removed:
+                wait_until(lambda a=addr: proxy_connections(a) == 0, 10, f"connections to {addr}")
+            wait_until(flow.progress(PROGRESS), 30, "progress once the old servers left")
 
     try:
-        settle("none")
-        cluster.step("double-write")
-        settle("double-write")
-        cluster.step("backfill")
-        wait_until(lambda: cluster.status()["backfill"]["state"] == "done", 30, "the backfill")
-        assert cluster.status()["backfill"]["verify"]["remaining"] == 0
-        settle("backfill")
-        cluster.step("cut-read")
-        settle("cut-read")
-        flow.pause(lambda: queues_empty(cluster.port))
-        verify = run_verify(cluster.path)
-        assert verify.returncode == 0, verify.stdout + verify.stderr
-        flow.resume()
-        settle("cut-read (after verify)")
-        cluster.step("retire")
-        settle("retire")
-        assert "cleanup pool new" in run_cleanup(cluster.path)
-        settle("retire (after cleanup)")
-        cluster.step(None, route="new", old_pool=False)
-        settle("route new")
-        removed = {addr_of(x) for x in layout.old} - {addr_of(x) for x in layout.new}
-        for addr in removed:  # servers that left: their subscriber connections moved away
-            wait_until(lambda a=addr: proxy_connections(a) == 0, 10, f"connections to {addr}")
-        settle("route new, old servers gone")
+        walk(cluster, at_each)
         flow.finish()
     finally:
         flow.stop.set()
@@ -116,5 +103,7 @@ def test_queues_and_subscribers_through_a_migration(
     for addr in dict.fromkeys(addr_of(line) for line in layout.new):
         with server_client(addr) as s:
             for key in s.scan_iter(count=1000):
-                assert is_reserved(key) or new.addr_for(key) == addr, f"{key!r} on {addr}: the new ring says no"
+                assert is_reserved(key) or new.addr_for(key) == addr, (
+                    f"{key!r} on {addr}: the new ring says no"
+                )
     flow.check(leftover, counters)

@@ -12,6 +12,7 @@ import asyncio
 import gc
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import redis
 from proxy.config.schema import parse_config
 from proxy.net.connection import BackendConnection
 from proxy.routing.topology import PoolTopology, build_pool
-from tests.support.processes import RedisServer, free_port
+from tests.support.processes import RedisServer, free_port, wait_until
 from tests.support.runner import ProxyThread
 
 CLI = [sys.executable, "-m", "proxy"]
@@ -184,3 +185,25 @@ def run_verify(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, "verify", "-c", str(path)], capture_output=True, text=True, timeout=60
     )
+
+
+def walk(cluster: Cluster, at_each: Callable[[str], None]) -> None:
+    """Step `cluster` through a whole migration: none -> double-write -> backfill (until done)
+    -> cut-read -> retire (and cleanup) -> route: new without the old pool; `at_each(phase)`
+    runs in each phase (the traffic's checks), "route new" last."""
+    at_each("none")
+    cluster.step("double-write")
+    at_each("double-write")
+    cluster.step("backfill")
+    wait_until(lambda: cluster.status()["backfill"]["state"] == "done", 30, "the backfill")
+    assert cluster.status()["backfill"]["verify"]["remaining"] == 0
+    at_each("backfill")
+    # Secondary writes that need a repair copy (a script's keys) gate cut-read until copied.
+    wait_until(lambda: not cluster.server.migration.repair, 30, "the repair queue drained")
+    cluster.step("cut-read")
+    at_each("cut-read")
+    cluster.step("retire")
+    assert "cleanup pool new" in run_cleanup(cluster.path)
+    at_each("retire")
+    cluster.step(None, route="new", old_pool=False)
+    at_each("route new")
