@@ -36,3 +36,19 @@ def cluster_factory(tmp_path: Path) -> Iterator[Any]:
     yield make
     for cluster in made:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def five_servers() -> Iterator[list[RedisServer]]:
+    """Five real redis-server processes for a module's migration tests (two pools)."""
+    with redis_servers(5) as five:
+        yield five
+
+
+@pytest.fixture
+def servers5(five_servers: list[RedisServer]) -> list[RedisServer]:
+    """The module's five servers, flushed before each test."""
+    for s in five_servers:
+        with s.client() as c:
+            c.flushall()
+    return five_servers

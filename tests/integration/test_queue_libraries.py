@@ -22,24 +22,20 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from proxy.migration.keys import is_reserved
 from tests.support.cluster import (
     Cluster,
-    addr_of,
     layout_ketama_2_to_3_disjoint,
-    pool_of,
-    server_client,
+    only_on_owners,
     walk,
 )
 from tests.support.loadgen import Load, Worker
-from tests.support.processes import RedisServer, redis_servers
+from tests.support.processes import RedisServer
 
 pytestmark = pytest.mark.slow
 
@@ -51,19 +47,6 @@ RUNS = {"ok": 1, "retry": 2, "auto": 2, "fail": 1}
 CELERY = [sys.executable, "-m", "celery"]
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[RedisServer]]:
-    with redis_servers(5) as five:
-        yield five
-
-
-@pytest.fixture(autouse=True)
-def _flush(servers: list[RedisServer]) -> None:
-    for s in servers:
-        with s.client() as c:
-            c.flushall()
-
-
 def other_traffic(port: int) -> Load:
     """Keyed traffic beside the library's: two clients with an exact model of their keys."""
     workers = [
@@ -73,16 +56,6 @@ def other_traffic(port: int) -> Load:
     for w in workers:
         w.prepopulate()
     return Load(workers).start()
-
-
-def only_on_owners(cluster: Cluster) -> None:
-    """Every key is on its owner in the new ring (the library's keys moved whole)."""
-    new = pool_of(cluster, "new")
-    for addr in dict.fromkeys(addr_of(line) for line in cluster.layout.new):
-        with server_client(addr) as s:
-            for key in s.scan_iter(count=1000):
-                placed = is_reserved(key) or new.addr_for(key) == addr
-                assert placed, f"{key!r} on {addr}: the new ring places it elsewhere"
 
 
 def stop_process(proc: subprocess.Popen[Any]) -> None:
@@ -99,10 +72,10 @@ def stop_process(proc: subprocess.Popen[Any]) -> None:
 
 
 def test_celery_worker_through_a_migration(
-    servers: list[RedisServer], cluster_factory: Any, tmp_path: Path
+    servers5: list[RedisServer], cluster_factory: Any, tmp_path: Path
 ) -> None:
     pytest.importorskip("celery")
-    cluster: Cluster = cluster_factory(layout_ketama_2_to_3_disjoint(servers))
+    cluster: Cluster = cluster_factory(layout_ketama_2_to_3_disjoint(servers5))
     url = f"redis://127.0.0.1:{cluster.port}/0"
     os.environ["SHARDPROXY_CELERY_URL"] = url  # read when tests.support.celery_app is imported
     from tests.support import celery_app
@@ -181,10 +154,10 @@ def node_modules() -> Path:
 
 
 def test_bullmq_worker_through_a_migration(
-    servers: list[RedisServer], cluster_factory: Any, tmp_path: Path
+    servers5: list[RedisServer], cluster_factory: Any, tmp_path: Path
 ) -> None:
     modules = node_modules()
-    cluster: Cluster = cluster_factory(layout_ketama_2_to_3_disjoint(servers))
+    cluster: Cluster = cluster_factory(layout_ketama_2_to_3_disjoint(servers5))
     errors = tmp_path / "node.err"
     with errors.open("w") as err:
         node = subprocess.Popen(

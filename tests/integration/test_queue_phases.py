@@ -5,7 +5,6 @@ test_queue_libraries.py)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,20 +17,7 @@ from tests.support.cluster import (
     server_client,
     walk,
 )
-from tests.support.processes import RedisServer, redis_servers, wait_until
-
-
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[RedisServer]]:
-    with redis_servers(5) as five:
-        yield five
-
-
-@pytest.fixture(autouse=True)
-def _flush(servers: list[RedisServer]) -> None:
-    for s in servers:
-        with s.client() as c:
-            c.flushall()
+from tests.support.processes import RedisServer, wait_until
 
 
 def backfill_done(cluster: Cluster) -> None:
@@ -40,11 +26,11 @@ def backfill_done(cluster: Cluster) -> None:
 
 
 def test_a_watched_key_copied_by_the_backfill_fails_the_exec(
-    servers: list[RedisServer], cluster_factory: Any
+    servers5: list[RedisServer], cluster_factory: Any
 ) -> None:
     """WATCH k; the backfill copies k (its fence holds k); EXEC answers nil and nothing runs,
     as when a watched key changed: the client's retry then runs once."""
-    cluster: Cluster = cluster_factory(layout_ketama_2_to_3_disjoint(servers))
+    cluster: Cluster = cluster_factory(layout_ketama_2_to_3_disjoint(servers5))
     cluster.step("double-write")
     with redis.Redis(port=cluster.port) as c:
         c.set("n", 5)
@@ -69,12 +55,12 @@ async def _release(cluster: Cluster, key: bytes) -> None:
 
 
 def test_a_blocked_pop_is_moved_at_cut_read(
-    servers: list[RedisServer], cluster_factory: Any
+    servers5: list[RedisServer], cluster_factory: Any
 ) -> None:
     """BLPOP q 0 waits on the source when cut-read moves reads to the target: the proxy ends it
     there (CLIENT UNBLOCK) and runs it again on the target; the next push is popped once and
     removed on both sides."""
-    cluster: Cluster = cluster_factory(layout_ketama_2_to_3_disjoint(servers))
+    cluster: Cluster = cluster_factory(layout_ketama_2_to_3_disjoint(servers5))
     old, new = pool_of(cluster, "old"), pool_of(cluster, "new")
     cluster.step("double-write")
     backfill_done(cluster)
@@ -99,11 +85,11 @@ def test_a_blocked_pop_is_moved_at_cut_read(
 
 
 def test_evalsha_during_a_migration_reaches_the_other_pool(
-    servers: list[RedisServer], cluster_factory: Any
+    servers5: list[RedisServer], cluster_factory: Any
 ) -> None:
     """A script loaded on the source before the migration: EVALSHA is answered NOSCRIPT until the
     client sends the body (redis-py's Script does), then runs on both pools."""
-    cluster: Cluster = cluster_factory(layout_ketama_2_to_3_disjoint(servers))
+    cluster: Cluster = cluster_factory(layout_ketama_2_to_3_disjoint(servers5))
     new = pool_of(cluster, "new")
     with redis.Redis(port=cluster.port) as c:
         incr = c.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
@@ -119,12 +105,12 @@ def test_evalsha_during_a_migration_reaches_the_other_pool(
 
 
 def test_publish_inside_a_transaction_and_a_subscriber_across_the_whole_walk(
-    servers: list[RedisServer], cluster_factory: Any
+    servers5: list[RedisServer], cluster_factory: Any
 ) -> None:
     """kombu's result backend: MULTI, SET, PUBLISH, EXEC on one backend by a hash tag. The
     subscriber's servers all leave the config by the end: it is moved, never disconnected,
     and gets each message once."""
-    cluster: Cluster = cluster_factory(layout_ketama_2_to_3_disjoint(servers))
+    cluster: Cluster = cluster_factory(layout_ketama_2_to_3_disjoint(servers5))
     with redis.Redis(port=cluster.port) as c:
         ps = c.pubsub(ignore_subscribe_messages=True)
         ps.subscribe("{t}meta")

@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from proxy.config.schema import parse_config
+from proxy.migration.keys import is_reserved
 from proxy.net.connection import BackendConnection
 from proxy.routing.topology import PoolTopology, build_pool
 from tests.support.processes import RedisServer, free_port, wait_until
@@ -207,3 +208,13 @@ def walk(cluster: Cluster, at_each: Callable[[str], None]) -> None:
     at_each("retire")
     cluster.step(None, route="new", old_pool=False)
     at_each("route new")
+
+
+def only_on_owners(cluster: Cluster) -> None:
+    """Every key is on its owner in the new ring (the library's keys moved whole)."""
+    new = pool_of(cluster, "new")
+    for addr in dict.fromkeys(addr_of(line) for line in cluster.layout.new):
+        with server_client(addr) as s:
+            for key in s.scan_iter(count=1000):
+                placed = is_reserved(key) or new.addr_for(key) == addr
+                assert placed, f"{key!r} on {addr}: the new ring places it elsewhere"
