@@ -99,7 +99,7 @@ def send_planned(
         return None
     if spec.name in _SCRIPT_BODIES and routes.secondary_writes:
         if spec.name == "evalsha":
-            if state.scripts.body(args[1]) is None:
+            if dual.secondary is not None and state.scripts.body(args[1]) is None:
                 return errors.noscript()  # the client sends the body, then it is known
         else:
             state.scripts.remember(args[1] if spec.name == "eval" else args[2])

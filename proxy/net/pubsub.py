@@ -241,7 +241,12 @@ class Subscriptions:
                             drop.setdefault(family, {}).setdefault(addr, []).append(name)
         needed = {a for table in self.tables.values() for addrs in table.values() for a in addrs}
         for addr in [a for a in self.conns if a not in needed]:
-            self.conns.pop(addr).release()
+            conn = self.conns.pop(addr)
+            conn.release()
+            for ack, _left in conn.acks:  # an UNSUBSCRIBE on its way there: done with it
+                assert isinstance(ack, _Ack)
+                ack.backend_done()
+            conn.acks.clear()
         problem = self._connect({a: [] for targets in add.values() for a in targets}, routes)
         if problem is not None:
             self._close_client("a new owner", f"cannot re-subscribe after a reload: {problem!r}")
