@@ -44,6 +44,11 @@ def notbusy() -> bytes:
     return _err("NOTBUSY No scripts in execution right now.")
 
 
+def noscript() -> bytes:
+    """Redis's own reply to an EVALSHA of an unknown script: the client sends EVAL instead."""
+    return _err("NOSCRIPT No matching script. Please use EVAL.")
+
+
 def cross_backend(command: str) -> bytes:
     return _err(
         f"CROSSSLOT keys in '{command}' map to different backends; put them on one backend "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what shardproxy needs on a fresh Debian machine: redis-server (and, with --dev, the test
-# tools: redis-tools, nutcracker) from Debian, then a virtualenv in .venv with the package.
+# tools: redis-tools, nutcracker, nodejs and npm) from Debian, then a virtualenv in .venv with the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev=0
@@ -11,6 +11,10 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 if [ "$dev" = 1 ]; then
   command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
   command -v nutcracker >/dev/null 2>&1 || [ -x /usr/sbin/nutcracker ] || need+=(nutcracker)
+  # BullMQ's test (tests/integration/test_queue_libraries.py) runs a node worker; it is skipped,
+  # with the reason, where node or npm is missing.
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
 fi
 if [ "${#need[@]}" -gt 0 ]; then
   sudo=""

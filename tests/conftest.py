@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support.cluster import Cluster, Layout
 from tests.support.processes import RedisServer, redis_servers
 
 
@@ -18,3 +21,34 @@ def backends3() -> Iterator[list[RedisServer]]:
 def redis1() -> Iterator[RedisServer]:
     with redis_servers(1) as servers:
         yield servers[0]
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Any]:
+    """make(layout, **kwargs): a Cluster on a config file in tmp_path, stopped after the test."""
+    made: list[Cluster] = []
+
+    def make(layout: Layout, **kwargs: Any) -> Cluster:
+        cluster = Cluster(layout, tmp_path / "proxy.yaml", **kwargs)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def five_servers() -> Iterator[list[RedisServer]]:
+    """Five real redis-server processes for a module's migration tests (two pools)."""
+    with redis_servers(5) as five:
+        yield five
+
+
+@pytest.fixture
+def servers5(five_servers: list[RedisServer]) -> list[RedisServer]:
+    """The module's five servers, flushed before each test."""
+    for s in five_servers:
+        with s.client() as c:
+            c.flushall()
+    return five_servers

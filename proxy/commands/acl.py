@@ -19,10 +19,12 @@ CATEGORIES = command_table.ACL_CATEGORIES
 DENIED_CATEGORIES = ("admin", "dangerous")
 FLUSH = frozenset({"flushall", "flushdb", "function|flush"})
 # Sent by the proxy and its jobs on their own (handshake, health, INFO keyspace, COMMAND, the
-# backfill, big-key copy, verifier, cleanup, lease scripts, the ACL check's own EVAL).
+# backfill, big-key copy, verifier, cleanup, lease scripts, the ACL check's own EVAL; CLIENT ID
+# and UNBLOCK end a blocking pop whose keys a reload moved, net/blocking.py).
 PROXY_SENDS = frozenset(
     {
-        "hello", "auth", "client|setname", "ping", "info", "dbsize", "keys", "scan",
+        "hello", "auth", "client|setname", "client|id", "client|unblock", "ping", "info",
+        "dbsize", "keys", "scan",
         "command", "command|count", "command|docs", "command|getkeys",
         "command|getkeysandflags", "command|info", "command|list",
         "eval", "evalsha", "script|load", "script|exists", "script|flush",
@@ -33,8 +35,9 @@ PROXY_SENDS = frozenset(
     }
 )  # fmt: skip
 # Kept: SELECT (the handshake of a database's backend connections), SCRIPT KILL and FUNCTION
-# KILL (to be forwarded; they stop a runaway script and are no escape).
-KEPT = frozenset({"select", "script|kill", "function|kill"})
+# KILL (to be forwarded; they stop a runaway script and are no escape), CLIENT UNBLOCK (the
+# proxy's own; scripts cannot call CLIENT).
+KEPT = frozenset({"select", "script|kill", "function|kill", "client|unblock"})
 # Always named in the rules, even where a category already denies them: the escapes reported.
 NAMED_DENIALS = ("migrate", "swapdb")
 # Forwarded for clients but never needed by the proxy itself: a backend user without them is not

@@ -274,12 +274,13 @@ class Verifier:
         await self._settle([m for m, n in zip(owned, exists, strict=True) if n == 0])
 
     async def _settle(self, moves: list[tuple[bytes, str, str]]) -> None:
-        """Compare, re-check the differences after a pause, count and repair what stays."""
+        """Compare, re-check the differences after a pause under the fence, count and repair
+        what stays (a hot key, a queue popped on its own connection, differs for a moment)."""
         suspects = await self._compare(moves)
         if not suspects:
             return
         await asyncio.sleep(self.pause)
-        confirmed = await self._compare([m for m, _ in suspects])
+        confirmed = await self._compare_fenced([m for m, _ in suspects])
         for (key, _, _), reason in confirmed:
             self._count(key, reason)
         if self.repair and confirmed:
@@ -323,5 +324,5 @@ class Verifier:
             for key, src, dst in moves
         )
         await gather_bounded(copies, self.concurrency)
-        still = {m for m, _ in await self._compare(moves)}
+        still = {m for m, _ in await self._compare_fenced(moves)}
         self.report.repaired += sum(1 for m in moves if m not in still)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from proxy import errors
 from proxy.codec.resp import encode_request, is_error
 from proxy.commands.local import db_of, lane_for
 from proxy.commands.spec import CommandSpec
@@ -35,6 +36,10 @@ SHADOW_SAFE = frozenset(
         "bitcount", "pfcount",
     }
 )  # fmt: skip
+
+
+_SCRIPT_BODIES = frozenset({"eval", "evalsha", "script|load"})  # net/scripts.py
+_SCRIPTS_COPIED = frozenset({"eval", "evalsha", "fcall"})
 
 
 class _SecondarySink(ReplyOwner):
@@ -94,8 +99,18 @@ def send_planned(
         return dual.primary.error
     if routes.fast:
         send_plan(dual.primary, routes, slot, lane, client_id)
-    else:
-        send_migrating(dual, routes, state, Deferred(spec, args, slot, lane), client_id)
+        return None
+    if spec.name in _SCRIPT_BODIES and routes.secondary_writes:
+        if spec.name == "evalsha":
+            if dual.secondary is not None and state.scripts.body(args[1]) is None:
+                return errors.noscript()  # the client sends the body, then it is known
+        else:
+            state.scripts.remember(args[1] if spec.name == "eval" else args[2])
+    send_migrating(dual, routes, state, Deferred(spec, args, slot, lane), client_id)
+    if dual.secondary is not None and spec.name in _SCRIPTS_COPIED:
+        # A script may write what a replay cannot repeat (XADD * picks an ID from the clock):
+        # its keys are also copied over once it ran (the repair worker, behind the fence).
+        state.queue_repair(dual.keys, db_of(lane))
     return None
 
 
@@ -197,7 +212,7 @@ def send_secondary_block(
     sink = _SecondarySink(state, keys, len(requests), db)
     backend = routes.backends[addr]
     sink.names.extend(backend.name for _ in requests)
-    payload = b"".join(encode_request(args) for args in requests)
+    payload = b"".join(encode_request(state.scripts.as_eval(args)) for args in requests)
     conn = backend.connection(lane_for(2, db), 0)
     for i, child in enumerate(sink.slots):
         if conn is None:
@@ -216,7 +231,7 @@ def send_secondary(
     for fragment, child in zip(secondary.fragments, sink.slots, strict=True):
         backend = routes.backends[fragment.addr]
         sink.names.append(backend.name)
-        backend.send(secondary_lane, 0, encode_request(fragment.args), child)
+        backend.send(secondary_lane, 0, encode_request(state.scripts.as_eval(fragment.args)), child)
     sink.flush()
 
 

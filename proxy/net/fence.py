@@ -13,13 +13,14 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from proxy.commands.spec import CommandSpec
 from proxy.net.backend import Backend
 from proxy.net.route import RouteTable
+from proxy.net.scripts import ScriptBodies
 from proxy.net.slot import Slot
 
 log = logging.getLogger("shardproxy.migration")
@@ -35,6 +36,22 @@ class DeferredBlock(Protocol):
     def keys(self) -> tuple[bytes, ...]: ...
 
     def send(self, routes: RouteTable) -> None: ...
+
+
+class Watcher(Protocol):
+    """A client's WATCH connection (net/watch.py Pin): the backend it is on, its watched keys."""
+
+    addr: str
+    watched: set[bytes]
+    moved: bool  # set when the backfill copies a watched key: the EXEC answers nil
+
+    def barrier(self) -> Awaitable[None]: ...
+
+
+class Blocked(Protocol):
+    """A blocking pop waiting on a backend (net/blocking.py BlockingCall)."""
+
+    def on_reload(self, routes: RouteTable) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +74,9 @@ class MigrationState:
     def __init__(self, current: Callable[[], RouteTable]) -> None:
         self.current = current
         self.held: dict[bytes, list[Callable[[], None]]] = {}  # key -> resumes on release
+        self.watchers: set[Watcher] = set()  # every open WATCH connection
+        self.blocking: set[Blocked] = set()  # every blocking pop sent and not answered
+        self.scripts = ScriptBodies()  # EVALSHA on the other pool (net/scripts.py)
         self._waiting: dict[int, deque[Deferred]] = {}  # client id -> its deferred requests
         self.repair: OrderedDict[tuple[int, bytes], None] = OrderedDict()  # (db, key)
         self.double_write_errors: dict[str, int] = {}  # backend name -> failed secondary writes
@@ -67,13 +87,34 @@ class MigrationState:
     # -- the fence -------------------------------------------------------------------------
     async def hold(self, key: bytes, backends: Iterable[Backend]) -> None:
         """Defer new requests for `key`; return once the requests already sent to `backends`
-        (the key's owners in both pools) were answered."""
+        (the key's owners in both pools) were answered, on their shared connections and on the
+        WATCH connections to them (an EXEC in flight there, and its secondary block, go first).
+        A WATCH of `key` is broken: its EXEC will answer nil, as when a watched key changes."""
         self.held.setdefault(key, [])
+        owners = list(backends)
+        addrs = {b.addr for b in owners}
+        waits: list[Awaitable[None]] = [b.barrier() for b in owners]
+        for watcher in self.watchers:
+            if watcher.addr in addrs:
+                if key in watcher.watched:
+                    watcher.moved = True
+                waits.append(watcher.barrier())
         try:
-            await asyncio.gather(*(b.barrier() for b in backends))
+            await asyncio.gather(*waits)
         except BaseException:
             self.release(key)
             raise
+
+    def on_reload(self, routes: RouteTable) -> None:
+        """A WATCH whose keys are now read on another backend (cut-read, a step back, the end of
+        a migration) is broken: its EXEC answers nil, and its requests leave the pin; a blocking
+        pop waiting there is ended (BlockingCall.on_reload)."""
+        read = routes.read
+        for watcher in self.watchers:
+            if any(read.addr_for(k) != watcher.addr for k in watcher.watched):
+                watcher.moved = True
+        for call in list(self.blocking):  # a blocking pop read elsewhere now: unblocked
+            call.on_reload(routes)
 
     def release(self, key: bytes) -> None:
         for resume in self.held.pop(key, ()):
@@ -103,16 +144,21 @@ class MigrationState:
         return None
 
     # -- problems --------------------------------------------------------------------------
-    def on_secondary_error(
-        self, backend: str, keys: tuple[bytes, ...], reply: bytes, db: int
-    ) -> None:
-        """A secondary write in database `db` failed: its keys are queued for repair."""
-        self.double_write_errors[backend] = self.double_write_errors.get(backend, 0) + 1
+    def queue_repair(self, keys: Iterable[bytes], db: int) -> None:
+        """Copy `keys` of database `db` again from the read side to the other (the repair
+        worker, jobs/runner)."""
         for key in keys:
             self.repair[db, key] = None
             self.repair.move_to_end((db, key))
         while len(self.repair) > REPAIR_QUEUE_MAX:
             self.repair.popitem(last=False)
+
+    def on_secondary_error(
+        self, backend: str, keys: tuple[bytes, ...], reply: bytes, db: int
+    ) -> None:
+        """A secondary write in database `db` failed: its keys are queued for repair."""
+        self.double_write_errors[backend] = self.double_write_errors.get(backend, 0) + 1
+        self.queue_repair(keys, db)
         if self._may_log("secondary"):
             text = reply[:200].decode(errors="replace").strip()
             log.warning(

@@ -2,14 +2,20 @@
 
 A blocking call runs on the read side's owner only. When it popped something from a key whose
 owner changes, and the phase writes both pools, the equivalent non-blocking command goes to the
-key's other owner, as a secondary write (RESP2 connection 0, behind the per-key fence; errors
-counted and queued for repair like any double-write error):
+key's other owner, as a secondary write (RESP2 connection 0; errors counted and queued for repair
+like any double-write error; a pop answered while the backfill copies the key is not mirrored:
+the key is copied again after, see mirror_pop):
 
-    BLPOP / BRPOP  [key, elem]            -> LPOP key / RPOP key
-    BLMPOP         [key, [elem, ...]]     -> LPOP|RPOP key n
-    BLMOVE / BRPOPLPUSH  elem             -> LMOVE src dst from to / RPOPLPUSH src dst
+    BLPOP / BRPOP  [key, elem]            -> LREM key 1 elem / LREM key -1 elem
+    BLMPOP         [key, [elem, ...]]     -> LREM key 1|-1 elem, for each
+    BLMOVE / BRPOPLPUSH  elem             -> MULTI, LREM src 1|-1 elem, LPUSH|RPUSH dst elem, EXEC
     BZPOPMIN / BZPOPMAX  [key, member, s] -> ZREM key member (the very member, not the lowest)
     BZMPOP         [key, [[member, s], ...]] -> ZREM key member ...
+
+The very element, not "the first one": a push that reached the other side after the pop ran
+(pushes and pops run on different connections) must not be what the mirror removes. Exact when
+a list's values are unique (job ids) or pushed at the other end than popped (a queue); a list of
+repeated values pushed and popped at one end may keep another copy of an equal value there.
 
 XREADGROUP BLOCK is not mirrored (the entries delivered and the pending list may differ between
 sides): it is refused in those phases. XREAD BLOCK only reads: it runs on the read side.
@@ -21,13 +27,15 @@ from dataclasses import dataclass
 
 from proxy.codec.resp import decode_reply
 from proxy.commands.spec import CommandSpec
-from proxy.net.dualwrite import send_secondary
+from proxy.net.dualwrite import send_secondary, send_secondary_block
 from proxy.net.fence import MigrationState
 from proxy.routing.plan import Fragment, Plan
 
-_POP_FIRST = {"blpop": b"LPOP", "brpop": b"RPOP"}
+_LREM_COUNT = {b"LEFT": b"1", b"RIGHT": b"-1"}  # the first occurrence from that end
+_LIST_END = {"blpop": b"LEFT", "brpop": b"RIGHT"}
+_PUSH = {b"LEFT": b"LPUSH", b"RIGHT": b"RPUSH"}
 _ZPOP = frozenset({"bzpopmin", "bzpopmax"})
-_MIRRORED = frozenset({*_POP_FIRST, *_ZPOP, "blmpop", "bzmpop", "blmove", "brpoplpush"})
+_MIRRORED = frozenset({*_LIST_END, *_ZPOP, "blmpop", "bzmpop", "blmove", "brpoplpush"})
 
 
 def mirrorable(spec: CommandSpec) -> bool:
@@ -46,60 +54,83 @@ class Popped:
     db: int  # the client's database: the mirrored pop runs there too
 
 
-def mirror_command(spec: CommandSpec, args: list[bytes], value: object) -> list[bytes] | None:
-    """The non-blocking command that removes on the other side what the call returned (the
-    call's decoded reply), or None: nothing was popped (a timeout) or nothing to mirror."""
+def mirror_command(spec: CommandSpec, args: list[bytes], value: object) -> list[list[bytes]]:
+    """The commands that remove on the other side what the call returned (the call's decoded
+    reply), the very elements: [] when nothing was popped (a timeout)."""
     name = spec.name
     if value is None:
-        return None
+        return []
     if name in ("blmove", "brpoplpush"):
-        if name == "brpoplpush":
-            return [b"RPOPLPUSH", args[1], args[2]]
-        return [b"LMOVE", *args[1:5]]
+        if not isinstance(value, bytes):
+            return []
+        src, dst = args[1], args[2]
+        wherefrom, whereto = (
+            (args[3].upper(), args[4].upper())
+            if name == "blmove"
+            else (
+                b"RIGHT",
+                b"LEFT",
+            )
+        )
+        return [[b"LREM", src, _LREM_COUNT[wherefrom], value], [_PUSH[whereto], dst, value]]
     if not isinstance(value, list) or len(value) < 2 or not isinstance(value[0], bytes):
-        return None
+        return []
     key = value[0]
-    if name in _POP_FIRST:
-        return [_POP_FIRST[name], key]
+    if name in _LIST_END:
+        return [[b"LREM", key, _LREM_COUNT[_LIST_END[name]], value[1]]]
     if name in _ZPOP:
-        return [b"ZREM", key, value[1]] if isinstance(value[1], bytes) else None
+        return [[b"ZREM", key, value[1]]] if isinstance(value[1], bytes) else []
     items = value[1]
     if isinstance(items, dict):  # RESP3 may give member -> score
         items = list(items)
     if not isinstance(items, list) or not items:
-        return None
+        return []
     if name == "blmpop":
         numkeys = int(args[2])
-        direction = b"LPOP" if args[3 + numkeys].upper() == b"LEFT" else b"RPOP"
-        return [direction, key, b"%d" % len(items)]
+        count = _LREM_COUNT[args[3 + numkeys].upper()]
+        return [[b"LREM", key, count, e] for e in items if isinstance(e, bytes)]
     if name == "bzmpop":
         members = [m[0] if isinstance(m, list) else m for m in items]
-        return [b"ZREM", key, *(m for m in members if isinstance(m, bytes))]
-    return None
+        return [[b"ZREM", key, *(m for m in members if isinstance(m, bytes))]]
+    return []
 
 
-def mirror_pop(popped: Popped, reply: bytes) -> None:
-    """Apply the call's pop on the key's other owner (in the route table in use now)."""
-    command = mirror_command(popped.spec, popped.args, decode_reply(reply))
-    if command is None:
-        return
-    key = command[1]
+def mirror_pop(popped: Popped, reply: bytes, direct: bool = False) -> None:
+    """Apply the call's pop on the key's other owners in the route table in use now: both
+    pools' during a migration, else the owner if the call ran elsewhere (it began before the
+    migration ended). `direct`: the call's own keys are held (blocking.py), send at once."""
     state = popped.state
     routes = state.current()
-    if routes.fast or not routes.secondary_writes:
+    spec, args = popped.spec, popped.args
+    if routes.fast and routes.read.addr_for(args[spec.key_positions(args)[0]]) == popped.addr:
+        return  # no migration: the common case, nothing decoded
+    commands = mirror_command(spec, args, decode_reply(reply))
+    if not commands:
         return
-    owners = {routes.read.addr_for(key), routes.other.addr_for(key)} - {popped.addr}
+    key = commands[0][1]
+    owners = {routes.read.addr_for(key)}
+    if routes.secondary_writes:
+        owners.add(routes.other.addr_for(key))
+    owners.discard(popped.addr)
     if not owners:
         return  # the same server in both rings: popped once
     (addr,) = owners
-    keys = tuple(command[1:3]) if popped.spec.name in ("blmove", "brpoplpush") else (key,)
-    secondary = Plan((Fragment(addr, command),), None)
+    keys = tuple(dict.fromkeys(c[1] for c in commands))
 
     def send() -> None:
-        send_secondary(secondary, keys, routes, state, popped.db)
+        db = popped.db
+        if len(commands) == 1:
+            send_secondary(Plan((Fragment(addr, commands[0]),), None), keys, routes, state, db)
+        else:  # one block: nothing comes between the removal and the push
+            block = [[b"MULTI"], *commands, [b"EXEC"]]
+            send_secondary_block(addr, block, keys, routes, state, db)
 
-    held = state.held_key(keys)
-    if held is not None:  # being copied: after the copy, as for any write to it
-        state.held[held].append(send)
+    held = None if direct else state.held_key(keys)
+    if held is not None:
+        # Popped while the key is being copied: the call ran on its own connection, which the
+        # copy's barrier cannot wait for (it may block for ever), so whether the pop came before
+        # or after the copy's DUMP is unknown, and mirroring it could pop twice. The key is
+        # copied again once this copy is done (the repair worker), which is right either way.
+        state.held[held].append(lambda: state.queue_repair(keys, popped.db))
     else:
         send()

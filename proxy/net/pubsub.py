@@ -1,20 +1,26 @@
 """Pub/sub: a client's subscriptions over subscriber connections of its own; PUBLISH and PUBSUB.
 
-A channel lives on the backend its name hashes to on the read side's ring (hash tags and prefix
+A channel lives on the backend its name hashes to on the read pool's ring (hash tags and prefix
 routes applied as to keys), so PUBLISH and SUBSCRIBE of one channel meet on one server; a pattern
-listens on every backend of the read side (every routed pool's too). The proxy counts a
-client's subscriptions itself (each backend knows only its own): confirmations carry the
-client's totals and are answered in the request's place once every backend involved confirmed.
-Messages join the client's reply queue as answered slots, so none is written before its
-subscription's confirmation nor inside another reply; a message for a channel the client has
-left (or holds on another backend) is dropped. README: Pub/sub.
+listens on every backend of the read side (every routed pool's too). During a migration a message
+is published on the read pool's owner only, and a subscription listens on its owner in both pools
+(a pattern: on every backend of both), so the cut-read step (or a step back) moves no
+subscription and each message arrives once. A reload re-homes every client's subscriptions
+(`rehome`): added where the new table wants them (before the step that publishes there), left
+where it no longer does (a server leaving the fleet).
+
+The proxy counts a client's subscriptions itself (each backend knows only its own):
+confirmations carry the client's totals and are answered in the request's place once every
+backend involved confirmed. Messages join the client's reply queue as answered slots, so none is
+written before its subscription's confirmation nor inside another reply; a message for a channel
+the client has left (or holds on another backend) is dropped. README: Pub/sub.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -88,14 +94,14 @@ class _Ack:
 
     __slots__ = ("left", "reply", "slot")
 
-    def __init__(self, slot: Slot, reply: bytes, backends: int) -> None:
+    def __init__(self, slot: Slot | None, reply: bytes, backends: int) -> None:
         self.slot = slot
         self.reply = reply
         self.left = backends
 
     def backend_done(self) -> None:
         self.left -= 1
-        if not self.left:
+        if not self.left and self.slot is not None:  # None: a re-home, nobody asked
             self.slot.answer(self.reply)
 
 
@@ -217,12 +223,48 @@ class Subscriptions:
             self.conns[addr] = conn
         return None
 
+    def rehome(self, routes: RouteTable) -> None:
+        """A reload: subscribe each name where `routes` wants it and is not yet, unsubscribe
+        it where it no longer is wanted, close the connections left with nothing. If a new
+        owner cannot be reached, close the client (it sees the loss and re-subscribes)."""
+        add: dict[Family, dict[str, list[bytes]]] = {}
+        drop: dict[Family, dict[str, list[bytes]]] = {}
+        for family, table in self.tables.items():
+            for name, addrs in table.items():
+                want = _owners(family, name, routes)
+                if want != addrs:
+                    table[name] = want
+                    for addr in want:
+                        if addr not in addrs:
+                            add.setdefault(family, {}).setdefault(addr, []).append(name)
+                    for addr in addrs:
+                        if addr not in want:
+                            drop.setdefault(family, {}).setdefault(addr, []).append(name)
+        needed = {a for table in self.tables.values() for addrs in table.values() for a in addrs}
+        for addr in [a for a in self.conns if a not in needed]:
+            conn = self.conns.pop(addr)
+            conn.release()
+            for ack, _left in conn.acks:  # an UNSUBSCRIBE on its way there: done with it
+                assert isinstance(ack, _Ack)
+                ack.backend_done()
+            conn.acks.clear()
+        problem = self._connect({a: [] for targets in add.values() for a in targets}, routes)
+        if problem is not None:
+            self._close_client("a new owner", f"cannot re-subscribe after a reload: {problem!r}")
+            return
+        for family, targets in add.items():
+            self._send(family.sub, targets, None, b"")
+        for family, targets in drop.items():
+            kept = {a: names for a, names in targets.items() if a in self.conns}
+            self._send(family.unsub, kept, None, b"")
+
     def _send(
-        self, command: bytes, targets: dict[str, list[bytes]], slot: Slot, reply: bytes
+        self, command: bytes, targets: dict[str, list[bytes]], slot: Slot | None, reply: bytes
     ) -> None:
         self._update_mode()
         if not targets:
-            slot.reply = reply
+            if slot is not None:
+                slot.reply = reply
             return
         ack = _Ack(slot, reply, len(targets))
         for addr, names in targets.items():
@@ -291,26 +333,19 @@ class Subscriptions:
             # Requests before a RESET still get their replies, in their places.
             for ack, _left in conn.acks:
                 assert isinstance(ack, _Ack)
-                if ack.slot.reply is None:
+                if ack.slot is not None and ack.slot.reply is None:
                     ack.slot.answer(ack.reply)
             conn.acks.clear()
         self._update_mode()
 
 
 def _owners(family: Family, name: bytes, routes: RouteTable) -> tuple[str, ...]:
+    """Where a subscription listens: its owner on the read pool and, during a migration, on the
+    other pool (a pattern: every backend of both), where PUBLISH goes before or after cut-read."""
+    read, other = routes.read, routes.other
     if family is PATTERN:
-        return tuple(dict.fromkeys(routes.read.addrs))
-    return (routes.read.addr_for(name),)
-
-
-class _Discard(ReplyOwner):
-    """Owner of the reply of a PUBLISH's second copy during a migration: not needed."""
-
-    def flush(self) -> None:
-        self.dirty = False
-
-
-_DISCARD = _Discard()
+        return tuple(dict.fromkeys(read.addrs + other.addrs))
+    return tuple(dict.fromkeys((read.addr_for(name), other.addr_for(name))))
 
 
 class _Introspection(ReplyOwner):
@@ -360,21 +395,24 @@ def handle_pubsub(
 
 
 def send_publish(args: list[bytes], routes: RouteTable, slot: Slot, proto: int, cid: int) -> None:
-    """To the channel's owner on the read pool; during a migration also to its owner on the
-    other pool, where subscriptions made before cut-read (or after it) live."""
-    payload = encode_request(args)
+    """To the channel's owner on the read pool only (its subscribers listen there, in every
+    phase): one copy of each message, so none is received twice."""
     addr = routes.read.addr_for(args[1])
-    routes.backends[addr].send(proto, cid, payload, slot)
-    if not routes.fast:
-        other = routes.other.addr_for(args[1])
-        if other != addr:
-            routes.backends[other].send(proto, cid, payload, Slot(_DISCARD, None, 0.0))
+    routes.backends[addr].send(proto, cid, encode_request(args), slot)
+
+
+def rehome_all(clients: Iterable[PubSubClient], routes: RouteTable) -> None:
+    """A reload swapped the route table: re-home every subscriber's subscriptions."""
+    for client in clients:
+        subs = client.pubsub
+        if subs is not None and subs.active:
+            subs.rehome(routes)
 
 
 def _send_introspection(
     sub: str, args: list[bytes], routes: RouteTable, slot: Slot, proto: int
 ) -> _Introspection:
-    addrs = list(dict.fromkeys(routes.read.addrs + routes.other.addrs))
+    addrs = list(dict.fromkeys(routes.read.addrs))  # every subscription listens there too
     gather = _Introspection(slot, sub, len(addrs), proto == 3)
     payload = encode_request(args)
     for addr, child in zip(addrs, gather.children, strict=True):

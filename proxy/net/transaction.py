@@ -27,6 +27,7 @@ from proxy.net.watch import Pin, send_pinned, watch
 from proxy.routing.txplan import Queued, TxPlan, plan_transaction
 
 QUEUED = encode_simple("QUEUED")
+_PUBLISH = frozenset({"publish", "spublish"})  # queued: placed by their channel (txplan)
 _IN_BLOCK = frozenset({"ping", "echo", "time", "unwatch"})  # keyless, run by the backend
 _NOW = frozenset({"quit", "reset"})  # run at once even inside MULTI, as Redis does
 _EXEC = lookup([b"EXEC"])
@@ -226,6 +227,8 @@ def queue_refusal(spec: CommandSpec, args: list[bytes]) -> bytes | None:
         return errors.denied(spec.name)
     if kind in (Kind.LOCAL, Kind.TRANSACTION):
         return None if spec.name in _IN_BLOCK else errors.not_in_transaction(spec.name)
+    if kind is Kind.PUBSUB and spec.name in _PUBLISH:  # runs where its channel hashes
+        return None
     if kind in (Kind.FANOUT, Kind.PUBSUB):  # every backend, or a subscriber's connection
         return errors.not_in_transaction(spec.name)
     if kind is Kind.BLOCKING:  # inside MULTI, Redis runs them without blocking
@@ -251,6 +254,11 @@ def run_exec(client: TxClient, tx: Transaction, spec: CommandSpec) -> None:
     state = client.host.migration
     block = Block(queued, slot, client.session.lane, client.client_id, tx, state)
     routes = client.host.routes
+    if pin is not None and _watch_broken(client, pin, block, routes):
+        slot.reply = b"_\r\n" if client.session.proto == 3 else b"*-1\r\n"
+        slot.stats = None
+        tx.unpin()
+        return
     if pin is None and not routes.fast and _EXEC is not None:
         item = Deferred(_EXEC, [b"EXEC"], slot, block.lane, block)
         if defer_if_fenced(state, client.client_id, item, block.plan_for(routes).keys):
@@ -258,6 +266,22 @@ def run_exec(client: TxClient, tx: Transaction, spec: CommandSpec) -> None:
             return
     block.send(routes, now=True)
     tx.unpin()  # EXEC unwatches, as in Redis; the pin drains after the block's reply
+
+
+def _watch_broken(client: TxClient, pin: Pin, block: Block, routes: RouteTable) -> bool:
+    """A WATCH-guarded EXEC answers nil (nothing runs, as when a watched key changed) if the
+    watched keys moved since WATCH (copied by the backfill, or read elsewhere since a reload),
+    or, during a migration, the backfill is copying a key of the block now or holds an earlier
+    request of the client: it never runs beside a copy."""
+    state = client.host.migration
+    if pin.moved:
+        return True
+    if routes.fast:
+        return False
+    if state.waiting_for(client.client_id) is not None:
+        return True
+    keys = block.plan_for(routes).keys
+    return bool(keys) and bool(state.held) and state.held_key(keys) is not None
 
 
 class Block(ReplyOwner):

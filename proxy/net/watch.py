@@ -8,10 +8,17 @@ requests that span backends (FLUSHALL, DBSIZE, MGET ...) when nothing is owed on
 they get CROSSSLOT or a refusal: they could overtake a request on the pin). Unpinned (EXEC,
 DISCARD, UNWATCH, RESET), the connection closes once its owed replies are in; until then the
 client's requests for that backend still go on it, so none overtakes the EXEC.
+
+During a migration the backfill's fence (net/fence.py) knows every pin: copying a key waits for
+what is in flight on the pins to its owners, and breaks a WATCH of that key (EXEC answers nil,
+as when a watched key changed; the client retries), and so does a reload that reads the watched
+keys on another backend (cut-read). A pinned request for a key behind the fence, or of a broken
+WATCH, leaves the pin and goes as any other; the EXEC after it answers nil.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -19,25 +26,43 @@ from proxy import errors
 from proxy.codec.resp import encode_request
 from proxy.commands.checks import RESERVED_PREFIX, db_argument_refusal, refusal_before_routing
 from proxy.commands.spec import CommandSpec, Kind
+from proxy.net.connection import FutureOwner
 from proxy.net.dedicated import DedicatedConnection, Purpose, open_dedicated
 from proxy.net.dualwrite import send_secondary_block
 from proxy.net.slot import ReplyOwner, Slot
 from proxy.routing.plan import plan
 
 if TYPE_CHECKING:
+    from proxy.net.fence import Watcher
     from proxy.net.transaction import Transaction, TxClient
 
 
 class Pin:
-    """One dedicated connection to the backend at `addr`, for one client."""
+    """One dedicated connection to the backend at `addr`, for one client; registered in
+    `registry` (the migration state's watchers, net/fence.py) while open."""
 
-    def __init__(self, addr: str, on_lost: Callable[[Pin], None]) -> None:
+    def __init__(self, addr: str, on_lost: Callable[[Pin], None], registry: set[Watcher]) -> None:
         self.addr = addr
         self.conn: DedicatedConnection | None = None
         self.finishing = False  # unpinned: close once nothing is owed
         self.closed = False
         self._on_lost = on_lost
         self.lost_reply = b""
+        self.watched: set[bytes] = set()
+        self.moved = False  # the backfill copied a watched key: EXEC answers nil (fence.hold)
+        self._registry = registry
+        registry.add(self)
+
+    async def barrier(self) -> None:
+        """Return once every request sent so far on the connection was answered."""
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        owner = FutureOwner(future)
+        conn.send(encode_request([b"PING"]), owner.slot)
+        await future
+        self.done()
 
     def done(self) -> bool:
         """Closed, or finishing with nothing owed (then closed now)."""
@@ -57,6 +82,7 @@ class Pin:
 
     def close(self) -> None:
         self.closed = True
+        self._registry.discard(self)
         if self.conn is not None:
             self.conn.release()
 
@@ -118,13 +144,17 @@ def watch(client: TxClient, tx: Transaction, args: list[bytes], slot: Slot) -> b
     (addr,) = owners
     pin = tx.pin or tx.conn_pin(addr)  # a pin still draining: watch on it again
     if pin is None:
-        pin = Pin(addr, tx.on_pin_lost)
+        pin = Pin(addr, tx.on_pin_lost, client.host.migration.watchers)
         limit = routes.topology.config.backend.max_watch_connections
         backend = routes.backends[addr]
         conn = open_dedicated(backend, client.session.lane, Purpose.WATCH, pin.on_failed, limit)
         if isinstance(conn, bytes):
             return conn
         pin.conn = conn
+    if pin.finishing:  # its last EXEC/UNWATCH ended the watch there: a new one starts
+        pin.watched.clear()
+        pin.moved = False
+    pin.watched.update(keys)
     pin.finishing = False
     if tx.draining is pin:
         tx.draining = None
@@ -161,6 +191,8 @@ def send_pinned(
     dual = plan(spec, args, routes)
     if dual.primary.error is not None:
         return False
+    if (pin is not None and pin.moved) or (not routes.fast and _fenced(client, dual.keys)):
+        return False  # dispatch sends it (or defers it behind the fence); EXEC answers nil
     fragments = dual.primary.fragments
     one = fragments[0].addr if len(fragments) == 1 else ""
     target = pin or tx.draining
@@ -179,3 +211,11 @@ def send_pinned(
             db = client.session.db
             send_secondary_block(fragment.addr, [fragment.args], dual.keys, routes, state, db)
     return True
+
+
+def _fenced(client: TxClient, keys: tuple[bytes, ...]) -> bool:
+    """During a migration: a key is behind the fence, or the client has requests deferred."""
+    state = client.host.migration
+    if state.waiting_for(client.client_id) is not None:
+        return True
+    return bool(keys) and bool(state.held) and state.held_key(keys) is not None

@@ -1,9 +1,11 @@
 """Routing, pure: where a transaction (the commands queued between MULTI and EXEC) runs.
 
-A transaction runs as one block on one backend: every key of every queued command must map to
-that backend in the ring that answers (and, during a phase that writes both pools, the keys of
-its writes to one backend of the other ring, which gets the block of its writes), else CROSSSLOT
-and nothing runs. No await, clock or metric here; sending the block is net/transaction.py's.
+A transaction runs as one block on one backend: every key of every queued command (and the
+channel of a PUBLISH or SPUBLISH, hashed as a key) must map to that backend in the ring that
+answers (and, during a phase that writes both pools, the keys of its writes to one backend of the
+other ring, which gets the block of its writes), else CROSSSLOT and nothing runs. A PUBLISH is
+never part of the other pool's block: during a migration a message is published on the read pool
+only (net/pubsub.py). No await, clock or metric here; sending the block is net/transaction.py's.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from proxy import errors
-from proxy.commands.spec import CommandSpec
+from proxy.commands.spec import CommandSpec, Kind
 from proxy.routing.plan import RouteView, mutates
 
 Queued = tuple[CommandSpec, list[bytes]]
@@ -42,13 +44,16 @@ def plan_transaction(
     keys: list[bytes] = []
     write_keys: list[bytes] = []
     writes: list[int] = []
+    channels: list[bytes] = []
     for i, (spec, args) in enumerate(commands):
         own = [args[p] for p in spec.key_positions(args)]
         keys.extend(own)
+        if spec.kind is Kind.PUBSUB:  # PUBLISH/SPUBLISH: the channel's owner, hashed as a key
+            channels.append(args[1])
         if both and mutates(spec) and own:
             writes.append(i)
             write_keys.extend(own)
-    owners = {read.addr_for(k) for k in keys}
+    owners = {read.addr_for(k) for k in (*keys, *channels)}
     if pinned is not None:
         owners.add(pinned)
     if len(owners) > 1:

@@ -29,6 +29,7 @@ from proxy.net.fence import MigrationState
 from proxy.net.memory import MemoryGuard
 from proxy.net.metrics import ProxyMetrics, defence_families
 from proxy.net.pool import BackendPool
+from proxy.net.pubsub import rehome_all
 from proxy.net.route import RouteTable
 from proxy.routing.topology import Topology, build_topology
 from proxy.server import status as views
@@ -291,8 +292,11 @@ class ProxyServer:
         self.metrics.max_clients.set(limit.max_clients)
 
     def _on_topology(self) -> None:
-        """Start or stop the phase's background work (backfill, repairs) for the new route table."""
+        """Start or stop the phase's background work (backfill, repairs) for the new route table;
+        move subscriptions to where the new table publishes."""
         self.phases.apply(self.routes)
+        self.migration.on_reload(self.routes)
+        rehome_all(self.clients, self.routes)
 
     # -- backend ACL -----------------------------------------------------------------------
     async def check_acl(self, config: ProxyConfig) -> str:

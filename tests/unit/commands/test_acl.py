@@ -37,7 +37,7 @@ def test_the_escapes_are_denied_by_name(allow_flush: bool) -> None:
 
 def test_dangerous_commands_the_proxy_needs_are_given_back() -> None:
     allowed = build_rules(allow_flush=False).allowed
-    assert allowed == ("config|get", "info", "keys", "restore", "sort", "sort_ro")
+    assert allowed == ("client|unblock", "config|get", "info", "keys", "restore", "sort", "sort_ro")
 
 
 def test_every_allowed_and_denied_name_is_a_redis_command() -> None:

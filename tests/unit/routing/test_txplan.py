@@ -65,3 +65,16 @@ def test_unmoved_keys_are_written_once() -> None:
     tag = tagged(False)
     p = plan_transaction(queued([b"SET", tag, b"1"]), view(Phase.DOUBLE_WRITE), None, 0)
     assert p.secondary is None and p.writes == ()
+
+
+def test_publish_is_placed_by_its_channel_and_never_written_to_the_other_pool() -> None:
+    """kombu's result backend: MULTI, SET {celery}meta, PUBLISH {celery}meta ..., EXEC."""
+    tag = tagged(True)
+    txn = queued([b"SET", tag + b"m", b"v"], [b"PUBLISH", tag + b"m", b"v"])
+    p = plan_transaction(txn, view(Phase.DOUBLE_WRITE), None, 0)
+    assert p.error is None and p.addr == SOURCE.addr_for(tag)
+    assert p.secondary == TARGET.addr_for(tag) and p.writes == (0,)  # the SET only
+    away = next(b"c%d" % i for i in range(1000) if SOURCE.addr_for(b"c%d" % i) != p.addr)
+    apart = plan_transaction(queued([b"SET", tag + b"m", b"v"], [b"PUBLISH", away, b"v"]),
+                             view(Phase.NONE), None, 0)  # fmt: skip
+    assert apart.error is not None and apart.error.startswith(b"-CROSSSLOT")
