@@ -8,7 +8,6 @@ backend so its metadata is exactly Redis's own.
 
 from __future__ import annotations
 
-import hmac
 import os
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from proxy import __version__, errors
 from proxy.codec.resp import OK, PONG, encode_bulk, encode_int, encode_map_raw, encode_simple
 from proxy.commands.spec import CommandSpec
 from proxy.commands.table import REDIS_VERSION  # whose command table the proxy serves
+from proxy.commands.users import User, Users
 
 
 @dataclass
@@ -27,14 +27,16 @@ class Session:
 
     client_id: int
     peer: str
-    password: str | None  # the required client password (None: no AUTH needed)
+    users: Users  # of the config in use (rebind swaps them on reload)
+    user: User = field(init=False)  # who the client is: `default` until AUTH names another
     proto: int = 2
     authed: bool = False
     # Inside MULTI, or pinned by WATCH: every request goes to net/transaction.py (dispatch).
     in_tx: bool = False
     subscribed: bool = False  # holds subscriptions (net/pubsub.py)
     # Requests may take the single-key fast path: authenticated, not in a transaction, not
-    # subscribed. Kept by the setters below, the one place it is computed.
+    # subscribed, as a user allowed everything. Kept by the setters below, the one place it
+    # is computed.
     direct: bool = False
     name: bytes | None = None
     lib_name: bytes | None = None
@@ -43,11 +45,30 @@ class Session:
     created: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
-        self.set_authed(self.password is None)
+        self.reset_user()
+
+    def reset_user(self) -> None:
+        """The default user, authenticated only if it has no password (a new client, RESET)."""
+        self.user = self.users.default
+        self.set_authed(self.user.password_sha256 is None)
 
     def set_authed(self, authed: bool) -> None:
         self.authed = authed
         self._update_direct()
+
+    def set_user(self, user: User) -> None:
+        self.user = user
+        self.set_authed(True)
+
+    def rebind(self, users: Users) -> bool:
+        """A reload's users: False when this client's user is gone (Redis disconnects it)."""
+        self.users = users
+        user = users.default if self.user.name == "default" else users.get(self.user.name)
+        if user is None:
+            return False
+        self.user = user
+        self._update_direct()
+        return True
 
     def set_in_tx(self, in_tx: bool) -> None:
         self.in_tx = in_tx
@@ -58,7 +79,8 @@ class Session:
         self._update_direct()
 
     def _update_direct(self) -> None:
-        self.direct = self.authed and not self.in_tx and not self.subscribed
+        everything = self.user.everything
+        self.direct = self.authed and not self.in_tx and not self.subscribed and everything
 
 
 class ServerView(Protocol):
@@ -103,17 +125,16 @@ def _select(args: list[bytes], session: Session, view: ServerView) -> bytes:
 
 
 def check_password(session: Session, user: bytes | None, password: bytes) -> bytes | None:
-    """None when the credentials are right (the session is then authenticated), else the error."""
-    if session.password is None:  # Redis's default user is `nopass`: any password is right
-        if user is None:
-            return errors.auth_not_configured()
-        return None if user == b"default" else errors.wrongpass()
-    if (user is None or user == b"default") and hmac.compare_digest(
-        password, session.password.encode()
-    ):
-        session.set_authed(True)
-        return None
-    return errors.wrongpass()
+    """None when the credentials are right (the session is then that user's), else the error.
+    Without client.password the default user is Redis's `nopass`: any password is right."""
+    users = session.users
+    if user is None and users.default.password_sha256 is None:
+        return errors.auth_not_configured()
+    found = users.authenticate(None if user == b"default" else user, password)
+    if found is None:
+        return errors.wrongpass()
+    session.set_user(found)
+    return None
 
 
 def _auth(args: list[bytes], session: Session, view: ServerView) -> bytes:
@@ -219,9 +240,13 @@ def _client_info(args: list[bytes], session: Session, view: ServerView) -> bytes
 def _reset(args: list[bytes], session: Session, view: ServerView) -> bytes:
     session.proto = 2
     session.name = None
-    session.set_authed(session.password is None)
+    session.reset_user()
     session.set_in_tx(False)  # the proxy's transaction state is reset by net/transaction
     return encode_simple("RESET")
+
+
+def _acl_whoami(args: list[bytes], session: Session, view: ServerView) -> bytes:
+    return encode_bulk(session.user.name.encode())
 
 
 def _time(args: list[bytes], session: Session, view: ServerView) -> bytes:
@@ -312,4 +337,5 @@ _HANDLERS: dict[str, Handler] = {
     "reset": _reset,
     "time": _time,
     "info": _info,
+    "acl|whoami": _acl_whoami,
 }

@@ -34,7 +34,9 @@ from proxy.codec.resp import ProtocolError, encode_request
 from proxy.commands.checks import RESERVED_PREFIX
 from proxy.commands.local import Session
 from proxy.commands.spec import PLAIN, CommandSpec
+from proxy.commands.users import Users
 from proxy.config.schema import ClientConfig
+from proxy.net.allowlist import peer_allowed
 from proxy.net.blocking import BlockingCall
 from proxy.net.dispatch import NOT_FAST, DispatchHost, Known, dispatch, fast_entry
 from proxy.net.metrics import CommandStats
@@ -55,6 +57,7 @@ class ClientHost(DispatchHost, Protocol):
     """What a client connection needs from the server that accepted it."""
 
     client_config: ClientConfig
+    users: Users  # client.password's default user and client.users, compiled
     max_clients: int  # client_config.max_connections, lowered to fit the open files limit
     slowlog_ms: float
     clients: set[ClientConnection]
@@ -67,7 +70,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         cfg = host.client_config
         self.host = host
         self.client_id = host.next_client_id()
-        session = Session(self.client_id, "", cfg.password)
+        session = Session(self.client_id, "", host.users)
         super().__init__(
             host, session, cfg.max_output_buffer_bytes, cfg.max_pending_requests, host.slowlog_ms
         )
@@ -98,15 +101,22 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.session.peer = f"{peer[0]}:{peer[1]}"
+        if not peer_allowed(peer, self.host.client_config.allow_cidrs):
+            self._refuse(transport, "address", errors.client_address_refused(self.session.peer))
+            return
         if len(self.host.clients) >= self.host.max_clients:
-            self.host.metrics.client_errors_total.labels("limit").inc()
-            transport.write(errors.max_clients())
-            transport.close()
-            self.closed = True
+            self._refuse(transport, "limit", errors.max_clients())
             return
         high = self._budget >> 2  # reading pauses here; the client is closed at the budget
         transport.set_write_buffer_limits(high=high, low=high // 2)
         self.host.clients.add(self)
+
+    def _refuse(self, transport: asyncio.Transport, kind: str, reply: bytes) -> None:
+        """Closed at accept (not allowed from its address, or too many clients), counted."""
+        self.host.metrics.client_errors_total.labels(kind).inc()
+        transport.write(reply)
+        transport.close()
+        self.closed = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._stream is not None:

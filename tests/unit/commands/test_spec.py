@@ -97,14 +97,14 @@ DOCUMENTED = {
     "function|kill flushdb flushall function|flush",
     Kind.LOCAL: "ping echo quit select hello auth command command|info command|count "
     "command|getkeys command|docs info client|setname client|getname client|id client|info "
-    "reset time",
+    "reset time acl|whoami",
     Kind.TRANSACTION: "multi exec discard watch unwatch",
     Kind.BLOCKING: "blpop brpop brpoplpush blmove bzpopmin bzpopmax blmpop bzmpop",
     Kind.PUBSUB: "subscribe psubscribe ssubscribe unsubscribe punsubscribe sunsubscribe publish "
     "spublish pubsub|channels",
     Kind.DENIED: "config|get config|set debug shutdown replicaof slaveof cluster|info "
     "cluster|nodes module|load save bgsave bgrewriteaof monitor sync psync migrate acl|setuser "
-    "acl|whoami failover latency|latest slowlog|get client|kill client|list client|tracking "
+    "failover latency|latest slowlog|get client|kill client|list client|tracking "
     "client|pause client|reply swapdb move wait randomkey lastsave role function|load "
     "function|list script|debug object|help readonly readwrite "
     "asking restore-asking pfdebug lolwut",
