@@ -14,12 +14,19 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 FETCH_TIMEOUT_S = 3.0
+TOKEN_ENV = "SHARDPROXY_ADMIN_TOKEN"  # the admin token `status` sends unless --token is given
 
 
-def fetch_status(addr: str, timeout_s: float = FETCH_TIMEOUT_S) -> dict[str, Any]:
+def fetch_status(
+    addr: str, token: str | None = None, timeout_s: float = FETCH_TIMEOUT_S
+) -> dict[str, Any]:
+    """One proxy's /status; with `token`, sent as `Authorization: Bearer` (admin.token)."""
     url = addr if addr.startswith("http") else f"http://{addr}"
+    request = urllib.request.Request(f"{url.rstrip('/')}/status")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/status", timeout=timeout_s) as resp:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             data = json.loads(resp.read())
     except (OSError, urllib.error.URLError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
@@ -30,9 +37,9 @@ def fetch_status(addr: str, timeout_s: float = FETCH_TIMEOUT_S) -> dict[str, Any
     return data
 
 
-def fleet_status(addrs: list[str]) -> list[dict[str, Any]]:
+def fleet_status(addrs: list[str], token: str | None = None) -> list[dict[str, Any]]:
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(addrs)))) as pool:
-        return list(pool.map(fetch_status, addrs))
+        return list(pool.map(lambda addr: fetch_status(addr, token), addrs))
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:
