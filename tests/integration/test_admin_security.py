@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.processes import RedisServer, free_port, redis_servers
 from tests.support.runner import ProxyThread, simple_config
+from tests.support.wire import RespConn
 
 CLI = [sys.executable, "-m", "proxy"]
 TOKEN = "t0ken-for-tests"
@@ -196,3 +197,35 @@ def test_status_cli_sends_the_token(server: RedisServer) -> None:
         assert addr in by_option.stdout and "UNREACHABLE" not in by_option.stdout
     finally:
         proxy.stop()
+
+
+def test_workers_supervisor_admin_needs_the_token_and_workers_check_users(
+    backends3: list[RedisServer], tmp_path: Path
+) -> None:
+    from tests.integration.test_workers import supervised  # the supervisor as operators run it
+
+    users = 'client:\n  users: [{name: app, password: apw, commands: "+get", keys: "~a*"}]\n'
+
+    def render(port: int, admin: int) -> str:
+        text = simple_config([b.addr for b in backends3], port, admin, "workers: 2\n" + users)
+        return text.replace(
+            f"admin: 127.0.0.1:{admin}", f"admin: {{addr: '127.0.0.1:{admin}', token: {TOKEN}}}"
+        )
+
+    with supervised(backends3, tmp_path, render=render) as sup:
+        assert http(sup.admin, "/reload", "POST")[0] == 401
+        assert http(sup.admin, "/reload", "POST", {"Origin": "http://evil.example"})[0] == 403
+        for _ in range(8):  # connections land on both workers: each checks the user's rules
+            with RespConn(sup.port) as conn:
+                assert conn.call("AUTH", "app", "apw")[0] == b"+OK\r\n"
+                assert conn.call("GET", "b")[0].startswith(b"-NOPERM")
+                assert conn.call("SET", "a", "1")[0].startswith(b"-NOPERM")
+        sup.path.write_text(sup.path.read_text().replace('"+get"', '"+get +set"'))
+        status, body = http(sup.admin, "/reload", "POST", bearer(TOKEN))
+        assert status == 200, body
+        with RespConn(sup.port) as conn:
+            assert conn.call("AUTH", "app", "apw")[0] == b"+OK\r\n"
+            assert conn.call("SET", "a", "1")[0] == b"+OK\r\n"
+        sup.path.write_text(sup.path.read_text().replace('"+get +set"', '"+nosuch"'))
+        status, body = http(sup.admin, "/reload", "POST", bearer(TOKEN))
+        assert status == 400 and "unknown command 'nosuch'" in json.loads(body)["message"]
