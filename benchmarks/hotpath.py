@@ -1,6 +1,6 @@
 """The proxy's whole per-request Python path, without sockets: CPU µs per request.
 
-    python benchmarks/hotpath.py [--requests N] [--repeat R] [--hash NAME]
+    python benchmarks/hotpath.py [--requests N] [--repeat R] [--hash NAME] [--acl-user KEYS]
 
 A real ClientConnection, RouteTable, Backend and BackendConnection (the same objects `serve` uses)
 over in-memory transports: each round feeds a client read of `depth` GET requests (or SET 64 B),
@@ -8,6 +8,9 @@ runs the event loop once so the backend write is flushed, feeds the three backen
 lets the client write its replies. What is left out is only the kernel and uvloop's own socket
 work, so the figure is the part of the proxy's cost that Python code decides, and it is steady
 on a noisy machine (best of --repeat). `run.py` measures the whole thing against nutcracker.
+`--acl-user KEYS`: the clients are an ACL user (client.users) without @dangerous and @admin:
+with `~*` they keep the fast path, with key patterns (`~key:*`) each request is checked in
+dispatch.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make `proxy` importable from t
 import uvloop
 
 from proxy.codec.resp import encode_request
+from proxy.commands.users import compile_users
 from proxy.config.schema import parse_config
 from proxy.net.backend import Backend
 from proxy.net.client import ClientConnection
@@ -35,6 +39,7 @@ from proxy.net.pool import BackendPool
 from proxy.routing.topology import build_topology
 
 VALUE = b"x" * 64
+ACL_USER = "{name: bench, password: pw, commands: '+@all -@dangerous -@admin', keys: '%s'}"
 
 
 class MemoryTransport(asyncio.Transport):
@@ -76,15 +81,17 @@ class MemoryTransport(asyncio.Transport):
 class Host:
     """The ClientHost a ProxyServer would be, minus the listener."""
 
-    def __init__(self, hash_name: str) -> None:
+    def __init__(self, hash_name: str, acl_keys: str = "~*") -> None:
         text = (
-            "listen: 127.0.0.1:1\nbackend:\n  connections: 1\npools:\n  bench:\n"
+            "listen: 127.0.0.1:1\nbackend:\n  connections: 1\n"
+            f"client:\n  users: [{ACL_USER % acl_keys}]\npools:\n  bench:\n"
             f"    hash: {hash_name}\n    hash_tag: '{{}}'\n    servers:\n"
             "      - 127.0.0.1:7001:1 r1\n      - 127.0.0.1:7002:1 r2\n"
             "      - 127.0.0.1:7003:1 r3\n"
         )
         config = parse_config(text)
         self.client_config = config.client
+        self.users = compile_users(config.client)
         self.max_clients = config.client.max_connections
         self.allow_flush = False
         self.slowlog_ms = 0.0
@@ -117,15 +124,21 @@ def reply_for(request: list[bytes]) -> bytes:
     return b"$64\r\n" + VALUE + b"\r\n" if request[0] == b"GET" else b"+OK\r\n"
 
 
-async def measure(command: bytes, depth: int, fan_in: int, total: int, hash_name: str) -> float:
+async def measure(
+    command: bytes, depth: int, fan_in: int, total: int, hash_name: str, acl_keys: str | None
+) -> float:
     """CPU µs per request: rounds of `fan_in` client reads of `depth` requests each, one loop
     iteration (the backends' coalesced writes), one read of replies per backend."""
-    host = Host(hash_name)
+    host = Host(hash_name, acl_keys or "~*")
     conns = [connect_backend(b) for b in host.routes.route_backends]
     clients = []
     for _ in range(fan_in):
         client = ClientConnection(host)
         client.connection_made(MemoryTransport())
+        if acl_keys is not None:
+            user = host.users.get("bench")
+            assert user is not None
+            client.session.set_user(user)
         clients.append(client)
     node_for = host.routes.node_for
     rounds: list[tuple[list[bytes], dict[int, bytes]]] = []
@@ -168,12 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--hash", default="crc32a")
+    parser.add_argument(
+        "--acl-user",
+        metavar="KEYS",
+        help="clients as an ACL user of '+@all -@dangerous -@admin' and these key rules"
+        " ('~*': the fast path; '~key:*': checked in dispatch)",
+    )
     args = parser.parse_args(argv)
-    print(f"hash {args.hash}; CPU µs per request, best of {args.repeat}")
+    who = f"an ACL user with keys {args.acl_user}" if args.acl_user else "the default user"
+    print(f"hash {args.hash}; clients as {who}; CPU µs per request, best of {args.repeat}")
     for command in (b"GET", b"SET"):
         for depth, fan_in in CASES:
             best = min(
-                uvloop.run(measure(command, depth, fan_in, args.requests, args.hash))
+                uvloop.run(measure(command, depth, fan_in, args.requests, args.hash, args.acl_user))
                 for _ in range(args.repeat)
             )
             label = f"{command.decode()} -P {depth}, {fan_in} client reads per loop iteration"

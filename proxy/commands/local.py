@@ -35,29 +35,40 @@ class Session:
     in_tx: bool = False
     subscribed: bool = False  # holds subscriptions (net/pubsub.py)
     # Requests may take the single-key fast path: authenticated, not in a transaction, not
-    # subscribed, as a user allowed everything. Kept by the setters below, the one place it
-    # is computed.
+    # subscribed, as a user allowed every key (the client's fast path asks `allows` of the
+    # command names it learns). Kept by the setters below, the one place it is computed.
     direct: bool = False
+    # The same, but as a user with key patterns: the fast path once its key is allowed
+    # (net/client.py's _process checks User.key_ok; a key refused goes to dispatch: NOPERM).
+    keyed: bool = False
     name: bytes | None = None
     lib_name: bytes | None = None
     lib_ver: bytes | None = None
     closing: bool = False  # QUIT: close once the replies before it are written
     created: float = field(default_factory=time.monotonic)
+    # Called when `user` or its rules change (AUTH, RESET, a reload): the client forgets what
+    # its fast path learnt of command names under the old rules.
+    on_user_change: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self.reset_user()
 
     def reset_user(self) -> None:
         """The default user, authenticated only if it has no password (a new client, RESET)."""
-        self.user = self.users.default
+        self._set_user(self.users.default)
         self.set_authed(self.user.password_sha256 is None)
+
+    def _set_user(self, user: User) -> None:
+        self.user = user
+        if self.on_user_change is not None:
+            self.on_user_change()
 
     def set_authed(self, authed: bool) -> None:
         self.authed = authed
         self._update_direct()
 
     def set_user(self, user: User) -> None:
-        self.user = user
+        self._set_user(user)
         self.set_authed(True)
 
     def rebind(self, users: Users) -> bool:
@@ -66,7 +77,7 @@ class Session:
         user = users.default if self.user.name == "default" else users.get(self.user.name)
         if user is None:
             return False
-        self.user = user
+        self._set_user(user)
         self._update_direct()
         return True
 
@@ -79,8 +90,9 @@ class Session:
         self._update_direct()
 
     def _update_direct(self) -> None:
-        everything = self.user.everything
-        self.direct = self.authed and not self.in_tx and not self.subscribed and everything
+        plain = self.authed and not self.in_tx and not self.subscribed
+        self.direct = plain and self.user.all_keys
+        self.keyed = plain and not self.user.all_keys
 
 
 class ServerView(Protocol):

@@ -4,8 +4,9 @@
 `nocommands`, `+client|setname`), read against the command table's ACL categories; `keys`
 takes `~*` / `allkeys`, `~prefix*` and `~exact` (no other glob), and `resetkeys`. Each user
 becomes a set of allowed command names and a tuple of key prefixes, so the check per request is
-a set lookup and a prefix test per key; the default user (client.password) may run everything,
-and a session of a user allowed everything never reaches `refusal` (Session.direct).
+a set lookup and a prefix test per key; the default user (client.password) may run everything.
+A user allowed every key keeps the client's fast path (Session.direct) for the commands it may
+run (`allows`, asked once per command name); the rest is checked by `refusal` in dispatch.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class User:
     def everything(self) -> bool:
         """Allowed every command on every key: nothing to check per request."""
         return self.all_commands and self.all_keys
+
+    def allows(self, command: str) -> bool:
+        """May this user run the command (a spec name, 'client|setname' for a subcommand)?"""
+        return self.all_commands or command in self.commands
 
     def password_ok(self, password: bytes) -> bool:
         """Constant time in the password's content: digests are compared, never the texts."""

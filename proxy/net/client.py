@@ -89,6 +89,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         self._stats: dict[str, CommandStats] = {}
         # The fast path's view of each command name this client sent (see _learn).
         self._known: dict[bytes, Known] = {}
+        session.on_user_change = self._known.clear  # learnt under one user's rules (_learn)
         # Requests parsed but not yet dispatched (over the limit in flight): resumed by flush.
         self._backlog: Backlog | None = None
         self.last_active = perf_counter()  # the clock of _process's `now`
@@ -238,6 +239,8 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         cid = self.client_id
         known = self._known
         fast = routes.fast and session.direct
+        keyed = routes.fast and session.keyed  # an ACL user with key patterns: see Session
+        key_ok = session.user.key_ok
         route_backends = routes.route_backends
         node_for = routes.node_for
         limit = self._limit
@@ -248,7 +251,11 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                 return
             args = requests[i]
             key, lowest, highest, stats = known.get(args[0]) or self._learn(args[0])
-            if fast and lowest <= len(args) <= highest and not args[key].startswith(RESERVED):
+            if (
+                lowest <= len(args) <= highest
+                and (fast or (keyed and key_ok(args[key])))
+                and not args[key].startswith(RESERVED)
+            ):
                 slot = Slot(self, stats, now)  # the fast path, as in data_received
                 pending.append(slot)
                 raw = raws[i] or encode_request(args)  # b"": not kept (see RequestReader.feed)
@@ -262,6 +269,8 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                 return
             proto = session.proto
             fast = routes.fast and session.direct
+            keyed = routes.fast and session.keyed
+            key_ok = session.user.key_ok
         self._backlog = None
         if failure is not None and not session.closing:
             self._fail_protocol(str(failure))
@@ -292,7 +301,11 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         self._sliced = send_sliced(request, slot, self, self.host)
 
     def _learn(self, name: bytes) -> Known:
+        """What the fast path needs of a command name; a command the client's ACL user may
+        not run never takes it (dispatch answers NOPERM). Forgotten when the user changes."""
         entry = fast_entry(name, self.stats_for)
+        if entry is not NOT_FAST and not self.session.user.allows(PLAIN[name].name):
+            entry = NOT_FAST
         if entry is not NOT_FAST or name in PLAIN:
             self._known[name] = entry  # unknown or mixed case: not remembered (client input)
         return entry
@@ -301,7 +314,8 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
     def _streamable(self, head: list[bytes]) -> bool:
         """RequestReader.stream_gate: only on the fast path (no migration, no MULTI or WATCH,
         no blocking call under way)."""
-        direct = self.session.direct and self._blocking is None
+        session = self.session
+        direct = session.direct and session.user.all_commands and self._blocking is None
         return direct and self.host.routes.fast and streamable(head)
 
     def _start_stream(self) -> None:

@@ -24,6 +24,7 @@ from tests.support.wire import RespConn, read_until_closed
 # The same users on both sides: Redis's ACL SETUSER rules, and the proxy's client.users.
 APP_RULES = "-@all +@read +set -@dangerous +acl|whoami"
 TX_RULES = "+@all -del -@dangerous"
+RO_RULES = "-@all +@read +auth"  # every key: the client's fast path, for the commands it may run
 USERS = f"""client:
   password: dpw
   users:
@@ -31,6 +32,7 @@ USERS = f"""client:
     - {{name: tx, password_sha256: {hashlib.sha256(b"tpw").hexdigest()}, commands: "{TX_RULES}",
        keys: "~{{tx}}*"}}
     - {{name: all, password: xpw, commands: "+@all", keys: allkeys}}
+    - {{name: ro, password: rpw, commands: "{RO_RULES}", keys: "~*"}}
 """
 
 
@@ -42,6 +44,8 @@ def server() -> Iterator[RedisServer]:
         r.execute_command("ACL", "SETUSER", "app", "on", ">apw", "~app:*", "~exact", "&*",
                           *APP_RULES.split())  # fmt: skip
         r.execute_command("ACL", "SETUSER", "tx", "on", ">tpw", "~{tx}*", "&*", *TX_RULES.split())
+        r.execute_command("ACL", "SETUSER", "all", "on", ">xpw", "~*", "&*", "+@all")
+        r.execute_command("ACL", "SETUSER", "ro", "on", ">rpw", "~*", "&*", *RO_RULES.split())
         r.execute_command("CONFIG", "SET", "requirepass", "dpw")  # default user: client.password
         r.close()
         yield s
@@ -134,6 +138,51 @@ def test_transaction_with_a_denied_command_aborts(server: RedisServer, proxy: Pr
         ["UNWATCH"],
     ]
     same_as_redis(server, proxy, commands)
+
+
+def test_a_user_with_every_key_is_checked_on_the_fast_path(
+    server: RedisServer, proxy: ProxyThread
+) -> None:
+    """GET and SET are single-key commands the proxy sends straight to their backend: what the
+    client learnt of them as one user must not hold once it is another."""
+    commands = [
+        ["AUTH", "all", "xpw"],
+        ["SET", "k", "1"],
+        ["GET", "k"],
+        ["AUTH", "ro", "rpw"],
+        ["GET", "k"],
+        ["SET", "k", "2"],
+        ["INCR", "k"],
+        ["MGET", "k", "other"],
+        ["DEL", "k"],
+        ["AUTH", "all", "xpw"],
+        ["SET", "k", "3"],
+        ["GET", "k"],
+        ["DEL", "k"],
+    ]
+    same_as_redis(server, proxy, commands)
+    for port in (proxy.port, server.port):  # pipelined: AUTH changes the rules mid-read
+        with RespConn(port) as conn:
+            conn.send(b"AUTH all xpw\r\nSET p 1\r\nAUTH ro rpw\r\nSET p 2\r\nGET p\r\n")
+            got = [conn.read_reply()[0] for _ in range(5)]
+            assert got[3] == b"-NOPERM this user has no permissions to run the 'set' command\r\n"
+            assert got[4] == b"$1\r\n1\r\n"
+
+
+def test_a_big_value_is_not_streamed_past_the_rules(proxy: ProxyThread) -> None:
+    """Values of 1 MiB and more are streamed to the backend as they arrive (net/stream.py):
+    never for a user who may not run the command."""
+    big = b"x" * (2 << 20)
+    with RespConn(proxy.port) as conn:
+        assert conn.call("AUTH", "ro", "rpw")[0] == b"+OK\r\n"
+        assert conn.call("SET", "big", big)[0] == (
+            b"-NOPERM this user has no permissions to run the 'set' command\r\n"
+        )
+        assert conn.call("EXISTS", "big")[0] == b":0\r\n"
+        assert conn.call("AUTH", "all", "xpw")[0] == b"+OK\r\n"
+        assert conn.call("SET", "big", big)[0] == b"+OK\r\n"
+        assert conn.call("STRLEN", "big")[0] == b":%d\r\n" % len(big)
+        assert conn.call("DEL", "big")[0] == b":1\r\n"
 
 
 def test_redis_py_with_username(proxy: ProxyThread) -> None:
