@@ -4,6 +4,7 @@ reload with a non-loopback admin address and no token, and `shardproxy status` s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -35,17 +36,23 @@ def admin_config(server: RedisServer, admin: str, settings: str) -> str:
     return text.replace("admin: 127.0.0.1:0\n", f"admin: {{addr: '{admin}', {settings}}}\n")
 
 
-@pytest.fixture
-def guarded(server: RedisServer, tmp_path: Path) -> Iterator[tuple[ProxyThread, int]]:
-    port = free_port()
-    text = admin_config(server, f"127.0.0.1:{port}", f"token: {TOKEN}")
+@contextlib.contextmanager
+def serving(text: str, tmp_path: Path) -> Iterator[ProxyThread]:
+    """A proxy on `text`, written to a file for its reloads."""
     path = tmp_path / "proxy.yaml"
     path.write_text(text)
     proxy = ProxyThread(text, str(path)).start()
     try:
-        yield proxy, port
+        yield proxy
     finally:
         proxy.stop()
+
+
+@pytest.fixture
+def guarded(server: RedisServer, tmp_path: Path) -> Iterator[tuple[ProxyThread, int]]:
+    port = free_port()
+    with serving(admin_config(server, f"127.0.0.1:{port}", f"token: {TOKEN}"), tmp_path) as p:
+        yield p, port
 
 
 def http(
@@ -103,10 +110,7 @@ def test_token_required_for_get(server: RedisServer) -> None:
 def test_cross_origin_requests_are_refused(server: RedisServer, tmp_path: Path) -> None:
     port = free_port()
     text = simple_config([server.addr], 0, port)  # no token: loopback, as today
-    path = tmp_path / "proxy.yaml"
-    path.write_text(text)
-    proxy = ProxyThread(text, str(path)).start()
-    try:
+    with serving(text, tmp_path) as proxy:
         # What a browser page elsewhere sends: a "simple" text/plain POST, no preflight.
         evil = {"Origin": "http://evil.example", "Content-Type": "text/plain"}
         status, body = http(port, "/reload", "POST", evil)
@@ -118,8 +122,6 @@ def test_cross_origin_requests_are_refused(server: RedisServer, tmp_path: Path) 
         for origin in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
             assert http(port, "/status", headers={"Origin": origin})[0] == 200
         assert http(port, "/reload", "POST")[0] == 200  # no Origin: curl, the CLI
-    finally:
-        proxy.stop()
 
 
 def test_origin_is_checked_before_the_token(guarded: tuple[ProxyThread, int]) -> None:
@@ -157,17 +159,13 @@ def test_a_reload_that_drops_the_token_of_a_public_admin_is_refused(
 ) -> None:
     port = free_port()
     text = admin_config(server, f"0.0.0.0:{port}", f"token: {TOKEN}")
-    path = tmp_path / "proxy.yaml"
-    path.write_text(text)
-    proxy = ProxyThread(text, str(path)).start()
-    try:
-        path.write_text(text.replace(f", token: {TOKEN}", ""))
+    with serving(text, tmp_path) as proxy:
+        assert proxy.path is not None
+        Path(proxy.path).write_text(text.replace(f", token: {TOKEN}", ""))
         status, body = http(port, "/reload", "POST", bearer(TOKEN))
         assert status == 400
         assert "admin.token: required" in json.loads(body)["message"]
         assert http(port, "/reload", "POST")[0] == 401  # the old token still guards it
-    finally:
-        proxy.stop()
 
 
 def test_a_reload_changes_the_token(guarded: tuple[ProxyThread, int]) -> None:
