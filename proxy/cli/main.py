@@ -203,6 +203,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
         log_format = args.log_format or config.log_format
         setup_logging(log_format, args.log_level or config.log_level)
+        if config.client.users and config.client.password is None:
+            log.warning(
+                "client.users is set but client.password is not: every client is the default"
+                " user, allowed everything, until it AUTHs as another user"
+            )
         if local is not None:
             ports = ", ".join(str(p) for p in local.ports)
             log.info("embedded backends: redis-server on 127.0.0.1 ports %s", ports)
