@@ -64,7 +64,7 @@ def is_loopback(host: str) -> bool:
 def _user_name(r: Reader, path: str, value: object) -> str:
     name = r.text(path, value) or ""
     if not re.fullmatch(r"[^\s<>~&@+\-#%][^\s]*", name):
-        r.fail(path, f"must be a non-empty name without spaces, got {name!r}")
+        r.fail(path, f"must be a name without spaces, not starting with <>~&@+-#%, got {name!r}")
     elif name == "default":
         r.fail(path, "the default user is client.password's: name this user otherwise")
     return name

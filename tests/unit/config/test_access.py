@@ -10,6 +10,7 @@ import pytest
 from proxy.config.schema import Address, AdminAuth, ProxyConfig, UserConfig, parse_config
 from proxy.errors import ConfigError
 
+BAD_NAME = "must be a name without spaces, not starting with <>~&@+-#%"
 POOL = "pools: {p: {servers: ['127.0.0.1:7001']}}\n"
 
 
@@ -102,16 +103,18 @@ def test_bad_users_are_reported_with_their_paths() -> None:
         "    - {name: f, password: x}\n"
         "    - {name: f, password: x, rules: y}\n"
         "    - {password: x}\n"
+        "    - {name: '+x', password: x}\n"
     )
     assert found == [
         "client.users[0].name: the default user is client.password's: name this user otherwise",
-        "client.users[1].name: must be a non-empty name without spaces, got 'a b'",
+        f"client.users[1].name: {BAD_NAME}, got 'a b'",
         "client.users[2]: give exactly one of password and password_sha256",
         "client.users[3]: give exactly one of password and password_sha256",
         "client.users[4].password_sha256: must be 64 hex digits (sha256sum of the password)",
         "client.users[6].rules: unknown key",
         "client.users[6].name: duplicate user 'f'",
         "client.users[7].name: required",
+        f"client.users[8].name: {BAD_NAME}, got '+x'",
     ]
 
 
