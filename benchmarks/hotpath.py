@@ -1,6 +1,7 @@
 """The proxy's whole per-request Python path, without sockets: CPU µs per request.
 
-    python benchmarks/hotpath.py [--requests N] [--repeat R] [--hash NAME] [--acl-user KEYS]
+    python benchmarks/hotpath.py [--requests N] [--repeat R] [--hash NAME] [--db N] [--routes N]
+        [--acl-user KEYS]
 
 A real ClientConnection, RouteTable, Backend and BackendConnection (the same objects `serve` uses)
 over in-memory transports: each round feeds a client read of `depth` GET requests (or SET 64 B),
@@ -8,9 +9,10 @@ runs the event loop once so the backend write is flushed, feeds the three backen
 lets the client write its replies. What is left out is only the kernel and uvloop's own socket
 work, so the figure is the part of the proxy's cost that Python code decides, and it is steady
 on a noisy machine (best of --repeat). `run.py` measures the whole thing against nutcracker.
-`--acl-user KEYS`: the clients are an ACL user (client.users) without @dangerous and @admin:
-with `~*` they keep the fast path, with key patterns (`~key:*`) each request is checked in
-dispatch.
+--db N: the clients SELECTed db N (their backend connections are those of db N's lane).
+--acl-user KEYS: the clients are an ACL user (client.users) of '+@all -@dangerous -@admin' and
+the key rules KEYS: with `~*` they keep the fast path, with key patterns (`~key:*`) it is taken
+once each request's key matches.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ if __package__ in (None, ""):  # run as a script: make `proxy` importable from t
 import uvloop
 
 from proxy.codec.resp import encode_request
+from proxy.commands.clients import ClientRow
+from proxy.commands.local import lane_for
 from proxy.commands.users import compile_users
 from proxy.config.schema import parse_config
 from proxy.net.backend import Backend
@@ -81,7 +85,7 @@ class MemoryTransport(asyncio.Transport):
 class Host:
     """The ClientHost a ProxyServer would be, minus the listener."""
 
-    def __init__(self, hash_name: str, acl_keys: str = "~*") -> None:
+    def __init__(self, hash_name: str, routes: int = 0, acl_keys: str = "~*") -> None:
         text = (
             "listen: 127.0.0.1:1\nbackend:\n  connections: 1\n"
             f"client:\n  users: [{ACL_USER % acl_keys}]\npools:\n  bench:\n"
@@ -89,11 +93,18 @@ class Host:
             "      - 127.0.0.1:7001:1 r1\n      - 127.0.0.1:7002:1 r2\n"
             "      - 127.0.0.1:7003:1 r3\n"
         )
+        if routes:  # prefix routes no benchmark key matches (the common case), of varied lengths
+            text += "  queues: {servers: ['127.0.0.1:7004']}\nroute: bench\nroutes:\n"
+            text += "".join(
+                f"  - {{prefix: 'q{i}:{'x' * (i % 3)}', pool: queues}}\n" for i in range(routes)
+            )
         config = parse_config(text)
         self.client_config = config.client
         self.users = compile_users(config.client)
         self.max_clients = config.client.max_connections
         self.allow_flush = False
+        self.allow_config_set: tuple[str, ...] = ()
+        self.databases = config.databases
         self.slowlog_ms = 0.0
         self.clients: set[ClientConnection] = set()
         self.metrics = ProxyMetrics()
@@ -109,14 +120,27 @@ class Host:
     def info_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
         return []
 
+    def client_rows(self) -> list[ClientRow]:
+        return []
 
-def connect_backend(backend: Backend) -> tuple[BackendConnection, MemoryTransport]:
-    """A ready RESP2 connection on an in-memory transport (handshake answered)."""
-    conn = BackendConnection(backend, 2)
+    def client_row(self, client_id: int) -> ClientRow | None:
+        return None
+
+    def kill_client(self, client_id: int) -> None:
+        pass
+
+    def unblock_client(self, client_id: int, error: bool) -> bool:
+        return False
+
+
+def connect_backend(backend: Backend, db: int) -> tuple[BackendConnection, MemoryTransport]:
+    """A ready RESP2 connection to db `db` on an in-memory transport (handshake answered)."""
+    lane = lane_for(2, db)
+    conn = BackendConnection(backend, lane)
     transport = MemoryTransport()
     conn.connection_made(transport)
-    conn.data_received(b"+OK\r\n")  # CLIENT SETNAME
-    backend._conns[2][0] = conn  # a benchmark wiring what Backend._connect would
+    conn.data_received(b"+OK\r\n" * (2 if db else 1))  # SELECT, CLIENT SETNAME
+    backend._conns[lane] = [conn]  # a benchmark wiring what Backend._connect would
     return conn, transport
 
 
@@ -125,16 +149,24 @@ def reply_for(request: list[bytes]) -> bytes:
 
 
 async def measure(
-    command: bytes, depth: int, fan_in: int, total: int, hash_name: str, acl_keys: str | None
+    command: bytes,
+    depth: int,
+    fan_in: int,
+    total: int,
+    hash_name: str,
+    db: int = 0,
+    routes: int = 0,
+    acl_keys: str | None = None,
 ) -> float:
     """CPU µs per request: rounds of `fan_in` client reads of `depth` requests each, one loop
     iteration (the backends' coalesced writes), one read of replies per backend."""
-    host = Host(hash_name, acl_keys or "~*")
-    conns = [connect_backend(b) for b in host.routes.route_backends]
+    host = Host(hash_name, routes, acl_keys or "~*")
+    conns = [connect_backend(b, db) for b in host.routes.route_backends]
     clients = []
     for _ in range(fan_in):
         client = ClientConnection(host)
         client.connection_made(MemoryTransport())
+        client.session.set_db(db)  # as its SELECT would
         if acl_keys is not None:
             user = host.users.get("bench")
             assert user is not None
@@ -181,19 +213,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--hash", default="crc32a")
-    parser.add_argument(
-        "--acl-user",
-        metavar="KEYS",
-        help="clients as an ACL user of '+@all -@dangerous -@admin' and these key rules"
-        " ('~*': the fast path; '~key:*': checked in dispatch)",
-    )
+    parser.add_argument("--db", type=int, default=0)
+    parser.add_argument("--routes", type=int, default=0, help="prefix routes in the config")
+    parser.add_argument("--acl-user", metavar="KEYS", help="clients as an ACL user (see above)")
     args = parser.parse_args(argv)
     who = f"an ACL user with keys {args.acl_user}" if args.acl_user else "the default user"
-    print(f"hash {args.hash}; clients as {who}; CPU µs per request, best of {args.repeat}")
+    print(
+        f"hash {args.hash}, db {args.db}, {args.routes} prefix routes, clients as {who}; "
+        f"CPU µs per request, best of {args.repeat}"
+    )
     for command in (b"GET", b"SET"):
         for depth, fan_in in CASES:
             best = min(
-                uvloop.run(measure(command, depth, fan_in, args.requests, args.hash, args.acl_user))
+                uvloop.run(
+                    measure(
+                        command,
+                        depth,
+                        fan_in,
+                        args.requests,
+                        args.hash,
+                        args.db,
+                        args.routes,
+                        args.acl_user,
+                    )
+                )
                 for _ in range(args.repeat)
             )
             label = f"{command.decode()} -P {depth}, {fan_in} client reads per loop iteration"

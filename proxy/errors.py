@@ -154,9 +154,35 @@ def invalid_client_name() -> bytes:
     return _err("ERR Client names cannot contain spaces, newlines or special characters.")
 
 
-def invalid_client_info(attr: str) -> bytes:
-    """CLIENT SETINFO with a lib-name or lib-ver Redis would refuse."""
-    return _err(f"ERR {attr} cannot contain spaces, newlines or special characters.")
+def config_set_not_allowed(name: str) -> bytes:
+    return _err(
+        f"ERR CONFIG SET of '{name}' is not allowed through shardproxy; the operator may allow "
+        "it with allow_config_set in the proxy config"
+    )
+
+
+def not_allowed_in_multi() -> bytes:
+    return _err("ERR Command not allowed inside a transaction")
+
+
+def unblock_reason() -> bytes:
+    return _err("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR")
+
+
+def unknown_client_type(name: bytes) -> bytes:
+    return _err_bytes(b"ERR Unknown client type '%s'" % name)
+
+
+def invalid_client_id() -> bytes:
+    return _err("ERR Invalid client ID")
+
+
+def client_id_not_positive() -> bytes:
+    return _err("ERR client-id should be greater than 0")
+
+
+def no_such_client() -> bytes:
+    return _err("ERR No such client")
 
 
 def unrecognized_option(option: bytes) -> bytes:
@@ -164,11 +190,43 @@ def unrecognized_option(option: bytes) -> bytes:
 
 
 def select_db() -> bytes:
-    return _err("ERR DB index is out of range (shardproxy serves db 0 only)")
+    return _err("ERR DB index is out of range")
+
+
+def too_few_databases(wanted: int, short: list[tuple[str, int]]) -> str:
+    """At start: backends with fewer databases than the config's `databases`."""
+    found = ", ".join(f"{addr} has {n}" for addr, n in short)
+    return (
+        f"databases: {wanted} in the config, but {found}; lower `databases` or raise the "
+        "backends' own `databases` setting"
+    )
+
+
+def select_while_watching() -> bytes:
+    return _err(
+        "ERR SELECT while WATCHing is not supported by shardproxy (the watched keys stay in "
+        "the database they were watched in); UNWATCH or EXEC first"
+    )
+
+
+def copy_db() -> bytes:
+    return _err("ERR COPY ... DB is not supported by shardproxy; SELECT the database instead")
+
+
+def swapdb() -> bytes:
+    return _err(
+        "ERR SWAPDB is not allowed through shardproxy: the databases are spread over many "
+        "backends and cannot be swapped atomically"
+    )
 
 
 def syntax_error() -> bytes:
     return _err("ERR syntax error")
+
+
+def not_int_range(low: int, high: int) -> bytes:
+    """Redis's error for an integer argument outside a C int (getRangeLongFromObjectOrReply)."""
+    return _err(f"ERR value is out of range, value must between {low} and {high}")
 
 
 def not_integer() -> bytes:

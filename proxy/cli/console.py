@@ -21,6 +21,7 @@ from proxy.jobs.executor import NO_FENCE, Executor, open_backends
 from proxy.jobs.forecast import render_plan, sample_keys
 from proxy.jobs.verify import Verifier, VerifyReport
 from proxy.migration.phases import RULES, ActiveMigration, active_migration, gate_reason
+from proxy.routing.prefix import pool_matcher
 from proxy.routing.topology import PoolTopology, build_pool
 
 __all__ = ["run_backfill", "run_cleanup", "run_plan", "run_verify"]
@@ -140,6 +141,7 @@ def run_verify(config: ProxyConfig, repair: bool) -> int:
             m.source,
             m.target,
             ttl_tolerance_ms=m.settings.verify_ttl_tolerance_ms,
+            claims=m.moves,
             repair=repair,
             authority=authority,
             scan_count=m.settings.backfill.scan_count,
@@ -162,12 +164,13 @@ def run_verify(config: ProxyConfig, repair: bool) -> int:
 
 
 def run_cleanup(config: ProxyConfig, dry_run: bool, from_pool: str | None) -> int:
-    pool = _cleanup_pool(config, from_pool)
-    if isinstance(pool, str):
-        return _refuse("cleanup", pool)
+    found = _cleanup_pool(config, from_pool)
+    if isinstance(found, str):
+        return _refuse("cleanup", found)
+    pool, claims = found
 
     async def job(ex: Executor) -> dict[str, int]:
-        return await cleanup_pool(ex, pool, dry_run=dry_run)
+        return await cleanup_pool(ex, pool, dry_run=dry_run, claims=claims)
 
     counts = _run_jobs(config, job)
     names = _names(config)
@@ -177,8 +180,11 @@ def run_cleanup(config: ProxyConfig, dry_run: bool, from_pool: str | None) -> in
     return 0
 
 
-def _cleanup_pool(config: ProxyConfig, from_pool: str | None) -> PoolTopology | str:
-    """The pool to clean up, or why cleanup is refused."""
+def _cleanup_pool(
+    config: ProxyConfig, from_pool: str | None
+) -> tuple[PoolTopology, Callable[[bytes], bool]] | str:
+    """The pool to clean up and which keys are its (by prefix routes), or why it is refused."""
+    pool_of = pool_matcher(config.route, [(r.prefix.encode(), r.pool) for r in config.routes])
     migration = config.migration
     if migration is not None:
         if migration.phase != "retire":
@@ -186,9 +192,11 @@ def _cleanup_pool(config: ProxyConfig, from_pool: str | None) -> PoolTopology | 
                 f"refused in phase {migration.phase}: keys not owned by a target server may"
                 " still be the only copy read; run it in phase retire"
             )
-        if from_pool is not None and from_pool != config.route:
-            return f"--from-pool {from_pool} is not this migration's source ({config.route})"
-        return build_pool(config.pool(migration.to))
+        source = config.migration_source
+        if from_pool is not None and from_pool != source:
+            return f"--from-pool {from_pool} is not this migration's source ({source})"
+        ours = (source, migration.to)  # the source's keys now live on the target, as its own
+        return build_pool(config.pool(migration.to)), lambda key: pool_of(key) in ours
     if from_pool is None:
         return (
             "the config has no migration block; name the pool the keys came from with"
@@ -196,4 +204,4 @@ def _cleanup_pool(config: ProxyConfig, from_pool: str | None) -> PoolTopology | 
         )
     if from_pool not in config.pools or from_pool == config.route:
         return f"--from-pool must name another pool of the config, got {from_pool!r}"
-    return build_pool(config.pool(config.route))
+    return build_pool(config.pool(config.route)), lambda key: pool_of(key) == config.route

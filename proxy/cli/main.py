@@ -234,6 +234,7 @@ def _run(config: ProxyConfig, text: str, path: str | None, watch: bool, workers:
     import uvloop
 
     from proxy.server.aclcheck import AclCheckError
+    from proxy.server.dbcheck import DatabasesError
     from proxy.server.server import ProxyServer
 
     async def serve() -> None:
@@ -249,7 +250,7 @@ def _run(config: ProxyConfig, text: str, path: str | None, watch: bool, workers:
     except OSError as exc:
         print(f"shardproxy: cannot serve: {exc}", file=sys.stderr)
         return 1
-    except AclCheckError as exc:
+    except (AclCheckError, DatabasesError) as exc:
         print(f"shardproxy: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -262,6 +263,7 @@ def _run_workers(
     import uvloop
 
     from proxy.server.aclcheck import AclCheckError
+    from proxy.server.dbcheck import DatabasesError
     from proxy.workers.supervisor import Supervisor
 
     async def supervise() -> int:
@@ -278,7 +280,7 @@ def _run_workers(
 
     try:
         return uvloop.run(supervise())
-    except AclCheckError as exc:  # checked once, before any worker starts
+    except (AclCheckError, DatabasesError) as exc:  # checked once, before any worker starts
         print(f"shardproxy: {exc}", file=sys.stderr)
         return 1
 
@@ -292,8 +294,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"config {args.config}: ok")
     print(f"listen {config.listen}  admin {config.admin or 'off'}  workers {config.workers}")
     migration = config.migration
-    phase = f"{migration.phase} -> pool {migration.to}" if migration else "none"
+    if migration:
+        phase = f"{migration.phase}, pool {config.migration_source} -> pool {migration.to}"
+    else:
+        phase = "none"
     print(f"route pool: {config.route}   migration: {phase}")
+    if config.routes:
+        print(f"prefix routes (longest prefix wins; every other key -> pool {config.route}):")
+        width = max(len(repr(r.prefix)) for r in config.routes)
+        for r in config.routes:
+            follows = "  (follows the migration)" if r.pool == config.migration_source else ""
+            print(f"  {r.prefix!r:<{width}} -> pool {r.pool}{follows}")
     for pool in describe(config)["pools"]:
         print(f"\npool {pool['name']}: hash {pool['hash']}, {pool['distribution']}, ", end="")
         print(f"hash_tag {pool['hash_tag']!r}")
@@ -314,7 +325,7 @@ def cmd_acl(args: argparse.Namespace) -> int:
         print(f"shardproxy acl: --user {user!r} is not a usable ACL user name", file=sys.stderr)
         return 2
     config = load_config(args.config)
-    rules = build_rules(config.allow_flush)
+    rules = build_rules(config.allow_flush, bool(config.allow_config_set))
     if args.json:
         out: dict[str, Any] = {"rules": list(rules.rules()), "allowed": list(rules.allowed)}
         out |= {"denied": list(rules.denied), "allow_flush": config.allow_flush}
@@ -347,7 +358,9 @@ def describe(config: ProxyConfig) -> dict[str, Any]:
         "workers": config.workers,
         "route": config.route,
         "phase": migration.phase if migration else None,
+        "migration_from": config.migration_source,
         "migration_to": migration.to if migration else None,
+        "routes": [{"prefix": r.prefix, "pool": r.pool} for r in config.routes],
         "pools": pools,
     }
 

@@ -3,7 +3,7 @@
 Scripts (EVAL, FCALL) run commands inside Redis, where the proxy's deny list never sees them, so
 the backends must refuse them themselves. The rules allow everything (`+@all`) but @admin and
 @dangerous, give back the few of those the proxy forwards or sends itself (RESTORE, KEYS, INFO,
-SORT...), and deny every other command the proxy refuses clients (MOVE, MIGRATE, SWAPDB, FLUSH*
+SORT...), and deny every other command the proxy refuses clients (MIGRATE, SWAPDB, FLUSH*
 unless `allow_flush`...). The same sets give the probes of the startup and reload check.
 """
 
@@ -32,14 +32,20 @@ PROXY_SENDS = frozenset(
         "hgetall", "smembers", "zrange", "xrange",
     }
 )  # fmt: skip
-# Denied to clients today but kept: SELECT (databases), SCRIPT KILL and FUNCTION KILL (to be
-# forwarded; they stop a runaway script and are no escape).
+# Kept: SELECT (the handshake of a database's backend connections), SCRIPT KILL and FUNCTION
+# KILL (to be forwarded; they stop a runaway script and are no escape).
 KEPT = frozenset({"select", "script|kill", "function|kill"})
 # Always named in the rules, even where a category already denies them: the escapes reported.
-NAMED_DENIALS = ("migrate", "move", "swapdb")
+NAMED_DENIALS = ("migrate", "swapdb")
+# Forwarded for clients but never needed by the proxy itself: a backend user without them is not
+# a fault the check reports (the client then gets the backend's NOPERM).
+OPTIONAL = frozenset(
+    {"config|get", "config|set", "function|load", "function|delete", "function|restore",
+     "function|dump", "function|list"}
+)  # fmt: skip
 # The check's probes that must be refused (besides FLUSH* without allow_flush).
 MUST_DENY = (
-    "migrate", "move", "swapdb", "config|set", "config|get", "debug", "shutdown",
+    "migrate", "swapdb", "config|set", "debug", "shutdown",
     "replicaof", "module|load", "acl|setuser", "bgsave",
 )  # fmt: skip
 
@@ -74,21 +80,24 @@ def _is_denied_by_category(name: str) -> bool:
     return any(c in DENIED_CATEGORIES for c in CATEGORIES.get(name, ()))
 
 
-def proxy_needs(allow_flush: bool) -> frozenset[str]:
-    """Every command the proxy forwards or sends itself, under this config."""
+def proxy_needs(allow_flush: bool, config_set: bool = False) -> frozenset[str]:
+    """Every command the proxy forwards or sends itself, under this config (`config_set`:
+    allow_config_set names parameters)."""
     forwarded = {s.name for s in all_specs() if s.kind not in (Kind.DENIED, Kind.LOCAL)}
     if not allow_flush:
         forwarded -= FLUSH
+    if not config_set:
+        forwarded.discard("config|set")
     return frozenset((forwarded | PROXY_SENDS | KEPT) & _leaves())
 
 
-def proxy_refuses(allow_flush: bool) -> frozenset[str]:
+def proxy_refuses(allow_flush: bool, config_set: bool = False) -> frozenset[str]:
     """Every command the backend user must be refused, under this config."""
     denied = {s.name for s in all_specs() if s.kind is Kind.DENIED}
     denied |= {name for name in _leaves() if _is_denied_by_category(name)}
     if not allow_flush:
         denied |= FLUSH
-    return frozenset((denied & _leaves()) - proxy_needs(allow_flush))
+    return frozenset((denied & _leaves()) - proxy_needs(allow_flush, config_set))
 
 
 def _containers_refused(refused: frozenset[str]) -> set[str]:
@@ -101,13 +110,14 @@ def _containers_refused(refused: frozenset[str]) -> set[str]:
     return {c for c, names in subs.items() if names <= refused}
 
 
-def build_rules(allow_flush: bool) -> AclRules:
+def build_rules(allow_flush: bool, config_set: bool = False) -> AclRules:
     """The backend user's rules for a proxy with this `allow_flush`.
 
     Denials a category already makes are not repeated, except NAMED_DENIALS and FLUSH*; nor
     are HELP subcommands (harmless, and a third of the line)."""
-    refused = proxy_refuses(allow_flush)
-    allowed = sorted(n for n in proxy_needs(allow_flush) if _is_denied_by_category(n))
+    refused = proxy_refuses(allow_flush, config_set)
+    needs = proxy_needs(allow_flush, config_set)
+    allowed = sorted(n for n in needs if _is_denied_by_category(n))
     whole = _containers_refused(refused)
     named = set(NAMED_DENIALS) | (set() if allow_flush else FLUSH)
     denied = {c for c in whole if not all(map(_is_denied_by_category, _subs(c)))} | named
@@ -141,9 +151,12 @@ class AclProbes:
         return (*self.must_deny, *self.must_allow)
 
 
-def build_probes(allow_flush: bool) -> AclProbes:
+def build_probes(allow_flush: bool, config_set: bool = False) -> AclProbes:
     deny = [*MUST_DENY, *([] if allow_flush else sorted(FLUSH))]
-    allow = sorted(proxy_needs(allow_flush) - {"auth", "hello"})  # always allowed
+    if config_set:
+        deny.remove("config|set")
+    needs = proxy_needs(allow_flush, config_set)
+    allow = sorted(needs - {"auth", "hello"} - OPTIONAL)  # auth, hello: always allowed
     return AclProbes(must_deny=tuple(deny), must_allow=tuple(allow))
 
 

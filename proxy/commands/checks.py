@@ -11,9 +11,14 @@ from __future__ import annotations
 from typing import Final
 
 from proxy import errors
+from proxy.codec.request import strict_int
 from proxy.commands.spec import CommandSpec, Kind
 
 RESERVED_PREFIX: Final = b"__shardproxy:"
+INT_MIN, INT_MAX = -(1 << 31), (1 << 31) - 1  # a C int's range
+LLONG_MIN, LLONG_MAX = -(1 << 63), (1 << 63) - 1  # a C long long's range
+# Commands with a database argument, by its index: checked against the config's `databases`.
+DB_ARGUMENT: Final = {"move": 2}
 
 
 def is_reserved(key: bytes) -> bool:
@@ -51,7 +56,7 @@ def _cross_database_option(spec: CommandSpec, args: list[bytes]) -> bytes | None
     name = spec.name
     if name == "copy":
         if any(a.upper() == b"DB" for a in args[3:]):
-            return errors.select_db()
+            return errors.copy_db()
     elif name in ("sort", "sort_ro"):
         upper = [a.upper() for a in args[2:]]
         for i, word in enumerate(upper[:-1]):
@@ -61,6 +66,26 @@ def _cross_database_option(spec: CommandSpec, args: list[bytes]) -> bytes | None
             ):
                 return errors.sort_pattern()
     return None
+
+
+def db_index(text: bytes, databases: int) -> int | bytes:
+    """A SELECT or MOVE database argument: its index, or Redis's error for it."""
+    db = strict_int(text)
+    if db is None or not LLONG_MIN <= db <= LLONG_MAX:  # Redis reads a long long,
+        return errors.not_integer()
+    if not INT_MIN <= db <= INT_MAX:  # then checks it fits a C int
+        return errors.not_int_range(INT_MIN, INT_MAX)
+    return db if 0 <= db < databases else errors.select_db()
+
+
+def db_argument_refusal(spec: CommandSpec, args: list[bytes], databases: int) -> bytes | None:
+    """MOVE key db: Redis's error for a db argument out of 0..databases-1, or None. (Its two
+    databases are on the key's backend, where its routing sends it.)"""
+    index = DB_ARGUMENT.get(spec.name)
+    if index is None or index >= len(args):
+        return None
+    db = db_index(args[index], databases)
+    return db if isinstance(db, bytes) else None
 
 
 def has_block_option(spec: CommandSpec, args: list[bytes]) -> bool:

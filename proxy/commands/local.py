@@ -16,9 +16,31 @@ from typing import Protocol
 
 from proxy import __version__, errors
 from proxy.codec.resp import OK, PONG, encode_bulk, encode_int, encode_map_raw, encode_simple
+from proxy.commands.checks import db_index
+from proxy.commands.clients import (
+    ClientRow,
+    client_info,
+    client_kill,
+    client_list,
+    client_unblock,
+)
 from proxy.commands.spec import CommandSpec
 from proxy.commands.table import REDIS_VERSION  # whose command table the proxy serves
 from proxy.commands.users import User, Users
+
+
+def lane_for(proto: int, db: int) -> int:
+    """The key of a backend's shared connections: a RESP version (2 or 3) and a database.
+    A db 0 lane is the protocol version itself, so db 0 costs nothing (net/backend.py)."""
+    return proto | db << 2
+
+
+def proto_of(lane: int) -> int:
+    return lane & 3
+
+
+def db_of(lane: int) -> int:
+    return lane >> 2
 
 
 @dataclass
@@ -30,6 +52,8 @@ class Session:
     users: Users  # of the config in use (rebind swaps them on reload)
     user: User = field(init=False)  # who the client is: `default` until AUTH names another
     proto: int = 2
+    db: int = 0  # SELECTed
+    lane: int = 2  # lane_for(proto, db): the backend connections its requests use
     authed: bool = False
     # Inside MULTI, or pinned by WATCH: every request goes to net/transaction.py (dispatch).
     in_tx: bool = False
@@ -42,9 +66,8 @@ class Session:
     # (net/client.py's _process checks User.key_ok; a key refused goes to dispatch: NOPERM).
     keyed: bool = False
     name: bytes | None = None
-    lib_name: bytes | None = None
-    lib_ver: bytes | None = None
     closing: bool = False  # QUIT: close once the replies before it are written
+    reply_mode: bytes = b"on"  # CLIENT REPLY: on, off, skip (the next command's reply)
     created: float = field(default_factory=time.monotonic)
     # Called when `user` or its rules change (AUTH, RESET, a reload): the client forgets what
     # its fast path learnt of command names under the old rules.
@@ -62,6 +85,14 @@ class Session:
         self.user = user
         if self.on_user_change is not None:
             self.on_user_change()
+
+    def set_proto(self, proto: int) -> None:
+        self.proto = proto
+        self.lane = lane_for(proto, self.db)
+
+    def set_db(self, db: int) -> None:
+        self.db = db
+        self.lane = lane_for(self.proto, db)
 
     def set_authed(self, authed: bool) -> None:
         self.authed = authed
@@ -90,15 +121,35 @@ class Session:
         self._update_direct()
 
     def _update_direct(self) -> None:
-        plain = self.authed and not self.in_tx and not self.subscribed
+        plain = self.authed and not self.in_tx and not self.subscribed and self.reply_mode == b"on"
         self.direct = plain and self.user.all_keys
         self.keyed = plain and not self.user.all_keys
+
+    def set_reply_mode(self, mode: bytes) -> None:
+        self.reply_mode = mode
+        self._update_direct()
 
 
 class ServerView(Protocol):
     """What INFO and HELLO may tell about the running proxy."""
 
+    databases: int  # the config's `databases`: SELECT takes 0..databases-1
+
     def info_sections(self) -> list[tuple[str, list[tuple[str, str]]]]: ...
+
+    def client_rows(self) -> list[ClientRow]:
+        """The proxy's clients (this process's), for CLIENT LIST and KILL."""
+        ...
+
+    def client_row(self, client_id: int) -> ClientRow | None: ...
+
+    def kill_client(self, client_id: int) -> None:
+        """Close that client's connection now (CLIENT KILL)."""
+        ...
+
+    def unblock_client(self, client_id: int, error: bool) -> bool:
+        """End that client's blocking call (CLIENT UNBLOCK); False if it is not blocked."""
+        ...
 
 
 Handler = Callable[[list[bytes], Session, ServerView], bytes]
@@ -129,11 +180,11 @@ def _quit(args: list[bytes], session: Session, view: ServerView) -> bytes:
 
 
 def _select(args: list[bytes], session: Session, view: ServerView) -> bytes:
-    try:
-        db = int(args[1])
-    except ValueError:
-        return errors.not_integer()
-    return OK if db == 0 else errors.select_db()
+    db = db_index(args[1], view.databases)
+    if isinstance(db, bytes):
+        return db
+    session.set_db(db)
+    return OK
 
 
 def check_password(session: Session, user: bytes | None, password: bytes) -> bytes | None:
@@ -187,7 +238,7 @@ def _hello(args: list[bytes], session: Session, view: ServerView) -> bytes:
         if _bad_name(name):
             return errors.invalid_client_name()
         session.name = name or None
-    session.proto = proto
+    session.set_proto(proto)
     resp3 = proto == 3
     fields = [
         (b"server", encode_bulk(b"redis")),
@@ -220,37 +271,19 @@ def _client_id(args: list[bytes], session: Session, view: ServerView) -> bytes:
     return encode_int(session.client_id)
 
 
-def _client_setinfo(args: list[bytes], session: Session, view: ServerView) -> bytes:
-    attr = args[2].lower()
-    if attr == b"lib-name":
-        if _bad_name(args[3]):
-            return errors.invalid_client_info("lib-name")
-        session.lib_name = args[3]
-    elif attr == b"lib-ver":
-        if _bad_name(args[3]):
-            return errors.invalid_client_info("lib-ver")
-        session.lib_ver = args[3]
-    else:
-        return errors.unrecognized_option(args[2])
+def _client_reply(args: list[bytes], session: Session, view: ServerView) -> bytes:
+    """CLIENT REPLY ON|OFF|SKIP: the proxy drops the replies (net/dispatch.py)."""
+    mode = args[2].lower()
+    if mode not in (b"on", b"off", b"skip"):
+        return errors.syntax_error()
+    session.set_reply_mode(mode)
     return OK
 
 
-def client_info_line(session: Session) -> bytes:
-    age = int(time.monotonic() - session.created)
-    return (
-        f"id={session.client_id} addr={session.peer} name={(session.name or b'').decode()} "
-        f"age={age} db=0 resp={session.proto} "
-        f"lib-name={(session.lib_name or b'').decode()} "
-        f"lib-ver={(session.lib_ver or b'').decode()}\n"
-    ).encode()
-
-
-def _client_info(args: list[bytes], session: Session, view: ServerView) -> bytes:
-    return encode_bulk(client_info_line(session))
-
-
 def _reset(args: list[bytes], session: Session, view: ServerView) -> bytes:
-    session.proto = 2
+    session.set_reply_mode(b"on")
+    session.set_proto(2)
+    session.set_db(0)  # as Redis's RESET
     session.name = None
     session.reset_user()
     session.set_in_tx(False)  # the proxy's transaction state is reset by net/transaction
@@ -266,12 +299,6 @@ def _time(args: list[bytes], session: Session, view: ServerView) -> bytes:
     sec = int(now)
     usec = int((now - sec) * 1_000_000)
     return b"*2\r\n" + encode_bulk(b"%d" % sec) + encode_bulk(b"%d" % usec)
-
-
-def wants_keyspace(args: list[bytes]) -> bool:
-    """Does INFO with these arguments include the # Keyspace section (summed over backends)?"""
-    wanted = {a.lower() for a in args[1:]}
-    return not wanted or bool(wanted & {b"all", b"everything", b"default", b"keyspace"})
 
 
 def info_body(args: list[bytes], view: ServerView, keyspace: bytes = b"") -> bytes:
@@ -302,23 +329,36 @@ def _info(args: list[bytes], session: Session, view: ServerView) -> bytes:
     return encode_info(info_body(args, view), session.proto)
 
 
+def keyspace_dbs(text: bytes) -> dict[int, tuple[int, int, int]]:
+    """The `dbN:keys=..,expires=..,avg_ttl=..` lines of an `INFO keyspace` text, by db."""
+    dbs: dict[int, tuple[int, int, int]] = {}
+    for line in text.splitlines():
+        head, _, rest = line.partition(b":")
+        if not (head.startswith(b"db") and head[2:].isdigit() and rest):
+            continue
+        fields = dict(f.split(b"=", 1) for f in rest.split(b",") if b"=" in f)
+        values = [fields.get(name, b"0") for name in (b"keys", b"expires", b"avg_ttl")]
+        if all(v.isdigit() for v in values):
+            dbs[int(head[2:])] = (int(values[0]), int(values[1]), int(values[2]))
+    return dbs
+
+
 def sum_keyspace(replies: list[bytes]) -> bytes:
-    """`# Keyspace` summed over the backends' `INFO keyspace` texts (db0 only: the proxy's db)."""
-    keys = expires = 0
-    ttl_weighted = 0
+    """`# Keyspace` summed per db over the backends' `INFO keyspace` texts, as Redis lists it:
+    every db that has keys, whichever the client selected."""
+    totals: dict[int, list[int]] = {}
     for raw in replies:
-        for line in raw.splitlines():
-            if not line.startswith(b"db0:"):
-                continue
-            fields = dict(f.split(b"=", 1) for f in line[4:].split(b",") if b"=" in f)
-            k, e = int(fields.get(b"keys", 0)), int(fields.get(b"expires", 0))
-            keys += k
-            expires += e
-            ttl_weighted += int(fields.get(b"avg_ttl", 0)) * e
+        for db, (keys, expires, avg_ttl) in keyspace_dbs(raw).items():
+            total = totals.setdefault(db, [0, 0, 0])
+            total[0] += keys
+            total[1] += expires
+            total[2] += avg_ttl * expires  # weighted by the keys it is the average of
     out = b"# Keyspace\r\n"
-    if keys:
-        avg_ttl = ttl_weighted // expires if expires else 0
-        out += b"db0:keys=%d,expires=%d,avg_ttl=%d\r\n" % (keys, expires, avg_ttl)
+    for db in sorted(totals):
+        keys, expires, ttl_weighted = totals[db]
+        if keys:
+            avg_ttl = ttl_weighted // expires if expires else 0
+            out += b"db%d:keys=%d,expires=%d,avg_ttl=%d\r\n" % (db, keys, expires, avg_ttl)
     return out
 
 
@@ -344,8 +384,11 @@ _HANDLERS: dict[str, Handler] = {
     "client|setname": _client_setname,
     "client|getname": _client_getname,
     "client|id": _client_id,
-    "client|setinfo": _client_setinfo,
-    "client|info": _client_info,
+    "client|info": client_info,
+    "client|list": client_list,
+    "client|reply": _client_reply,
+    "client|unblock": client_unblock,
+    "client|kill": client_kill,
     "reset": _reset,
     "time": _time,
     "info": _info,

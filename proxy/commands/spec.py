@@ -39,6 +39,11 @@ class Merge(enum.Enum):
     FIRST = "first"  # SCRIPT LOAD: every backend answers the same, keep the first
     ALL = "all"  # SCRIPT EXISTS: per position, 1 only if every backend has it
     KILL = "kill"  # SCRIPT KILL, FUNCTION KILL: +OK if any backend stopped one, else its error
+    RANDOM = "random"  # RANDOMKEY: a key from a backend, chosen at random among those that have one
+    CONFIG = "config"  # CONFIG GET: every parameter once, the first backend's value
+    LIBRARIES = "libraries"  # FUNCTION LIST: every library once, by name
+    # FUNCTION LOAD/DELETE/RESTORE: all or nothing, by net/functions.py (never merged by a plan)
+    ATOMIC = "atomic"
 
 
 _SINGLE = Kind.SINGLE  # Enum attribute access is slow on 3.11 (benchmarks/README.md); per request
@@ -66,13 +71,23 @@ FANOUT_MERGES: Mapping[str, Merge] = {
     "flushdb": Merge.OK,
     "flushall": Merge.OK,
     "function|flush": Merge.OK,  # every backend's functions, like FLUSHALL its keys
+    "randomkey": Merge.RANDOM,
+    "config|get": Merge.CONFIG,  # read-only; secrets (requirepass ...) are never shown
+    "function|list": Merge.LIBRARIES,
+    "function|dump": Merge.FIRST,  # equal everywhere: LOAD/DELETE/RESTORE are all or nothing
+    "function|load": Merge.ATOMIC,
+    "function|delete": Merge.ATOMIC,
+    "function|restore": Merge.ATOMIC,
+    "config|set": Merge.ATOMIC,  # only parameters allow_config_set names
 }
 NEEDS_FLUSH_PERMISSION = frozenset({"flushdb", "flushall", "function|flush"})
 LOCAL = frozenset(
     {
         "ping", "echo", "quit", "select", "hello", "auth", "reset", "info",
         "time",  # the proxy's clock is a server clock like any backend's
-        "client|setname", "client|getname", "client|id", "client|info", "client|setinfo",
+        "client|setname", "client|getname", "client|id", "client|info",
+        "client|list", "client|kill",  # the proxy's own clients (commands/clients.py)
+        "client|reply", "client|unblock",
         "command", "command|count", "command|docs", "command|getkeys",
         "command|getkeysandflags", "command|help", "command|info", "command|list",
         "acl|whoami",  # the client's user is the proxy's (client.users), not the backend's
@@ -82,9 +97,10 @@ LOCAL = frozenset(
 TRANSACTION = frozenset({"multi", "exec", "discard", "watch", "unwatch"})
 # Blocking only with BLOCK: routed by their streams; the routing layer refuses BLOCK.
 SAME_BACKEND = frozenset({"xread", "xreadgroup"})
-# Keyed commands the default rule would route: other databases and cluster internals.
-# Keyless commands (FUNCTION *, WAIT, SWAPDB, RANDOMKEY, ...) are denied by the default rule.
-DENIED = frozenset({"move", "migrate", "restore-asking"})
+# Keyed commands the default rule would route: cluster internals. (MOVE is routed by its key:
+# its two databases are on the key's backend; its db argument is checked: commands/checks.py.)
+# Keyless commands (WAIT, SWAPDB, FUNCTION STATS, ...) are denied by the default rule.
+DENIED = frozenset({"migrate", "restore-asking"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,14 +202,7 @@ def build_specs(rows: Iterable[CommandRow]) -> list[CommandSpec]:
     return [build_spec(row) for row in rows]
 
 
-# Commands newer than the generated table that clients send on every connect: redis-py 8 sends
-# CLIENT SETINFO (Redis 7.2) and twemproxy's habit of closing such connections is what we avoid.
-EXTRA_ROWS: tuple[CommandRow, ...] = (
-    (
-        "client|setinfo", 4, ("loading", "noscript", "stale"), 0, 0, 0, (), "connection",
-        "Set client or connection specific info (answered by the proxy)",
-    ),
-)  # fmt: skip
+EXTRA_ROWS: tuple[CommandRow, ...] = ()  # none: CLIENT SETINFO is unknown to Redis 7.0.15
 _ALL: list[CommandSpec] = sorted(
     build_specs((*command_table.COMMANDS, *EXTRA_ROWS)), key=lambda s: s.name
 )

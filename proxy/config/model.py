@@ -23,6 +23,7 @@ LOG_FORMATS: Final[tuple[str, ...]] = ("text", "json")
 ACL_CHECKS: Final[tuple[str, ...]] = ("warn", "refuse", "off")
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
 MIB: Final = 1024 * 1024
+MAX_DATABASES: Final = 65536  # a config's `databases` at most (Redis sets none; lanes are lazy)
 MAX_WORKERS: Final = 64  # worker processes; more than cores only adds context switches
 
 
@@ -129,8 +130,16 @@ class BackfillConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """One prefix route: keys (and channels) starting with `prefix` belong to `pool`."""
+
+    prefix: str  # non-empty; matched against the whole key, before any hash tag
+    pool: str  # a pool name
+
+
+@dataclass(frozen=True, slots=True)
 class MigrationConfig:
-    to: str  # target pool; never the route pool
+    to: str  # target pool; never the source pool
     phase: Phase  # one of PHASES, never Phase.NONE
     force: bool = False  # allow backfill -> cut-read without a clean verify
     backfill: BackfillConfig = BackfillConfig()
@@ -138,6 +147,7 @@ class MigrationConfig:
     verify_ttl_tolerance_ms: int = 2000  # TTL difference the verifier accepts
     gate_secret: str | None = field(default=None, repr=False)  # HMAC key of the gate; see gate.py
     gate_sample_keys: int = 256  # moved keys re-compared at backfill -> cut-read
+    source: str | None = None  # YAML `from`: the pool being re-sharded; None: the route pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,16 +159,27 @@ class ProxyConfig:
     log_level: str  # one of LOG_LEVELS
     slowlog_ms: float  # log requests slower than this; 0 = off
     allow_flush: bool  # FLUSHDB / FLUSHALL fan out only when true
+    databases: int  # SELECT 0..databases-1, as Redis's `databases`; every backend has as many
     client: ClientConfig
     backend: BackendConfig
     pools: Mapping[str, PoolConfig]  # read-only, in file order
-    route: str  # the pool that owns the keyspace
+    route: str  # the default pool: owns every key that no prefix route claims
     migration: MigrationConfig | None
+    # CONFIG SET of parameters matching these globs fans out, all or nothing; () refuses it.
+    allow_config_set: tuple[str, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()  # prefix routes, in file order; longest prefix wins
     admin_auth: AdminAuth = AdminAuth()  # the admin port's token and its rules
 
     def __post_init__(self) -> None:
         if not isinstance(self.pools, MappingProxyType):
             object.__setattr__(self, "pools", MappingProxyType(dict(self.pools)))
+
+    @property
+    def migration_source(self) -> str | None:
+        """The pool a migration re-shards (migration.from, else the route pool); None: none."""
+        if self.migration is None:
+            return None
+        return self.migration.source or self.route
 
     def pool(self, name: str) -> PoolConfig:
         try:

@@ -26,6 +26,7 @@ from proxy.config.model import (
     HASH_NAMES,
     LOG_FORMATS,
     LOG_LEVELS,
+    MAX_DATABASES,
     MAX_WORKERS,
     PHASES,
     Address,
@@ -36,6 +37,7 @@ from proxy.config.model import (
     MigrationConfig,
     PoolConfig,
     ProxyConfig,
+    RouteConfig,
     ServerConfig,
     UserConfig,
 )
@@ -49,6 +51,7 @@ from proxy.config.reader import (
     parse_server,
     read_config_file,
 )
+from proxy.config.routes import read_routes
 from proxy.errors import ConfigError
 
 __all__ = [
@@ -59,6 +62,7 @@ __all__ = [
     "HASH_NAMES",
     "LOG_FORMATS",
     "LOG_LEVELS",
+    "MAX_DATABASES",
     "MAX_WORKERS",
     "PHASES",
     "Address",
@@ -70,6 +74,7 @@ __all__ = [
     "MigrationConfig",
     "PoolConfig",
     "ProxyConfig",
+    "RouteConfig",
     "ServerConfig",
     "UserConfig",
     "is_loopback",
@@ -127,6 +132,16 @@ def _bool(r: Reader, path: str, value: object, default: Any) -> Any:
     return r.boolean(path, value, default)
 
 
+def _globs(r: Reader, path: str, value: object, default: Any) -> Any:
+    """A list of glob patterns (lowercase, as Redis's config names)."""
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        r.fail(path, f"expected a list of non-empty strings, got {describe(value)}")
+        return default
+    return tuple(v.lower() for v in value)
+
+
 def _secret(r: Reader, path: str, value: object, default: Any) -> Any:
     return r.secret(path, value)
 
@@ -157,6 +172,8 @@ _TOP_RULES: Final[dict[str, _Rule]] = {
     "log_level": _one_of(*LOG_LEVELS),
     "slowlog_ms": _float(0),
     "allow_flush": _bool,
+    "allow_config_set": _globs,
+    "databases": _int(1, MAX_DATABASES),
 }
 _TOP_DEFAULTS: Final[dict[str, Any]] = {
     "listen": DEFAULT_LISTEN,
@@ -165,6 +182,8 @@ _TOP_DEFAULTS: Final[dict[str, Any]] = {
     "log_level": "info",
     "slowlog_ms": 0.0,
     "allow_flush": False,
+    "allow_config_set": (),
+    "databases": 16,
 }
 _CLIENT_RULES: Final[dict[str, _Rule]] = {
     "password": _secret,
@@ -240,7 +259,7 @@ def _read_section(
 
 
 def _read_config(r: Reader, raw: object) -> ProxyConfig:
-    sections = ("admin", "client", "backend", "pools", "route", "migration")
+    sections = ("admin", "client", "backend", "pools", "route", "routes", "migration")
     top = r.section("", raw, (*_TOP_RULES, *sections))
     values = _read_fields(r, "", top, _TOP_RULES, _TOP_DEFAULTS)
     listen = values["listen"]
@@ -262,6 +281,7 @@ def _read_config(r: Reader, raw: object) -> ProxyConfig:
         pools=MappingProxyType(pools),
         route=route,
         migration=_read_migration(r, top.get("migration"), route, names),
+        routes=read_routes(r, top.get("routes"), names),
     )
 
 
@@ -378,14 +398,18 @@ def _read_migration(
     if raw is None or not isinstance(raw, dict):
         r.mapping("migration", raw)  # reports a non-mapping
         return None
-    mapping = r.section("migration", raw, ("to", "phase", "backfill", *_MIGRATION_RULES))
-    to, phase = "", Phase.NONE
+    allowed = ("to", "from", "phase", "backfill", *_MIGRATION_RULES)
+    mapping = r.section("migration", raw, allowed)
+    to, phase, source = "", Phase.NONE, None
+    if mapping.get("from") is not None:
+        source = _read_pool_name(r, "migration.from", mapping["from"], pool_names) or None
     if "to" not in mapping:
         r.fail("migration.to", "required")
     else:
         to = _read_pool_name(r, "migration.to", mapping["to"], pool_names)
-        if to and to == route:
-            r.fail("migration.to", f"must name a pool other than route ({route!r})")
+        if to and to == (source or route):
+            what = "migration.from" if source else "route"
+            r.fail("migration.to", f"must name a pool other than {what} ({source or route!r})")
     if "phase" not in mapping:
         r.fail("migration.phase", "required")
     else:
@@ -394,4 +418,4 @@ def _read_migration(
         r, "migration.backfill", mapping.get("backfill"), _BACKFILL_RULES, BackfillConfig
     )
     values = _read_fields(r, "migration", mapping, _MIGRATION_RULES, _defaults_of(MigrationConfig))
-    return MigrationConfig(to=to, phase=phase, backfill=backfill, **values)
+    return MigrationConfig(to=to, phase=phase, backfill=backfill, source=source, **values)

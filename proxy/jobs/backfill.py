@@ -28,6 +28,7 @@ from proxy.jobs.executor import (
     RateLimiter,
     copy_key,
     gather_bounded,
+    keyed_dbs,
     open_backends,
     request,
     scan_keys,
@@ -64,7 +65,7 @@ class BackfillSnapshot:
     step: str  # "scan" | "verify" | "" (what the running job does now)
     scanned: int  # source keys examined (cumulative across resumed runs)
     copied: int
-    skipped: int  # not moving (same address in both rings), or gone when copied
+    skipped: int  # not moving (same address in both rings, another pool's), or gone when copied
     failed: int  # copies that got an error (the verify pass repairs them)
     stale: int  # keys on a source server that its ring does not place there
     big_keys: int  # keys above big_key_bytes, copied in chunks
@@ -250,68 +251,76 @@ class BackfillJob:
                     self.verify = verify if isinstance(verify, dict) else None
                     self.state, self.finished_earlier = BackfillState.DONE, True
                     return
+        dbs = await keyed_dbs(self.ex, self.m.source.addrs)  # the dbs with keys, db 0 always
         if not self.resumed:
-            self.counters.total_keys = await self._count_source_keys()
-        for addr in dict.fromkeys(self.m.source.addrs):
-            await self._scan_server(addr)
+            self.counters.total_keys = sum(dbs.values())
+        for db in dbs:  # db n of each source to db n of its keys' targets
+            for addr in dict.fromkeys(self.m.source.addrs):
+                await self._scan_server(addr, db)
         await self._verify_and_gate()
+
+    def _cursor_key(self, addr: str, db: int) -> bytes:
+        return self.key("cursor", addr) if db == 0 else self.key("cursor", addr, f"db{db}")
 
     async def _forget(self) -> None:
         """Drop every checkpoint, status and gate of this migration (a fresh backfill)."""
-        keys = [self.key("backfill"), self.key("gate")]
-        keys += [self.key("cursor", addr) for addr in dict.fromkeys(self.m.source.addrs)]
+        others = await request(self.ex, self.home, b"SMEMBERS", self.key("dbs"))
+        dbs = [0] + [int(d) for d in others if d.isdigit()] if isinstance(others, list) else [0]
+        keys = [self.key("backfill"), self.key("gate"), self.key("dbs")]
+        addrs = dict.fromkeys(self.m.source.addrs)
+        keys += [self._cursor_key(addr, db) for addr in addrs for db in dbs]
         await request(self.ex, self.home, b"DEL", *keys)
 
-    async def _count_source_keys(self) -> int:
-        sizes = [
-            await request(self.ex, addr, b"DBSIZE") for addr in dict.fromkeys(self.m.source.addrs)
-        ]
-        return sum(n for n in sizes if isinstance(n, int))
-
-    async def _scan_server(self, addr: str) -> None:
-        cursor_key = self.key("cursor", addr)
+    async def _scan_server(self, addr: str, db: int) -> None:
+        """Copy the moved keys of database `db` of source server `addr`, from its checkpoint."""
+        cursor_key = self._cursor_key(addr, db)
         cursor = await request(self.ex, self.home, b"GET", cursor_key)
         if cursor == DONE_CURSOR:
             return
+        if db:  # remembered, so that a restart forgets this db's checkpoints too
+            await request(self.ex, self.home, b"SADD", self.key("dbs"), b"%d" % db)
         start = cursor if isinstance(cursor, bytes) else b"0"
         self.resumed = self.resumed or start != b"0"
-        self.step, self.server = "scan", addr
-        async for next_cursor, keys in scan_keys(self.ex, addr, self.settings.scan_count, start):
+        self.step, self.server = "scan", addr if db == 0 else f"{addr} db{db}"
+        ex = self.ex.in_db(db)
+        async for next_cursor, keys in scan_keys(ex, addr, self.settings.scan_count, start):
             await self.limiter.take(len(keys))
-            await self._copy_page(addr, keys)
+            await self._copy_page(ex, addr, keys)
             await self._checkpoint(cursor_key, DONE_CURSOR if next_cursor == b"0" else next_cursor)
         self.server = ""
 
-    async def _copy_page(self, addr: str, keys: list[bytes]) -> None:
+    async def _copy_page(self, ex: Executor, addr: str, keys: list[bytes]) -> None:
         c = self.counters
         moves: list[tuple[bytes, str]] = []
         for key in keys:
             if is_reserved(key):
                 continue
             c.scanned += 1
-            if self.m.source.addr_for(key) != addr:
+            if not self.m.moves(key):  # another pool's, by prefix routes: never moved
+                c.skipped += 1
+            elif self.m.source.addr_for(key) != addr:
                 c.stale += 1
             elif (dst := self.m.target.addr_for(key)) == addr:
                 c.skipped += 1
             else:
                 moves.append((key, dst))
         outcomes = await gather_bounded(
-            (self._copy(key, addr, dst) for key, dst in moves), self.settings.batch_keys
+            (self._copy(ex, key, addr, dst) for key, dst in moves), self.settings.batch_keys
         )
         c.copied += outcomes.count(CopyOutcome.COPIED)
         c.skipped += outcomes.count(CopyOutcome.SKIPPED)
         c.failed += outcomes.count(CopyOutcome.FAILED)
 
-    async def _copy(self, key: bytes, src: str, dst: str) -> CopyOutcome:
+    async def _copy(self, ex: Executor, key: bytes, src: str, dst: str) -> CopyOutcome:
         try:
-            size = await request(self.ex, src, b"MEMORY", b"USAGE", key)
+            size = await request(ex, src, b"MEMORY", b"USAGE", key)
         except JobError:
             size = None
         if isinstance(size, int) and size > self.settings.big_key_bytes:
             self.counters.big_keys += 1
             log.info("backfill: big key %r (%d bytes) copied in chunks", key, size)
-            return await copy_big_key(self.ex, self.fence, key, src, dst)
-        return await copy_key(self.ex, self.fence, key, src, dst)
+            return await copy_big_key(ex, self.fence, key, src, dst)
+        return await copy_key(ex, self.fence, key, src, dst)
 
     async def _checkpoint(self, cursor_key: bytes, cursor: bytes) -> None:
         cursor_f = self.ex.call(self.home, [b"SET", cursor_key, cursor])
@@ -336,6 +345,7 @@ class BackfillJob:
             self.m.source,
             self.m.target,
             ttl_tolerance_ms=self.m.settings.verify_ttl_tolerance_ms,
+            claims=self.m.moves,
             repair=True,
             authority="source",
             fence=self.fence,

@@ -17,6 +17,7 @@ from typing import Final, Protocol, TypeVar
 import hiredis
 
 from proxy.codec.resp import decode_reply
+from proxy.commands.local import keyspace_dbs
 from proxy.config.schema import ProxyConfig
 from proxy.net.backend import Backend
 
@@ -29,6 +30,7 @@ __all__ = [
     "RateLimiter",
     "copy_key",
     "gather_bounded",
+    "keyed_dbs",
     "open_backends",
     "request",
     "scan_keys",
@@ -67,14 +69,22 @@ NO_FENCE: Final[Fence] = _NoFence()
 
 
 class Executor:
-    """Sends a job's requests to backends by address."""
+    """Sends a job's requests to backends by address, in database `db` (the jobs' own state
+    keys live in db 0; keys are copied, verified and cleaned db by db: keyed_dbs)."""
 
-    def __init__(self, backends: Mapping[str, Backend]) -> None:
+    def __init__(self, backends: Mapping[str, Backend], db: int = 0) -> None:
         self.backends = backends
+        self.db = db
+
+    def in_db(self, db: int) -> Executor:
+        """The same backends, in database `db`."""
+        return self if db == self.db else Executor(self.backends, db)
 
     def call(self, addr: str, args: list[bytes]) -> asyncio.Future[bytes]:
-        """Queue one request now on connection 0 of `addr`; the future gets the raw reply."""
-        return self.backends[addr].call(args, JOB_CONNECTION)
+        """Queue one request now on connection 0 of `addr` in this executor's db (the
+        connection that carries the proxy's keyed traffic of a migration in that db); the
+        future gets the raw reply."""
+        return self.backends[addr].call(args, JOB_CONNECTION, self.db)
 
 
 def open_backends(config: ProxyConfig) -> dict[str, Backend]:
@@ -99,6 +109,18 @@ def parse(raw: bytes, addr: str) -> object:
 
 async def request(ex: Executor, addr: str, *args: bytes) -> object:
     return parse(await ex.call(addr, list(args)), addr)
+
+
+async def keyed_dbs(ex: Executor, addrs: Iterable[str]) -> dict[int, int]:
+    """The databases that hold keys on any of `addrs` (INFO keyspace), with their key counts
+    summed; db 0 always (where the jobs' own keys are)."""
+    counts = {0: 0}
+    for addr in dict.fromkeys(addrs):
+        text = await request(ex, addr, b"INFO", b"keyspace")
+        assert isinstance(text, bytes)
+        for db, (keys, _, _) in keyspace_dbs(text).items():
+            counts[db] = counts.get(db, 0) + keys
+    return dict(sorted(counts.items()))
 
 
 async def scan_keys(

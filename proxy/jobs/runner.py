@@ -125,17 +125,17 @@ class PhaseRunner:
             if not queue:
                 await asyncio.sleep(REPAIR_IDLE_S)
                 continue
-            key, _ = queue.popitem(last=False)
+            (db, key), _ = queue.popitem(last=False)
             router = self.routes
             assert router is not None
             src, dst = router.read.addr_for(key), router.other.addr_for(key)
             if src == dst:
                 continue
-            outcome = await copy_key(executor, self.fence, key, src, dst)
+            outcome = await copy_key(executor.in_db(db), self.fence, key, src, dst)
             if outcome is CopyOutcome.FAILED:
                 # Keep it: the other side may refuse writes for a while (restart, OOM...).
                 log.warning("repair of key %r from %s to %s failed; retrying", key, src, dst)
-                queue.setdefault(key, None)
+                queue.setdefault((db, key), None)
                 await asyncio.sleep(REPAIR_RETRY_S)
             else:
                 self.repaired += 1

@@ -10,6 +10,7 @@ from the side that answers reads in the phase, with copy_key, so it never races 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -21,6 +22,7 @@ from proxy.jobs.executor import (
     RateLimiter,
     copy_key,
     gather_bounded,
+    keyed_dbs,
     parse,
     scan_keys,
 )
@@ -152,29 +154,52 @@ class Verifier:
         concurrency: int = 100,
         limiter: RateLimiter | None = None,
         recheck_pause_s: float = RECHECK_PAUSE_S,
+        claims: Callable[[bytes], bool] = lambda key: True,
     ) -> None:
         if authority not in ("source", "target"):
             raise ValueError(f"authority must be 'source' or 'target', got {authority!r}")
-        self.ex, self.source, self.target = ex, source, target
+        self.base, self.source, self.target = ex, source, target
+        self.ex = ex  # in the database being verified (run, sample: db by db)
+        self.db = ex.db
         self.tolerance = ttl_tolerance_ms
         self.repair, self.authority, self.fence = repair, authority, fence
         self.scan_count, self.concurrency = scan_count, concurrency
         self.limiter, self.pause = limiter, recheck_pause_s
+        self.claims = (
+            claims  # the migrating pool's keys (by prefix routes); others are not compared
+        )
         self.report = VerifyReport()
 
+    async def _dbs(self) -> list[int]:
+        """The databases with keys on either pool: each is verified in turn."""
+        return list(await keyed_dbs(self.base, (*self.source.addrs, *self.target.addrs)))
+
+    def _use_db(self, db: int) -> None:
+        self.ex, self.db = self.base.in_db(db), db
+
     async def run(self) -> VerifyReport:
-        for addr in dict.fromkeys(self.source.addrs):
-            async for _, keys in scan_keys(self.ex, addr, self.scan_count):
-                await self._check_source_page(addr, keys)
-        for addr in dict.fromkeys(self.target.addrs):
-            async for _, keys in scan_keys(self.ex, addr, self.scan_count):
-                await self._check_target_page(addr, keys)
+        for db in await self._dbs():
+            self._use_db(db)
+            for addr in dict.fromkeys(self.source.addrs):
+                async for _, keys in scan_keys(self.ex, addr, self.scan_count):
+                    await self._check_source_page(addr, keys)
+            for addr in dict.fromkeys(self.target.addrs):
+                async for _, keys in scan_keys(self.ex, addr, self.scan_count):
+                    await self._check_target_page(addr, keys)
         return self.report
 
     async def sample(self, limit: int) -> VerifyReport:
         """Compare up to `limit` moved keys picked at random (RANDOMKEY on each source server),
         so a backfill stopped half-way shows wherever its SCAN got to; no repair. A difference
-        counts only if it is still there when compared again under the fence."""
+        counts only if it is still there when compared again under the fence. The sample is
+        shared by the databases that hold keys."""
+        dbs = await self._dbs()
+        for db in dbs:
+            self._use_db(db)
+            await self._sample_db(-(-limit // len(dbs)))
+        return self.report
+
+    async def _sample_db(self, limit: int) -> None:
         addrs = list(dict.fromkeys(self.source.addrs))
         per_server = -(-limit // len(addrs))
         moves: list[tuple[bytes, str, str]] = []
@@ -188,6 +213,7 @@ class Verifier:
                 if (
                     isinstance(key, bytes)
                     and not is_reserved(key)
+                    and self.claims(key)
                     and self.source.addr_for(key) == addr
                     and (dst := self.target.addr_for(key)) != addr
                 ):
@@ -199,7 +225,6 @@ class Verifier:
             await asyncio.sleep(self.pause)
             for (key, _, _), reason in await self._compare_fenced([m for m, _ in suspects]):
                 self._count(key, reason)
-        return self.report
 
     async def _compare_fenced(
         self, moves: list[tuple[bytes, str, str]]
@@ -225,6 +250,7 @@ class Verifier:
             (k, addr, dst)
             for k in keys
             if not is_reserved(k)
+            and self.claims(k)
             and self.source.addr_for(k) == addr
             and (dst := self.target.addr_for(k)) != addr
         ]
@@ -239,6 +265,7 @@ class Verifier:
             (k, src, addr)
             for k in keys
             if not is_reserved(k)
+            and self.claims(k)
             and self.target.addr_for(k) == addr
             and (src := self.source.addr_for(k)) != addr
         ]
@@ -286,7 +313,8 @@ class Verifier:
         else:
             report.mismatched += 1
         if len(report.samples) < MAX_SAMPLES:
-            report.samples.append(f"{key.decode(errors='backslashreplace')}: {reason}")
+            where = f"db{self.db} " if self.db else ""
+            report.samples.append(f"{where}{key.decode(errors='backslashreplace')}: {reason}")
 
     async def _repair(self, moves: list[tuple[bytes, str, str]]) -> None:
         flip = self.authority == "target"

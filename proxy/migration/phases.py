@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Final
 
 from proxy.config.phase import Phase
-from proxy.config.schema import MigrationConfig, PoolConfig, ProxyConfig
+from proxy.config.schema import MigrationConfig, PoolConfig, ProxyConfig, RouteConfig
 from proxy.migration.gate import BackfillState, GateSeal, gate_key, gate_reason
+from proxy.routing.prefix import pool_matcher
 from proxy.routing.ring import ketama_label
 from proxy.routing.topology import PoolTopology, build_pool
 
@@ -90,17 +91,28 @@ def check_step(old: ProxyConfig, new: ProxyConfig) -> str | None:
     if after is Phase.NONE:
         return _check_retired(old, new)
     assert new.migration is not None
-    if new.migration.to != old.migration.to:
-        return (
-            f"cannot change migration.to during a migration ({old.migration.to!r} ->"
-            f" {new.migration.to!r}); finish or roll back the migration first"
-        )
     if new.route != old.route:
         return (
             f"cannot change route during a migration ({old.route!r} -> {new.route!r});"
             " reads move to the target with phase cut-read"
         )
-    for role, name in (("source", old.route), ("target", old.migration.to)):
+    for what, was, now in (
+        ("migration.to", old.migration.to, new.migration.to),
+        ("migration.from", old.migration_source, new.migration_source),
+    ):
+        if was != now:
+            return (
+                f"cannot change {what} during a migration ({was!r} -> {now!r});"
+                " finish or roll back the migration first"
+            )
+    if new.routes != old.routes:
+        return (
+            "cannot change routes during a migration: they decide which keys move;"
+            " finish or roll back the migration first"
+        )
+    source = old.migration_source
+    assert source is not None
+    for role, name in (("source", source), ("target", old.migration.to)):
         if _placement(old.pool(name)) != _placement(new.pool(name)):
             return (
                 f"cannot change the servers, hash, distribution or hash_tag of the {role} pool"
@@ -110,7 +122,19 @@ def check_step(old: ProxyConfig, new: ProxyConfig) -> str | None:
 
 
 def _check_route_kept(old: ProxyConfig, new: ProxyConfig) -> str | None:
-    """From no migration: the route may change only to a pool that places every key alike."""
+    """From no migration: the route may change only to a pool that places every key alike; a
+    migration starts from the pools and routes as they serve now."""
+    source = new.migration_source
+    if new.migration is not None:
+        if new.routes != old.routes:
+            return (
+                "change routes and start a migration in two reloads: routes decide which keys move"
+            )
+        if source is not None and source != new.route and _ring_changed(old, new, source):
+            return (
+                f"cannot change the ring of pool {source!r} while starting a migration;"
+                " start the migration from the pool as it serves now"
+            )
     if new.route == old.route and new.migration is None:
         return None
     if _placement(old.pool(old.route)) == _placement(new.pool(new.route)):
@@ -126,12 +150,29 @@ def _check_route_kept(old: ProxyConfig, new: ProxyConfig) -> str | None:
     )
 
 
+def _ring_changed(old: ProxyConfig, new: ProxyConfig, name: str) -> bool:
+    return name in old.pools and _placement(old.pool(name)) != _placement(new.pool(name))
+
+
 def _check_retired(old: ProxyConfig, new: ProxyConfig) -> str | None:
+    """Leaving retire: whatever named the source pool (route, prefix routes) names the target."""
     assert old.migration is not None
-    target = old.migration.to
-    if new.route != target:
-        return f"leaving retire needs route: {target} (the migration's target), got {new.route!r}"
-    if _placement(old.pool(target)) != _placement(new.pool(new.route)):
+    target, source = old.migration.to, old.migration_source
+
+    def follow(name: str) -> str:
+        return target if name == source else name
+
+    if new.route != follow(old.route):
+        wanted = follow(old.route)
+        return f"leaving retire needs route: {wanted} (the migration's target), got {new.route!r}"
+    routes = tuple(replace(r, pool=follow(r.pool)) for r in old.routes)
+    if new.routes != routes:
+        shown = ", ".join(f"{r.prefix} -> {r.pool}" for r in routes) or "none"
+        return (
+            f"leaving retire needs the routes of pool {source!r} to name {target!r}, the others"
+            f" unchanged (routes: {shown})"
+        )
+    if _placement(old.pool(target)) != _placement(new.pool(target)):
         return (
             f"cannot change the ring of pool {target!r} while leaving retire: keys would move;"
             " drop the migration block first, then re-shard"
@@ -149,9 +190,15 @@ def needs_gate(old: ProxyConfig, new: ProxyConfig) -> bool:
     )
 
 
-def migration_id(source: PoolConfig, target: PoolConfig) -> str:
-    """12 hex digits naming a migration: every proxy of a fleet with the same two rings agrees."""
-    text = json.dumps([_placement(source), _placement(target)], separators=(",", ":"))
+def migration_id(
+    source: PoolConfig, target: PoolConfig, routes: tuple[RouteConfig, ...] = ()
+) -> str:
+    """12 hex digits naming a migration: every proxy of a fleet with the same two rings (and the
+    same prefix routes, which decide which keys are the source pool's) agrees."""
+    parts: list[object] = [_placement(source), _placement(target)]
+    if routes:
+        parts.append([[r.prefix, r.pool] for r in routes])
+    text = json.dumps(parts, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -161,18 +208,29 @@ class ActiveMigration:
 
     mid: str  # migration_id of (source, target)
     phase: Phase  # never Phase.NONE
-    source: PoolTopology  # the route pool: where the keys are now
+    source: PoolTopology  # migration.from, else the route pool: where the keys are now
     target: PoolTopology  # migration.to: where they go
     settings: MigrationConfig
     seal: GateSeal  # signs the gate the backfill writes, checks the one a reload reads
+    # key -> the name of the pool that owns it by the prefix routes (else route). The jobs
+    # scan the source pool's servers and leave alone every key this does not give to `source`.
+    pool_of: Callable[[bytes], str] = field(default=lambda key: "", compare=False)
+    routes: tuple[RouteConfig, ...] = ()  # the config's prefix routes (for `plan`'s report)
+
+    def moves(self, key: bytes) -> bool:
+        """Is the key the migrating pool's (by prefix routes), so the jobs may copy or delete it?"""
+        return self.pool_of(key) == self.source.name
 
 
 def active_migration(config: ProxyConfig) -> ActiveMigration | None:
     migration = config.migration
     if migration is None:
         return None
-    source, target = config.pool(config.route), config.pool(migration.to)
-    mid = migration_id(source, target)
+    source_name = config.migration_source
+    assert source_name is not None
+    source, target = config.pool(source_name), config.pool(migration.to)
+    mid = migration_id(source, target, config.routes)
+    routes = [(r.prefix.encode(), r.pool) for r in config.routes]
     key = gate_key(migration.gate_secret, config.backend.password)
     identity = json.dumps(_placement(target), separators=(",", ":"))
     return ActiveMigration(
@@ -182,4 +240,6 @@ def active_migration(config: ProxyConfig) -> ActiveMigration | None:
         target=build_pool(target),
         settings=migration,
         seal=GateSeal(mid, identity, key),
+        pool_of=pool_matcher(config.route, routes),
+        routes=config.routes,
     )

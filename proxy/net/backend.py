@@ -16,6 +16,7 @@ import time
 
 from proxy import errors
 from proxy.codec.resp import encode_request
+from proxy.commands.local import lane_for
 from proxy.config.schema import BackendConfig
 from proxy.net.connection import BackendConnection, FutureOwner
 from proxy.net.metrics import BackendStats
@@ -42,6 +43,8 @@ class Backend:
         self.down_reason = ""
         self.down_reply = b""
         self.closed = False
+        # Shared connections by lane (commands/local.lane_for: a RESP version and a database),
+        # each opened on first use; the lanes of db 0 are the RESP versions 2 and 3.
         self._conns: dict[int, list[BackendConnection | None]] = {
             2: [None] * config.connections,
             3: [None] * config.connections,
@@ -52,32 +55,40 @@ class Backend:
         self._busy: set[BackendConnection] = set()  # stalled behind a script, draining
         self._logged: dict[str, float] = {}  # warning kind -> monotonic time last logged
 
-    def connection(self, proto: int, client_id: int) -> BackendConnection | None:
-        """The connection a client uses (stable per client, so its requests stay in order)."""
+    def connection(self, lane: int, client_id: int) -> BackendConnection | None:
+        """The connection of `lane` a client uses (stable per client, so its requests stay in
+        order); a lane's first use opens it (SELECT n is part of its handshake)."""
         if not self.up:
             return None
-        conns = self._conns[proto]
+        conns = self._conns.get(lane)
+        if conns is None:
+            conns = self._conns[lane] = [None] * self.config.connections
         index = client_id % len(conns)
         conn = conns[index]
         if conn is None or conn.closed:
-            conn = conns[index] = self._open(proto)
+            conn = conns[index] = self._open(lane)
         return conn
 
-    def send(self, proto: int, client_id: int, payload: bytes, slot: Slot) -> None:
+    def send(self, lane: int, client_id: int, payload: bytes, slot: Slot) -> None:
         if self.up:  # the common case, connection() inlined
-            conns = self._conns[proto]
-            conn = conns[client_id % len(conns)]
-            if conn is not None and not conn.closed:
-                conn.send(payload, slot)
-                return
-        conn = self.connection(proto, client_id)
+            try:
+                conns = self._conns[lane]
+            except KeyError:  # a db's first request: connection() opens its lane
+                pass
+            else:
+                conn = conns[client_id % len(conns)]
+                if conn is not None and not conn.closed:
+                    conn.send(payload, slot)
+                    return
+        conn = self.connection(lane, client_id)
         if conn is None:
             slot.reply = self.down_reply
             return
         conn.send(payload, slot)
 
-    def call(self, args: list[bytes], conn_index: int = 0) -> asyncio.Future[bytes]:
-        """Send one request now (RESP2, connection `conn_index`); the future gets the raw reply.
+    def call(self, args: list[bytes], conn_index: int = 0, db: int = 0) -> asyncio.Future[bytes]:
+        """Send one request now (RESP2, db `db`, connection `conn_index`); the future gets the
+        raw reply.
 
         The request is queued synchronously, so requests made one after another from the same
         task reach the backend in that order, interleaved with client traffic on that connection.
@@ -85,7 +96,7 @@ class Backend:
         """
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         owner = FutureOwner(future)
-        self.send(2, conn_index, encode_request(args), owner.slot)
+        self.send(lane_for(2, db), conn_index, encode_request(args), owner.slot)
         if owner.slot.reply is not None:
             future.set_result(owner.slot.reply)
         return future
@@ -103,8 +114,8 @@ class Backend:
         if futures:
             await asyncio.gather(*futures)
 
-    def _open(self, proto: int) -> BackendConnection:
-        conn = BackendConnection(self, proto)
+    def _open(self, lane: int) -> BackendConnection:
+        conn = BackendConnection(self, lane)
         task = asyncio.get_running_loop().create_task(self._connect(conn))
         self._connect_tasks.add(task)
         task.add_done_callback(self._connect_tasks.discard)

@@ -5,16 +5,18 @@ Order: the call is sent once every earlier request of its client is answered (so
 before it has run), and the client's later requests wait until its reply is in (the client
 holds them, as for a stream). A client that goes away releases the connection at once: the
 backend forgets the blocked call with it. Connections that answered are kept idle, a few per
-backend and protocol, for the next call. During a migration the call runs on the read side;
-what it popped there is popped on the other side too (net/mirror.py).
+backend and lane (RESP version and database), for the next call. During a migration the call
+runs on the read side; what it popped there is popped on the other side too (net/mirror.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from proxy import errors
 from proxy.codec.resp import encode_request, is_error
+from proxy.commands.local import db_of
 from proxy.commands.spec import CommandSpec
 from proxy.net.backend import Backend
 from proxy.net.dedicated import DedicatedConnection, Purpose, open_dedicated
@@ -24,17 +26,27 @@ from proxy.net.route import RouteTable
 from proxy.net.slot import ReplyOwner, Slot
 from proxy.routing.plan import plan_same_backend
 
-IDLE_PER_BACKEND = 8  # idle blocking connections kept per backend and protocol
+IDLE_PER_BACKEND = 8  # idle blocking connections kept per backend and lane
 
 
-class _Lease:
+class _Lease(ReplyOwner):
     """One blocking connection and the call using it now (None: idle in the cache)."""
 
-    def __init__(self, backend: Backend, proto: int) -> None:
+    def __init__(self, backend: Backend, lane: int) -> None:
+        super().__init__()
         self.backend = backend
-        self.proto = proto
+        self.lane = lane
         self.call: BlockingCall | None = None
         self.conn: DedicatedConnection | None = None
+        # The connection's id on the backend (CLIENT ID, asked first): for CLIENT UNBLOCK.
+        self.id_slot = Slot(self, None, 0.0)
+
+    def flush(self) -> None:  # ReplyOwner: CLIENT ID answered; nothing waits for it
+        self.dirty = False
+
+    def backend_id(self) -> bytes | None:
+        reply = self.id_slot.reply
+        return reply[1:-2] if reply is not None and reply[:1] == b":" else None
 
     def on_failed(self) -> None:
         if self.call is not None:
@@ -46,8 +58,8 @@ class _Lease:
 _IDLE: dict[tuple[Backend, int], list[_Lease]] = {}
 
 
-def _take_idle(backend: Backend, proto: int) -> _Lease | None:
-    idle = _IDLE.get((backend, proto))
+def _take_idle(backend: Backend, lane: int) -> _Lease | None:
+    idle = _IDLE.get((backend, lane))
     while idle:
         lease = idle.pop()
         if lease.conn is not None and not lease.conn.closed:
@@ -58,7 +70,7 @@ def _take_idle(backend: Backend, proto: int) -> _Lease | None:
 def _keep_idle(lease: _Lease) -> None:
     conn = lease.conn
     assert conn is not None
-    idle = _IDLE.setdefault((lease.backend, lease.proto), [])
+    idle = _IDLE.setdefault((lease.backend, lease.lane), [])
     if lease.backend.closed or conn.closed or len(idle) >= IDLE_PER_BACKEND:
         conn.release()
         return
@@ -67,21 +79,35 @@ def _keep_idle(lease: _Lease) -> None:
 
 
 def _forget_idle(lease: _Lease) -> None:
-    idle = _IDLE.get((lease.backend, lease.proto))
+    idle = _IDLE.get((lease.backend, lease.lane))
     if idle is not None and lease in idle:
         idle.remove(lease)
 
 
 def close_idle(backend: Backend) -> None:
     """The backend is closed (removed, or the proxy stops): close its idle connections."""
-    for proto in (2, 3):
-        for lease in _IDLE.pop((backend, proto), []):
+    for key in [k for k in _IDLE if k[0] is backend]:
+        for lease in _IDLE.pop(key):
             if lease.conn is not None:
                 lease.conn.release()
 
 
-def idle_count(backend: Backend, proto: int) -> int:
-    return len(_IDLE.get((backend, proto), ()))
+def idle_count(backend: Backend, lane: int) -> int:
+    return len(_IDLE.get((backend, lane), ()))
+
+
+class HeldCall(Protocol):
+    """A request its client's later requests wait for: a blocking call, or a change made on
+    every backend (net/atomic.py). Sent once it is at the head of the client's queue."""
+
+    slot: Slot
+    on_done: Callable[[], None] | None
+
+    def at_head(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+    def unblock(self, error: bool) -> bool: ...
 
 
 class BlockingCall(ReplyOwner):
@@ -111,6 +137,17 @@ class BlockingCall(ReplyOwner):
             self._finish(errors.backend_unavailable(backend.name, backend.addr, reason), False)
             return
         conn.send(self.payload, self.inner)
+
+    def unblock(self, error: bool) -> bool:
+        """CLIENT UNBLOCK: ask the backend to end the call as if it timed out (or with its
+        -UNBLOCKED error). Its reply then comes as any reply would: an element popped just
+        before is delivered, never lost. False when the call is not waiting on the backend."""
+        backend_id = self.lease.backend_id()
+        if not self.sent or self.finished or backend_id is None:
+            return False
+        how = b"ERROR" if error else b"TIMEOUT"
+        self.lease.backend.call([b"CLIENT", b"UNBLOCK", backend_id, how])
+        return True
 
     def cancel(self) -> None:
         """The client is gone: closing the connection ends the call on the backend too."""
@@ -154,7 +191,7 @@ def open_blocking(
     slot: Slot,
     routes: RouteTable,
     state: MigrationState,
-    proto: int,
+    lane: int,
 ) -> BlockingCall | bytes:
     """The call for `args` on a connection of its own (idle or new), or the error to answer:
     keys on different backends, a pop that cannot be mirrored now, the backend down or its
@@ -163,19 +200,20 @@ def open_blocking(
     if isinstance(addr, bytes):
         return addr
     backend = routes.backends[addr]
-    lease = _take_idle(backend, proto)
+    lease = _take_idle(backend, lane)
     if lease is None:
-        lease = _Lease(backend, proto)
+        lease = _Lease(backend, lane)
         limit = backend.config.max_blocking_connections
         conn = open_dedicated(
-            backend, proto, Purpose.BLOCKING, lease.on_failed, limit=limit, watch_stalls=False
+            backend, lane, Purpose.BLOCKING, lease.on_failed, limit=limit, watch_stalls=False
         )
         if isinstance(conn, bytes):
             return conn
         lease.conn = conn
+        conn.send(encode_request([b"CLIENT", b"ID"]), lease.id_slot)
     popped = None
     if not routes.fast and routes.secondary_writes and spec.write:
-        popped = Popped(spec, args, addr, state)
+        popped = Popped(spec, args, addr, state, db_of(lane))
     return BlockingCall(lease, encode_request(args), slot, popped)
 
 

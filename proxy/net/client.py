@@ -37,7 +37,7 @@ from proxy.commands.spec import PLAIN, CommandSpec
 from proxy.commands.users import Users
 from proxy.config.schema import ClientConfig
 from proxy.net.allowlist import peer_allowed
-from proxy.net.blocking import BlockingCall
+from proxy.net.blocking import BlockingCall, HeldCall
 from proxy.net.dispatch import NOT_FAST, DispatchHost, Known, dispatch, fast_entry
 from proxy.net.metrics import CommandStats
 from proxy.net.pubsub import Subscriptions
@@ -84,7 +84,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         self._hold = False  # dispatch nothing now: writes paused, or a stream's reply awaited
         self._yielding = False  # reading paused until the next loop iteration (_yield_reading)
         self._sliced: SlicedRequest | None = None  # a huge request still being sent
-        self._blocking: BlockingCall | None = None  # BLPOP ...: later requests wait for it
+        self._blocking: HeldCall | None = None  # BLPOP ...: later requests wait for it
         # Cache of host.metrics.command_stats by command name (CommandSpec's own hash is slow).
         self._stats: dict[str, CommandStats] = {}
         # The fast path's view of each command name this client sent (see _learn).
@@ -183,7 +183,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                     pending.append(slot)
                     backend = router.route_backends[router.node_for(args[key])]
                     raw = self.reader.raws[0] or encode_request(args)  # b"": not kept (see feed)
-                    backend.send(self.session.proto, self.client_id, raw, slot)
+                    backend.send(self.session.lane, self.client_id, raw, slot)
                     if pending[0].reply is not None:  # a backend down answers at once
                         self.flush()
                     return
@@ -235,7 +235,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         routes = self.host.routes
         session = self.session
         pending = self.pending
-        proto = session.proto
+        lane = session.lane
         cid = self.client_id
         known = self._known
         fast = routes.fast and session.direct
@@ -259,7 +259,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                 slot = Slot(self, stats, now)  # the fast path, as in data_received
                 pending.append(slot)
                 raw = raws[i] or encode_request(args)  # b"": not kept (see RequestReader.feed)
-                route_backends[node_for(args[key])].send(proto, cid, raw, slot)
+                route_backends[node_for(args[key])].send(lane, cid, raw, slot)
                 continue
             dispatch(self, args)
             if session.closing:
@@ -267,7 +267,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
             if self._sliced is not None:  # sent slice by slice: the rest waits for it
                 self._wait_for_slices(requests, raws, i + 1, failure)
                 return
-            proto = session.proto
+            lane = session.lane
             fast = routes.fast and session.direct
             keyed = routes.fast and session.keyed
             key_ok = session.user.key_ok
@@ -325,7 +325,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         spec, backend, head = stream_target(reader, self.host.routes)
         slot = Slot(self, self.stats_for(spec), perf_counter())
         self.pending.append(slot)
-        self._stream = stream = BulkStream(self, backend, self.session.proto, head, slot)
+        self._stream = stream = BulkStream(self, backend, self.session.lane, head, slot)
         self._hold = True
         reader.begin_stream(stream)
         if self.pending and self.pending[0] is slot:
@@ -371,7 +371,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
             self._update_reading()
 
     # -- blocking commands (net/blocking.py) ----------------------------------------------
-    def begin_blocking(self, call: BlockingCall) -> None:
+    def begin_blocking(self, call: HeldCall) -> None:
         """Dispatch made `call`: later requests wait for its reply (held, as for a stream)."""
         self._blocking = call
         self._hold = True
@@ -387,6 +387,15 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
     def held_bytes(self) -> int:
         """Unread and owed replies (ReplyQueue), and requests not yet complete."""
         return super().held_bytes() + self.reader.buffered_bytes()
+
+    @property
+    def blocked(self) -> bool:
+        """Waiting in BLPOP ... (INFO's blocked_clients)."""
+        return isinstance(self._blocking, BlockingCall)
+
+    def unblock(self, error: bool) -> bool:
+        """CLIENT UNBLOCK of this client (net/blocking.py)."""
+        return self._blocking is not None and self._blocking.unblock(error)
 
     def throttle(self, on: bool) -> None:
         self._throttled = on

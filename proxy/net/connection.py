@@ -18,6 +18,7 @@ from typing import Protocol, cast
 
 from proxy import errors
 from proxy.codec.resp import ReplyScanner, encode_request, is_error
+from proxy.commands.local import db_of, proto_of
 from proxy.config.schema import BackendConfig
 from proxy.net.metrics import LATENCY_BUCKETS_S, BackendStats
 from proxy.net.probe import BUSY_PREFIX, ProbeOutcome, auth_command
@@ -38,10 +39,13 @@ class _Handshake(ReplyOwner):
 
     def flush(self) -> None:
         self.dirty = False
+        last = self.slots[-1]
         for slot in self.slots:
             reply = slot.reply
-            # CLIENT SETNAME is refused with -BUSY while a script runs: the name is cosmetic.
-            if reply is not None and is_error(reply) and not reply.startswith(BUSY_PREFIX):
+            # CLIENT SETNAME (the last) is refused with -BUSY while a script runs: the name is
+            # cosmetic. SELECT's -BUSY is a failure: its requests must not run in db 0.
+            cosmetic = slot is last and reply is not None and reply.startswith(BUSY_PREFIX)
+            if reply is not None and is_error(reply) and not cosmetic:
                 text = reply[1:].strip().decode(errors="replace")
                 self.conn.fail(f"handshake refused: {text}")
                 return
@@ -66,16 +70,18 @@ class FutureOwner(ReplyOwner):
 
 
 class BackendConnection(asyncio.BufferedProtocol):
-    """One TCP connection to a backend, speaking RESP `proto` (2 or 3).
+    """One TCP connection to a backend, speaking RESP `proto` (2 or 3) in database `db`
+    (together its lane, commands/local.lane_for).
 
     A BufferedProtocol: reads land in the connection's own buffer and are fed to the scanner as
     bytes (the copy uvloop would make for data_received), except while a big bulk string is
     under way, when they land straight in the reply's own buffer (ReplyScanner.room).
     """
 
-    def __init__(self, backend: ConnectionHost, proto: int) -> None:
+    def __init__(self, backend: ConnectionHost, lane: int) -> None:
         self.backend = backend
-        self.proto = proto
+        self.proto = proto_of(lane)  # RESP version
+        self.db = db_of(lane)  # selected by the handshake
         self.transport: asyncio.Transport | None = None
         self.pending: deque[Slot] = deque()  # reply slots in request order
         self.out: list[bytes] = []  # requests written this loop iteration, not yet sent
@@ -95,6 +101,9 @@ class BackendConnection(asyncio.BufferedProtocol):
         self._progress_seen = -1
         self._stall_since = 0.0  # loop time since when no byte arrived while replies were owed
         self._timer: asyncio.TimerHandle | None = None
+        # A db's connection sends nothing but its handshake until SELECT n succeeded: a request
+        # pipelined behind a refused SELECT would run in db 0 (on_ready sends what waited).
+        self._gated = self.db != 0
         self._queue_handshake()
 
     # -- sending ---------------------------------------------------------------------------
@@ -119,7 +128,7 @@ class BackendConnection(asyncio.BufferedProtocol):
     def _flush_out(self) -> None:
         self._flush_scheduled = False
         transport = self.transport
-        if transport is None or self.closed or not self.out:
+        if transport is None or self.closed or not self.out or self._gated:
             return
         out = self.out
         self.out = []
@@ -137,6 +146,8 @@ class BackendConnection(asyncio.BufferedProtocol):
             auth = auth_command(cfg)
             if auth is not None:
                 commands.append(auth)
+        if self.db:
+            commands.append([b"SELECT", b"%d" % self.db])
         commands.append([b"CLIENT", b"SETNAME", b"shardproxy"])
         owner = _Handshake(self)
         for cmd in commands:
@@ -144,13 +155,19 @@ class BackendConnection(asyncio.BufferedProtocol):
             owner.slots.append(slot)
             self.pending.append(slot)
             self.out.append(encode_request(cmd))
+        self._handshake_len = len(commands)
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self._stall_since = self._loop.time()
         self._arm_timer()
-        self._flush_out()
+        if self._gated:  # the handshake alone; requests already queued wait for on_ready
+            count = self._handshake_len
+            self.transport.write(b"".join(self.out[:count]))
+            del self.out[:count]
+        else:
+            self._flush_out()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         room = self.scanner.room()
@@ -221,6 +238,9 @@ class BackendConnection(asyncio.BufferedProtocol):
     # -- lifecycle -------------------------------------------------------------------------
     def on_ready(self) -> None:
         self.ready = True
+        if self._gated:
+            self._gated = False
+            self._flush_out()
         self.backend.on_connection_ready(self)
 
     def fail(self, reason: str, reply: bytes | None = None, down: bool = True) -> None:

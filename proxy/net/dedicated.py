@@ -62,7 +62,7 @@ class DedicatedConnection(BackendConnection):
     def __init__(
         self,
         backend: Backend,
-        proto: int,
+        lane: int,
         purpose: Purpose,
         on_failed: Callable[[], None],
         watch_stalls: bool = True,
@@ -73,7 +73,7 @@ class DedicatedConnection(BackendConnection):
         self._counted: BackendStats | None = backend.stats
         counts = backend.stats.dedicated
         counts[purpose] = counts.get(purpose, 0) + 1
-        super().__init__(_DedicatedHost(backend, on_failed), proto)
+        super().__init__(_DedicatedHost(backend, on_failed), lane)
 
     def write_raw(self, chunk: bytes) -> None:
         """Bytes that are not a whole request (a value streamed through); writes are progress."""
@@ -126,20 +126,21 @@ class DedicatedConnection(BackendConnection):
 
 def open_dedicated(
     backend: Backend,
-    proto: int,
+    lane: int,
     purpose: Purpose,
     on_failed: Callable[[], None],
     limit: int = 0,
     watch_stalls: bool = True,
     make: type[DedicatedConnection] = DedicatedConnection,
 ) -> DedicatedConnection | bytes:
-    """A new connection of `purpose` to `backend` (of class `make`), connecting; or the error
+    """A new connection of `purpose` to `backend` (of class `make`) in `lane` (its RESP version
+    and database: commands/local.lane_for), connecting; or the error
     to answer: the backend is down, or `limit` (0: none) of that purpose are open already."""
     if not backend.up:
         return backend.down_reply
     if limit and backend.stats.dedicated.get(purpose, 0) >= limit:
         return errors.dedicated_exhausted(backend.name, purpose.value, limit)
-    conn = make(backend, proto, purpose, on_failed, watch_stalls)
+    conn = make(backend, lane, purpose, on_failed, watch_stalls)
     task = asyncio.get_running_loop().create_task(_connect(conn, backend))
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)

@@ -10,6 +10,7 @@ answered in the request's place in the client's queue.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Protocol
@@ -17,11 +18,26 @@ from typing import Protocol
 from proxy import errors
 from proxy.codec.pubsub import pong
 from proxy.codec.resp import encode_request
-from proxy.commands.checks import has_block_option, refusal_before_routing
-from proxy.commands.local import ServerView, Session, run_local, wants_keyspace
-from proxy.commands.spec import PLAIN, CommandSpec, Kind, arity_error, lookup, unknown_error
+from proxy.commands.checks import (
+    DB_ARGUMENT,
+    db_argument_refusal,
+    has_block_option,
+    refusal_before_routing,
+)
+from proxy.commands.info import backend_sections
+from proxy.commands.local import ServerView, Session, run_local
+from proxy.commands.spec import (
+    PLAIN,
+    CommandSpec,
+    Kind,
+    Merge,
+    arity_error,
+    lookup,
+    unknown_error,
+)
 from proxy.config.model import ClientConfig
-from proxy.net.blocking import BlockingCall, open_blocking
+from proxy.net.atomic import change_everywhere
+from proxy.net.blocking import HeldCall, open_blocking
 from proxy.net.dualwrite import send_planned
 from proxy.net.fence import MigrationState
 from proxy.net.forwarder import send_info
@@ -30,7 +46,7 @@ from proxy.net.pubsub import SUBSCRIBED_OK, Subscriptions, handle_pubsub
 from proxy.net.route import RouteTable
 from proxy.net.slicer import SliceRequest, wants_slices
 from proxy.net.slot import ReplyOwner, Slot
-from proxy.net.transaction import Transaction, on_request, start
+from proxy.net.transaction import Transaction, on_request, select_in_transaction, start
 
 _PRE_AUTH = frozenset({"auth", "hello", "quit", "reset"})
 # The fast path's entry for a command name: key index, fewest and most arguments, stats.
@@ -42,6 +58,7 @@ class DispatchHost(ServerView, Protocol):
     routes: RouteTable  # the route table in use now (a reload swaps it)
     migration: MigrationState
     allow_flush: bool
+    allow_config_set: tuple[str, ...]  # CONFIG SET: the parameters it may change (globs)
     metrics: ProxyMetrics
     client_config: ClientConfig
 
@@ -51,6 +68,8 @@ class DispatchClient(Protocol):
 
     session: Session
     client_id: int
+    pending: deque[Slot]  # the reply slots in request order (net/replies.py)
+    silent: set[Slot]  # slots whose replies are not written (CLIENT REPLY)
     tx: Transaction | None  # MULTI / WATCH state (net/transaction.py), made on first use
     pubsub: Subscriptions | None  # net/pubsub.py: from the client's first (un)subscribe
 
@@ -68,7 +87,7 @@ class DispatchClient(Protocol):
 
     def begin_slices(self, request: SliceRequest, slot: Slot) -> None: ...
 
-    def begin_blocking(self, call: BlockingCall) -> None: ...
+    def begin_blocking(self, call: HeldCall) -> None: ...
 
 
 def fast_entry(name: bytes, stats_for: Callable[[CommandSpec], CommandStats]) -> Known:
@@ -76,7 +95,7 @@ def fast_entry(name: bytes, stats_for: Callable[[CommandSpec], CommandStats]) ->
     (`GET` or `get`): for a single-key command, its key's index, the argument counts it takes
     and its stats; anything else gets an entry no request fits, so it comes to dispatch."""
     spec = PLAIN.get(name)
-    if spec is None or spec.kind is not Kind.SINGLE:
+    if spec is None or spec.kind is not Kind.SINGLE or spec.name in DB_ARGUMENT:
         return NOT_FAST
     arity = spec.arity
     highest = arity if arity > 0 else 1 << 30
@@ -84,7 +103,32 @@ def fast_entry(name: bytes, stats_for: Callable[[CommandSpec], CommandStats]) ->
 
 
 def dispatch(client: DispatchClient, args: list[bytes]) -> None:
-    """Check one request, then hand it to its kind's handler; its reply keeps its place."""
+    """Check one request, then hand it to its kind's handler; its reply keeps its place.
+
+    CLIENT REPLY OFF or SKIP (and the command after SKIP) get no reply: their slots are marked
+    silent, dropped when they reach the head of the queue; pub/sub confirmations still go out."""
+    session = client.session
+    mode = session.reply_mode
+    pending = client.pending
+    tail = pending[-1] if pending else None
+    _dispatch(client, args)
+    if mode == b"on" and session.reply_mode == b"on":
+        return
+    spec = lookup(args)
+    name = spec.name if spec is not None else ""
+    if name == "client|reply" and session.reply_mode == b"on":
+        return  # CLIENT REPLY ON is answered
+    if spec is not None and spec.kind is Kind.PUBSUB:
+        return  # confirmations are pushes: Redis sends them whatever the mode
+    if mode == b"skip" and name != "client|reply":
+        session.set_reply_mode(b"on")  # this was the command to skip
+    for slot in reversed(pending):
+        if slot is tail:
+            break
+        client.silent.add(slot)
+
+
+def _dispatch(client: DispatchClient, args: list[bytes]) -> None:
     spec = lookup(args)
     if client.session.in_tx and on_request(client, spec, args):
         return
@@ -145,13 +189,23 @@ def send_keyed(
     host = client.host
     if spec.needs_flush_permission and not host.allow_flush:
         return errors.flush_disabled(spec.name)
-    proto = client.session.proto
+    if spec.name in DB_ARGUMENT:  # MOVE key db
+        problem = db_argument_refusal(spec, args, host.databases)
+        if problem is not None:
+            return problem
+    lane = client.session.lane
     if has_block_option(spec, args):  # XREAD(GROUP) ... BLOCK
         return send_blocking(client, spec, args, slot)
     if wants_slices(spec, args):
-        client.begin_slices(SliceRequest(spec, args, proto, client.client_id), slot)
+        client.begin_slices(SliceRequest(spec, args, lane, client.client_id), slot)
         return None
-    return send_planned(spec, args, slot, host.routes, host.migration, proto, client.client_id)
+    if spec.merge is Merge.ATOMIC:  # FUNCTION LOAD DELETE RESTORE, CONFIG SET
+        change = change_everywhere(spec, args, slot, host.routes, host.allow_config_set)
+        if isinstance(change, bytes):
+            return change
+        client.begin_blocking(change)  # later requests wait for it, as for BLPOP
+        return None
+    return send_planned(spec, args, slot, host.routes, host.migration, lane, client.client_id)
 
 
 def answer_local(
@@ -162,15 +216,18 @@ def answer_local(
     proto = client.session.proto
     if spec.name == "command" or spec.name.startswith("command|"):
         host.routes.route_backends[0].send(proto, client.client_id, encode_request(args), slot)
-    elif spec.name == "info" and wants_keyspace(args):
-        send_info(args, host.routes, slot, host, proto)
+    elif spec.name == "info" and (sections := backend_sections(args)):
+        send_info(args, host.routes, slot, host, proto, sections)
     elif spec.name == "ping" and _subscribed_resp2(client):
         slot.reply = pong(args)
     else:
         if spec.name == "reset" and client.pubsub is not None:
             client.pubsub.close()  # RESET leaves subscribed mode
             client.pubsub = None
-        slot.reply = run_local(spec, args, client.session, host)
+        if spec.name == "select" and client.tx is not None:
+            slot.reply = select_in_transaction(client.tx, spec, args, host)
+        else:
+            slot.reply = run_local(spec, args, client.session, host)
         if slot.reply[:10] == b"-WRONGPASS":
             host.metrics.client_errors_total.labels("auth").inc()
     return None
@@ -181,8 +238,8 @@ def send_blocking(
 ) -> bytes | None:
     """BLPOP ... XREAD BLOCK: on a backend connection of the client's own (net/blocking.py)."""
     host = client.host
-    proto = client.session.proto
-    call = open_blocking(spec, args, slot, host.routes, host.migration, proto)
+    lane = client.session.lane
+    call = open_blocking(spec, args, slot, host.routes, host.migration, lane)
     if isinstance(call, bytes):
         return call
     client.begin_blocking(call)
@@ -198,7 +255,7 @@ def refuse_unsupported(
 def refuse_denied(
     client: DispatchClient, spec: CommandSpec, args: list[bytes], slot: Slot
 ) -> bytes | None:
-    return errors.denied(spec.name)
+    return errors.swapdb() if spec.name == "swapdb" else errors.denied(spec.name)
 
 
 HANDLERS: dict[Kind, Handler] = {

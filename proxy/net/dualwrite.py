@@ -4,9 +4,10 @@ The plan is the one planner's (routing.plan.plan); here it is sent: the primary 
 client, the secondary write never fails it (errors are counted and queued for repair), a sample
 of safe reads is compared on both pools.
 
-All keyed traffic of a migration uses connection 0 of each backend (per protocol), and secondary
-writes always go on the RESP2 connection 0, the one the backfill job's DUMP/RESTORE use: one
-FIFO per backend keeps the secondary's per-key order equal to the primary's.
+All keyed traffic of a migration uses connection 0 of each backend (per lane: protocol and
+database), and secondary writes always go on the RESP2 connection 0 of their database, the one
+the backfill job's DUMP/RESTORE of that database use: one FIFO per backend and database keeps
+the secondary's per-key order equal to the primary's.
 
 A request touching a key the backfill is copying waits behind the fence (net/fence.py).
 """
@@ -17,6 +18,7 @@ import random
 from collections.abc import Callable
 
 from proxy.codec.resp import encode_request, is_error
+from proxy.commands.local import db_of, lane_for
 from proxy.commands.spec import CommandSpec
 from proxy.net.fence import Deferred, MigrationState
 from proxy.net.forwarder import send_plan
@@ -38,12 +40,13 @@ SHADOW_SAFE = frozenset(
 class _SecondarySink(ReplyOwner):
     """Owner of one request's secondary-write slots: reports errors, never fails the client."""
 
-    __slots__ = ("keys", "names", "slots", "state")
+    __slots__ = ("db", "keys", "names", "slots", "state")
 
-    def __init__(self, state: MigrationState, keys: tuple[bytes, ...], count: int) -> None:
+    def __init__(self, state: MigrationState, keys: tuple[bytes, ...], count: int, db: int) -> None:
         super().__init__()
         self.state = state
         self.keys = keys
+        self.db = db
         self.slots = [Slot(self, None, 0.0) for _ in range(count)]
         self.names: list[str] = []
 
@@ -53,7 +56,7 @@ class _SecondarySink(ReplyOwner):
             reply = slot.reply
             if reply is not None and is_error(reply):
                 slot.reply = b""  # report once
-                self.state.on_secondary_error(name, self.keys, reply)
+                self.state.on_secondary_error(name, self.keys, reply, self.db)
 
 
 class _ShadowSink(ReplyOwner):
@@ -81,7 +84,7 @@ def send_planned(
     slot: Slot,
     routes: RouteTable,
     state: MigrationState,
-    proto: int,
+    lane: int,
     client_id: int,
 ) -> bytes | None:
     """Plan a request with the one planner and send it: one pool outside a migration, the
@@ -90,9 +93,9 @@ def send_planned(
     if dual.primary.error is not None:
         return dual.primary.error
     if routes.fast:
-        send_plan(dual.primary, routes, slot, proto, client_id)
+        send_plan(dual.primary, routes, slot, lane, client_id)
     else:
-        send_migrating(dual, routes, state, Deferred(spec, args, slot, proto), client_id)
+        send_migrating(dual, routes, state, Deferred(spec, args, slot, lane), client_id)
     return None
 
 
@@ -110,10 +113,10 @@ def send_migrating(
     """
     if defer_if_fenced(state, client_id, item, dual.keys):
         return
-    _send(dual, routes, state, item.slot, item.proto)
+    _send(dual, routes, state, item.slot, item.lane)
     spec = item.spec
     if routes.shadow and not mutates(spec) and spec.name in SHADOW_SAFE and dual.keys:
-        _shadow(item.args, dual, routes, state, item.proto)
+        _shadow(item.args, dual, routes, state, item.lane)
 
 
 def defer_if_fenced(
@@ -160,7 +163,7 @@ def _drain(state: MigrationState, client_id: int) -> None:
         if dual.primary.error is not None:
             item.slot.answer(dual.primary.error)
             continue
-        _send(dual, routes, state, item.slot, item.proto)
+        _send(dual, routes, state, item.slot, item.lane)
         if item.slot.reply is not None:  # answered at once (a backend down)
             item.slot.owner.touch()
     state.drop_waiting(client_id)
@@ -174,12 +177,10 @@ def _held_again(state: MigrationState, keys: tuple[bytes, ...], client_id: int) 
     return True
 
 
-def _send(
-    dual: DualPlan, routes: RouteTable, state: MigrationState, slot: Slot, proto: int
-) -> None:
-    send_plan(dual.primary, routes, slot, proto, 0)
+def _send(dual: DualPlan, routes: RouteTable, state: MigrationState, slot: Slot, lane: int) -> None:
+    send_plan(dual.primary, routes, slot, lane, 0)
     if dual.secondary is not None:
-        send_secondary(dual.secondary, dual.keys, routes, state)
+        send_secondary(dual.secondary, dual.keys, routes, state, db_of(lane))
 
 
 def send_secondary_block(
@@ -188,14 +189,16 @@ def send_secondary_block(
     keys: tuple[bytes, ...],
     routes: RouteTable,
     state: MigrationState,
+    db: int,
 ) -> None:
     """Requests written together (a transaction's MULTI ... EXEC) as the secondary write to
-    `addr`: on its RESP2 connection 0, in one burst; replies only checked, as send_secondary."""
-    sink = _SecondarySink(state, keys, len(requests))
+    `addr`: on its RESP2 connection 0 of `db`, in one burst; replies only checked, as
+    send_secondary."""
+    sink = _SecondarySink(state, keys, len(requests), db)
     backend = routes.backends[addr]
     sink.names.extend(backend.name for _ in requests)
     payload = b"".join(encode_request(args) for args in requests)
-    conn = backend.connection(2, 0)
+    conn = backend.connection(lane_for(2, db), 0)
     for i, child in enumerate(sink.slots):
         if conn is None:
             child.reply = backend.down_reply
@@ -205,18 +208,20 @@ def send_secondary_block(
 
 
 def send_secondary(
-    secondary: Plan, keys: tuple[bytes, ...], routes: RouteTable, state: MigrationState
+    secondary: Plan, keys: tuple[bytes, ...], routes: RouteTable, state: MigrationState, db: int
 ) -> None:
-    sink = _SecondarySink(state, keys, len(secondary.fragments))
+    """The secondary write of a request in database `db`: on the RESP2 connection 0 of `db`."""
+    secondary_lane = lane_for(2, db)
+    sink = _SecondarySink(state, keys, len(secondary.fragments), db)
     for fragment, child in zip(secondary.fragments, sink.slots, strict=True):
         backend = routes.backends[fragment.addr]
         sink.names.append(backend.name)
-        backend.send(2, 0, encode_request(fragment.args), child)
+        backend.send(secondary_lane, 0, encode_request(fragment.args), child)
     sink.flush()
 
 
 def _shadow(
-    args: list[bytes], dual: DualPlan, routes: RouteTable, state: MigrationState, proto: int
+    args: list[bytes], dual: DualPlan, routes: RouteTable, state: MigrationState, lane: int
 ) -> None:
     if random.random() >= routes.shadow_ratio:
         return
@@ -227,5 +232,5 @@ def _shadow(
         return
     sink = _ShadowSink(state, key)
     payload = encode_request(args)
-    routes.backends[mine].send(proto, 0, payload, sink.mine)
-    routes.backends[other].send(proto, 0, payload, sink.other)
+    routes.backends[mine].send(lane, 0, payload, sink.mine)
+    routes.backends[other].send(lane, 0, payload, sink.other)

@@ -44,7 +44,7 @@ class Deferred:
     spec: CommandSpec
     args: list[bytes]
     slot: Slot
-    proto: int
+    lane: int  # the client's RESP version and database (commands/local.lane_for)
     block: DeferredBlock | None = None  # set: it sends itself (spec and args name it only)
 
 
@@ -58,7 +58,7 @@ class MigrationState:
         self.current = current
         self.held: dict[bytes, list[Callable[[], None]]] = {}  # key -> resumes on release
         self._waiting: dict[int, deque[Deferred]] = {}  # client id -> its deferred requests
-        self.repair: OrderedDict[bytes, None] = OrderedDict()
+        self.repair: OrderedDict[tuple[int, bytes], None] = OrderedDict()  # (db, key)
         self.double_write_errors: dict[str, int] = {}  # backend name -> failed secondary writes
         self.shadow_compared = 0
         self.shadow_mismatches = 0
@@ -103,11 +103,14 @@ class MigrationState:
         return None
 
     # -- problems --------------------------------------------------------------------------
-    def on_secondary_error(self, backend: str, keys: tuple[bytes, ...], reply: bytes) -> None:
+    def on_secondary_error(
+        self, backend: str, keys: tuple[bytes, ...], reply: bytes, db: int
+    ) -> None:
+        """A secondary write in database `db` failed: its keys are queued for repair."""
         self.double_write_errors[backend] = self.double_write_errors.get(backend, 0) + 1
         for key in keys:
-            self.repair[key] = None
-            self.repair.move_to_end(key)
+            self.repair[db, key] = None
+            self.repair.move_to_end((db, key))
         while len(self.repair) > REPAIR_QUEUE_MAX:
             self.repair.popitem(last=False)
         if self._may_log("secondary"):

@@ -7,7 +7,8 @@ replies (routing.merge_replies) into the parent slot, which sits in the client's
 from __future__ import annotations
 
 from proxy.codec.resp import decode_reply, encode_request
-from proxy.commands.local import ServerView, encode_info, info_body, sum_keyspace
+from proxy.commands.info import sum_section
+from proxy.commands.local import ServerView, encode_info, info_body, proto_of, sum_keyspace
 from proxy.commands.spec import Merge
 from proxy.net.route import RouteTable
 from proxy.net.slot import ReplyOwner, Slot
@@ -35,8 +36,9 @@ class Gather(ReplyOwner):
         self.parent.answer(merge_replies(self.plan, replies, self.resp3))
 
 
-def send_plan(plan: Plan, routes: RouteTable, slot: Slot, proto: int, client_id: int) -> None:
-    """Send every fragment of `plan`; its (merged) reply lands in `slot`."""
+def send_plan(plan: Plan, routes: RouteTable, slot: Slot, lane: int, client_id: int) -> None:
+    """Send every fragment of `plan` on `lane` (the client's RESP version and database); its
+    (merged) reply lands in `slot`."""
     if plan.error is not None:
         slot.reply = plan.error
         return
@@ -44,35 +46,46 @@ def send_plan(plan: Plan, routes: RouteTable, slot: Slot, proto: int, client_id:
     fragments = plan.fragments
     if len(fragments) == 1 and plan.merge is None:
         fragment = fragments[0]
-        backends[fragment.addr].send(proto, client_id, encode_request(fragment.args), slot)
+        backends[fragment.addr].send(lane, client_id, encode_request(fragment.args), slot)
         return
-    gather = Gather(slot, plan, proto == 3)
+    resp3 = proto_of(lane) == 3
+    gather = Gather(slot, plan, resp3)
     alone = plan.merge is Merge.KILL  # not queued behind the script it is meant to stop
     for fragment, child in zip(fragments, gather.children, strict=True):
         if alone:
             backends[fragment.addr].send_alone(fragment.args, child)
         else:
-            backends[fragment.addr].send(proto, client_id, encode_request(fragment.args), child)
+            backends[fragment.addr].send(lane, client_id, encode_request(fragment.args), child)
     if all(c.reply is not None for c in gather.children):
         # Every backend was down: answered already; merge now (the client flushes after).
         gather.parent.reply = merge_replies(
             plan,
             [c.reply for c in gather.children],  # type: ignore[misc]
-            proto == 3,
+            resp3,
         )
 
 
 class InfoGather(ReplyOwner):
-    """INFO: the proxy's own sections plus `# Keyspace` summed over the route backends."""
+    """INFO: the proxy's own sections, then `# Memory`, `# Stats` and `# Keyspace` summed over
+    the route backends (commands/info.py), as many of them as the client asked for."""
 
-    __slots__ = ("args", "children", "parent", "proto", "view")
+    __slots__ = ("args", "children", "parent", "proto", "sections", "view")
 
-    def __init__(self, parent: Slot, args: list[bytes], view: ServerView, proto: int, n: int):
+    def __init__(
+        self,
+        parent: Slot,
+        args: list[bytes],
+        view: ServerView,
+        proto: int,
+        n: int,
+        sections: list[str],
+    ):
         super().__init__()
         self.parent = parent
         self.args = args
         self.view = view
         self.proto = proto
+        self.sections = sections
         self.children = [Slot(self, None, parent.start) for _ in range(n)]
 
     def flush(self) -> None:
@@ -84,16 +97,26 @@ class InfoGather(ReplyOwner):
             value = decode_reply(child.reply or b"")
             if isinstance(value, bytes):
                 texts.append(value)
-        body = info_body(self.args, self.view, sum_keyspace(texts))
+        summed = b"\r\n".join(
+            filter(None, (sum_section(s, texts) for s in self.sections if s != "keyspace"))
+        )
+        if "keyspace" in self.sections:
+            summed += (b"\r\n" if summed else b"") + sum_keyspace(texts)
+        body = info_body(self.args, self.view, summed)
         self.parent.answer(encode_info(body, self.proto))
 
 
 def send_info(
-    args: list[bytes], routes: RouteTable, slot: Slot, view: ServerView, proto: int
+    args: list[bytes],
+    routes: RouteTable,
+    slot: Slot,
+    view: ServerView,
+    proto: int,
+    sections: list[str],
 ) -> None:
-    addrs = list(dict.fromkeys(routes.topology.route.addrs))
-    gather = InfoGather(slot, args, view, proto, len(addrs))
-    payload = encode_request([b"INFO", b"keyspace"])
+    addrs = list(dict.fromkeys(routes.read.addrs))  # every pool keys are routed to
+    gather = InfoGather(slot, args, view, proto, len(addrs), sections)
+    payload = encode_request([b"INFO", *(s.encode() for s in sections)])
     for addr, child in zip(addrs, gather.children, strict=True):
         routes.backends[addr].send(2, 0, payload, child)
     gather.flush()

@@ -43,6 +43,7 @@ class Popped:
     args: list[bytes]
     addr: str  # the read side's owner, where the call ran
     state: MigrationState
+    db: int  # the client's database: the mirrored pop runs there too
 
 
 def mirror_command(spec: CommandSpec, args: list[bytes], value: object) -> list[bytes] | None:
@@ -95,7 +96,7 @@ def mirror_pop(popped: Popped, reply: bytes) -> None:
     secondary = Plan((Fragment(addr, command),), None)
 
     def send() -> None:
-        send_secondary(secondary, keys, routes, state)
+        send_secondary(secondary, keys, routes, state, popped.db)
 
     held = state.held_key(keys)
     if held is not None:  # being copied: after the copy, as for any write to it

@@ -1,12 +1,13 @@
 """Pub/sub: a client's subscriptions over subscriber connections of its own; PUBLISH and PUBSUB.
 
-A channel lives on the backend its name hashes to on the read pool's ring (hash tags honoured),
-so PUBLISH and SUBSCRIBE of one channel meet on one server; a pattern listens on every backend
-of the read pool. The proxy counts a client's subscriptions itself (each backend knows only its
-own): confirmations carry the client's totals and are answered in the request's place once
-every backend involved confirmed. Messages join the client's reply queue as answered slots, so
-none is written before its subscription's confirmation nor inside another reply; a message
-for a channel the client has left (or holds on another backend) is dropped. README: Pub/sub.
+A channel lives on the backend its name hashes to on the read side's ring (hash tags and prefix
+routes applied as to keys), so PUBLISH and SUBSCRIBE of one channel meet on one server; a pattern
+listens on every backend of the read side (every routed pool's too). The proxy counts a
+client's subscriptions itself (each backend knows only its own): confirmations carry the
+client's totals and are answered in the request's place once every backend involved confirmed.
+Messages join the client's reply queue as answered slots, so none is written before its
+subscription's confirmation nor inside another reply; a message for a channel the client has
+left (or holds on another backend) is dropped. README: Pub/sub.
 """
 
 from __future__ import annotations

@@ -46,6 +46,8 @@ class ReplyQueue(ReplyOwner):
         self.metrics = host.metrics
         self.session = session
         self.pending: deque[Slot] = deque()
+        # Replies not to write (CLIENT REPLY OFF/SKIP): dropped when they reach the head.
+        self.silent: set[Slot] = set()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._budget = budget
@@ -74,11 +76,16 @@ class ReplyQueue(ReplyOwner):
         slow_s = self._slow_s
         budget = self._budget
         biggest = 0
+        silent = self.silent
         while pending:
             slot = pending[0]
             reply = slot.reply
             if reply is None:
                 break
+            if silent and slot in silent:
+                silent.discard(slot)
+                pending.popleft()
+                continue
             size = len(reply)
             if size > biggest:
                 biggest = size
@@ -94,10 +101,13 @@ class ReplyQueue(ReplyOwner):
                     stats.errors += 1
                 if elapsed >= slow_s:
                     self._log_slow(stats.label, elapsed)
-        if biggest > budget:  # rare: a reply bigger than the whole budget is refused
-            out = [errors.reply_over_budget(len(r)) if len(r) > budget else r for r in out]
         transport = self.transport
         assert transport is not None
+        if not out:  # every reply answered was one not to write
+            self.after_flush(transport)
+            return
+        if biggest > budget:  # rare: a reply bigger than the whole budget is refused
+            out = [errors.reply_over_budget(len(r)) if len(r) > budget else r for r in out]
         transport.write(out[0] if len(out) == 1 else b"".join(out))
         self._flushes += 1
         if biggest > self._reply_est or not self._flushes & _DECAY_EVERY:

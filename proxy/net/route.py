@@ -14,21 +14,21 @@ from types import MappingProxyType
 
 from proxy.migration.phases import RULES, Phase
 from proxy.net.backend import Backend
-from proxy.routing.topology import PoolTopology, Topology
+from proxy.routing.topology import Placement, PoolTopology, Topology
 
 
 @dataclass(frozen=True, slots=True)
 class RouteTable:
     topology: Topology
-    route: PoolTopology  # the pool that owns the keyspace
-    node_for: Callable[[bytes], int]  # the route ring's lookup
-    route_backends: tuple[Backend, ...]  # by route node index
+    route: PoolTopology  # the default pool (owns every key no prefix route claims)
+    node_for: Callable[[bytes], int]  # the keyspace's lookup: the route ring's, or prefix routes'
+    route_backends: tuple[Backend, ...]  # by keyspace node index (every pool a key is routed to)
     backends: Mapping[str, Backend]  # every backend of the topology, by address
     # Single-key requests may take the client's fast path (one ring, one backend) only when no
     # migration phase asks for a second ring.
     fast: bool
-    read: PoolTopology  # answers reads (and the writes' replies)
-    other: PoolTopology  # a migration's other pool; `read` itself outside one
+    read: Placement  # answers reads (and the writes' replies): a pool, or it plus prefix routes
+    other: Placement  # a migration's other side; `read` itself outside one
     secondary_writes: bool  # writes are also applied to `other`
     shadow_ratio: float  # share of safe reads compared on both pools
     shadow: bool
@@ -40,15 +40,16 @@ class RouteTable:
 def build_route_table(topology: Topology, backends: Mapping[str, Backend]) -> RouteTable:
     rules = RULES[topology.phase]
     route = topology.route
-    target = topology.target or route
-    read, other = (target, route) if rules.reads_target else (route, target)
+    keyspace = topology.keyspace
+    moved = topology.moved or keyspace
+    read, other = (moved, keyspace) if rules.reads_target else (keyspace, moved)
     cfg = topology.config.migration
     shadow_ratio = cfg.shadow_sample_ratio if cfg is not None else 0.0
     return RouteTable(
         topology=topology,
         route=route,
-        node_for=route.ring.node_for,
-        route_backends=tuple(backends[a] for a in route.addrs),
+        node_for=keyspace.node_for,
+        route_backends=tuple(backends[a] for a in keyspace.addrs),
         backends=MappingProxyType({a: backends[a] for a in topology.all_addrs()}),
         fast=topology.phase is Phase.NONE,
         read=read,

@@ -50,7 +50,7 @@ class RouterHolder(Protocol):
 class SliceRequest:
     spec: CommandSpec
     args: list[bytes]
-    proto: int
+    lane: int  # the client's RESP version and database (commands/local.lane_for)
     client_id: int
 
 
@@ -106,7 +106,7 @@ class SlicedRequest(ReplyOwner):
         self.waiting.append(slot)
         host = self.host
         refusal = send_planned(
-            request.spec, args, slot, host.routes, host.migration, request.proto, request.client_id
+            request.spec, args, slot, host.routes, host.migration, request.lane, request.client_id
         )
         if refusal is not None:
             slot.reply = refusal

@@ -35,7 +35,7 @@ class BulkStream(ReplyOwner):
     """One streamed request: its reply lands in `slot`, in the client's queue."""
 
     def __init__(
-        self, client: StreamClient, backend: Backend, proto: int, head: bytes, slot: Slot
+        self, client: StreamClient, backend: Backend, lane: int, head: bytes, slot: Slot
     ) -> None:
         super().__init__()
         self.client = client
@@ -48,7 +48,7 @@ class BulkStream(ReplyOwner):
         self._waiting_bytes = 0
         self._backpressure = False
         self.conn: DedicatedConnection | None = None
-        conn = open_dedicated(backend, proto, Purpose.STREAM, self._on_failed)
+        conn = open_dedicated(backend, lane, Purpose.STREAM, self._on_failed)
         if isinstance(conn, bytes):  # the backend is down
             self._answer(conn)
             return

@@ -15,8 +15,8 @@ from typing import Protocol
 
 from proxy import errors
 from proxy.codec.resp import OK, encode_request, encode_simple, is_error
-from proxy.commands.checks import RESERVED_PREFIX, refusal_before_routing
-from proxy.commands.local import Session
+from proxy.commands.checks import RESERVED_PREFIX, db_argument_refusal, refusal_before_routing
+from proxy.commands.local import ServerView, Session, db_of, run_local
 from proxy.commands.spec import CommandSpec, Kind, arity_error, lookup, unknown_error
 from proxy.net.dualwrite import defer_if_fenced, send_secondary_block
 from proxy.net.fence import Deferred, MigrationState
@@ -32,7 +32,7 @@ _NOW = frozenset({"quit", "reset"})  # run at once even inside MULTI, as Redis d
 _EXEC = lookup([b"EXEC"])
 
 
-class TxHost(Protocol):
+class TxHost(ServerView, Protocol):
     routes: RouteTable
     migration: MigrationState
 
@@ -197,8 +197,25 @@ def _user_refused(client: TxClient, tx: Transaction, spec: CommandSpec, args: li
     return True
 
 
+def select_in_transaction(
+    tx: Transaction, spec: CommandSpec, args: list[bytes], view: ServerView
+) -> bytes:
+    """SELECT of a client that WATCHes (refused: the watched keys stay in their database) or
+    whose released WATCH connection still drains (kept for the old database only). (Inside
+    MULTI, SELECT is refused at queue time: queue_refusal.)"""
+    if tx.pin is not None:
+        return errors.select_while_watching()
+    session = tx.session
+    before = session.db
+    reply = run_local(spec, args, session, view)
+    if session.db != before and tx.draining is not None:
+        tx.draining = None  # it closes once answered; new requests go to the new db's lane
+        tx.sync()
+    return reply
+
+
 def _queue(client: TxClient, tx: Transaction, spec: CommandSpec, args: list[bytes]) -> None:
-    problem = queue_refusal(spec, args)
+    problem = queue_refusal(spec, args) or db_argument_refusal(spec, args, client.host.databases)
     if problem is not None:
         client.reject(problem, spec.label)
         tx.failed = True
@@ -215,6 +232,8 @@ def queue_refusal(spec: CommandSpec, args: list[bytes]) -> bytes | None:
     ):
         return arity_error(spec)
     kind = spec.kind
+    if "no_multi" in spec.flags:  # SAVE SHUTDOWN ...: Redis's own refusal comes first
+        return errors.not_allowed_in_multi()
     if kind is Kind.DENIED:
         return errors.denied(spec.name)
     if kind in (Kind.LOCAL, Kind.TRANSACTION):
@@ -242,10 +261,10 @@ def run_exec(client: TxClient, tx: Transaction, spec: CommandSpec) -> None:
         tx.unpin()
         return
     state = client.host.migration
-    block = Block(queued, slot, client.session.proto, client.client_id, tx, state)
+    block = Block(queued, slot, client.session.lane, client.client_id, tx, state)
     routes = client.host.routes
     if pin is None and not routes.fast and _EXEC is not None:
-        item = Deferred(_EXEC, [b"EXEC"], slot, block.proto, block)
+        item = Deferred(_EXEC, [b"EXEC"], slot, block.lane, block)
         if defer_if_fenced(state, client.client_id, item, block.plan_for(routes).keys):
             tx.sync()
             return
@@ -261,7 +280,7 @@ class Block(ReplyOwner):
         self,
         queued: list[Queued],
         slot: Slot,
-        proto: int,
+        lane: int,
         client_id: int,
         tx: Transaction,
         state: MigrationState,
@@ -269,7 +288,7 @@ class Block(ReplyOwner):
         super().__init__()
         self.queued = queued
         self.slot = slot
-        self.proto = proto
+        self.lane = lane  # the client's RESP version and database (commands/local.lane_for)
         self.client_id = client_id
         self.tx = tx
         self.state = state
@@ -303,7 +322,7 @@ class Block(ReplyOwner):
         if pin is not None:
             pin.send_block(payload, self.slots)
         else:
-            conn = backend.connection(self.proto, self.client_id if routes.fast else 0)
+            conn = backend.connection(self.lane, self.client_id if routes.fast else 0)
             for i, child in enumerate(self.slots):
                 if conn is None:
                     child.reply = backend.down_reply
@@ -322,7 +341,8 @@ class Block(ReplyOwner):
         assert plan.secondary is not None and self._routes is not None
         writes = [self.queued[i][1] for i in plan.writes]
         block = [[b"MULTI"], *writes, [b"EXEC"]]
-        send_secondary_block(plan.secondary, block, plan.keys, self._routes, self.state)
+        routes, db = self._routes, db_of(self.lane)
+        send_secondary_block(plan.secondary, block, plan.keys, routes, self.state, db)
 
     def flush(self) -> None:
         self.dirty = False

@@ -2,10 +2,12 @@
 
 The backend itself detects a changed key (EXEC answers nil) as long as WATCH, MULTI and EXEC
 reach it on one connection: the pin's dedicated connection (net/dedicated.py, Purpose.WATCH,
-bounded by backend.max_watch_connections). While pinned, the client's keyed requests go on it,
-in order; keys of other backends get CROSSSLOT. Unpinned (EXEC, DISCARD, UNWATCH, RESET), the
-connection closes once its owed replies are in; until then the client's requests for that
-backend still go on it, so none overtakes the EXEC.
+bounded by backend.max_watch_connections). While pinned, the client's requests for that
+backend go on it, in order; requests for other backends go as usual, and so do fan-outs and
+requests that span backends (FLUSHALL, DBSIZE, MGET ...) when nothing is owed on the pin (else
+they get CROSSSLOT or a refusal: they could overtake a request on the pin). Unpinned (EXEC,
+DISCARD, UNWATCH, RESET), the connection closes once its owed replies are in; until then the
+client's requests for that backend still go on it, so none overtakes the EXEC.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from proxy import errors
 from proxy.codec.resp import encode_request
-from proxy.commands.checks import RESERVED_PREFIX, refusal_before_routing
+from proxy.commands.checks import RESERVED_PREFIX, db_argument_refusal, refusal_before_routing
 from proxy.commands.spec import CommandSpec, Kind
 from proxy.net.dedicated import DedicatedConnection, Purpose, open_dedicated
 from proxy.net.dualwrite import send_secondary_block
@@ -44,6 +46,11 @@ class Pin:
         if not self.closed and self.finishing and (conn is None or not conn.pending):
             self.close()
         return self.closed
+
+    def idle(self) -> bool:
+        """Nothing owed on the pin's connection: a request sent elsewhere cannot overtake one."""
+        conn = self.conn
+        return conn is None or not conn.pending
 
     def finish(self) -> None:
         self.finishing = True
@@ -115,7 +122,7 @@ def watch(client: TxClient, tx: Transaction, args: list[bytes], slot: Slot) -> b
         pin = Pin(addr, tx.on_pin_lost)
         limit = routes.topology.config.backend.max_watch_connections
         backend = routes.backends[addr]
-        conn = open_dedicated(backend, client.session.proto, Purpose.WATCH, pin.on_failed, limit)
+        conn = open_dedicated(backend, client.session.lane, Purpose.WATCH, pin.on_failed, limit)
         if isinstance(conn, bytes):
             return conn
         pin.conn = conn
@@ -138,6 +145,8 @@ def send_pinned(
     if spec is None or spec.kind in (Kind.LOCAL, Kind.DENIED, Kind.TRANSACTION):
         return False
     if pin is not None and spec.kind in (Kind.FANOUT, Kind.PUBSUB, Kind.BLOCKING):
+        if spec.kind is Kind.FANOUT and pin.idle():
+            return False  # nothing owed on the pin: a fan-out (FLUSHALL ...) cannot overtake it
         client.reject(errors.not_in_transaction(spec.name), spec.label)
         return True
     if spec.kind not in (Kind.SINGLE, Kind.MULTI, Kind.SAME_BACKEND):
@@ -146,7 +155,8 @@ def send_pinned(
         spec.kind is Kind.MULTI and (len(args) - 1) % spec.key_step
     ):
         return False  # dispatch answers the same refusal
-    if refusal_before_routing(spec, args) is not None:
+    databases = client.host.databases
+    if refusal_before_routing(spec, args) or db_argument_refusal(spec, args, databases):
         return False
     routes = client.host.routes
     dual = plan(spec, args, routes)
@@ -156,8 +166,9 @@ def send_pinned(
     one = fragments[0].addr if len(fragments) == 1 else ""
     target = pin or tx.draining
     if target is None or one != target.addr:
-        if pin is None:
-            return False  # draining only: another backend's request goes as usual
+        if pin is None or (one and one != pin.addr) or pin.idle():
+            # Another backend's request, or nothing owed on the pin: as usual, in order.
+            return False
         client.reject(errors.cross_backend(spec.name), spec.label)
         return True
     slot = Slot(client.owner, client.stats_for(spec), perf_counter())
@@ -166,5 +177,6 @@ def send_pinned(
     if dual.secondary is not None:
         state = client.host.migration
         for fragment in dual.secondary.fragments:
-            send_secondary_block(fragment.addr, [fragment.args], dual.keys, routes, state)
+            db = client.session.db
+            send_secondary_block(fragment.addr, [fragment.args], dual.keys, routes, state, db)
     return True

@@ -7,10 +7,19 @@ that goes on); the first error wins, as a failed single command would.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from proxy import errors
-from proxy.codec.resp import OK, encode_array_raw, encode_int, parse_int_reply, split_aggregate
+from proxy.codec.resp import (
+    OK,
+    encode_array_raw,
+    encode_int,
+    encode_map_raw,
+    encode_null,
+    parse_int_reply,
+    split_aggregate,
+)
 from proxy.commands.checks import RESERVED_PREFIX
 from proxy.commands.spec import Merge
 from proxy.routing.plan import Plan
@@ -23,6 +32,8 @@ def merge_replies(plan: Plan, replies: Sequence[bytes], resp3: bool) -> bytes:
         return replies[0]
     if merge is Merge.KILL:
         return _merge_kill(replies)
+    if merge is Merge.RANDOM:
+        return _merge_random(replies, resp3)
     for raw in replies:
         if raw[:1] in (b"-", b"!"):
             return raw  # the first error wins, as a failed single command would
@@ -43,7 +54,70 @@ def merge_replies(plan: Plan, replies: Sequence[bytes], resp3: bool) -> bytes:
         return _merge_all(replies)
     if merge is Merge.SCAN:
         return _merge_scan(plan, replies[0])
+    if merge is Merge.CONFIG:
+        return _merge_config(replies, resp3)
+    if merge is Merge.LIBRARIES:
+        return _merge_libraries(replies)
     raise AssertionError(f"unhandled merge {merge}")
+
+
+def _merge_random(replies: Sequence[bytes], resp3: bool) -> bytes:
+    """RANDOMKEY: a key from a backend chosen at random among those that answered one (an
+    error only when no backend did); nil when every backend is empty."""
+    keys = [r for r in replies if r[:1] == b"$" and r != b"$-1\r\n" and not _reserved(r)]
+    if keys:
+        return random.choice(keys)
+    for raw in replies:
+        if raw[:1] in (b"-", b"!"):
+            return raw
+    return encode_null(resp3)
+
+
+def _reserved(bulk: bytes) -> bool:
+    return bulk[bulk.find(b"\n") + 1 :].startswith(RESERVED_PREFIX)
+
+
+# CONFIG GET never shows these: the backends' secrets are not the clients' to read.
+SECRET_PARAMETERS = frozenset(
+    {
+        b"requirepass",
+        b"masterauth",
+        b"masteruser",
+        b"tls-key-file-pass",
+        b"tls-client-key-file-pass",
+    }
+)
+
+
+def _merge_config(replies: Sequence[bytes], resp3: bool) -> bytes:
+    """CONFIG GET: every parameter any backend named, once, with the first backend's value
+    (backends of one fleet are expected to agree); secrets left out."""
+    merged: dict[bytes, tuple[bytes, bytes]] = {}
+    for raw in replies:
+        items = split_aggregate(raw) or []
+        for name, value in zip(items[::2], items[1::2], strict=True):
+            text = name[name.find(b"\n") + 1 : -2]
+            if text not in merged and text not in SECRET_PARAMETERS:
+                merged[text] = (name, value)
+    return encode_map_raw(merged.values(), len(merged), resp3)
+
+
+def _merge_libraries(replies: Sequence[bytes]) -> bytes:
+    """FUNCTION LIST: each library once, by name, in the order the backends list them."""
+    libraries: dict[bytes, bytes] = {}
+    for raw in replies:
+        for library in split_aggregate(raw) or []:
+            fields = split_aggregate(library) or []
+            name = next(
+                (
+                    v
+                    for k, v in zip(fields[::2], fields[1::2], strict=True)
+                    if k.endswith(b"library_name\r\n")
+                ),
+                library,
+            )
+            libraries.setdefault(name, library)
+    return encode_array_raw(list(libraries.values()))
 
 
 def _merge_kill(replies: Sequence[bytes]) -> bytes:

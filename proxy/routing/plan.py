@@ -14,7 +14,7 @@ from typing import Protocol
 
 from proxy import errors
 from proxy.commands.spec import CommandSpec, Kind, Merge
-from proxy.routing.topology import PoolTopology
+from proxy.routing.topology import Placement
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,16 +38,16 @@ def error_plan(reply: bytes) -> Plan:
     return Plan((), None, error=reply)
 
 
-def plan_multi(spec: CommandSpec, args: list[bytes], pool: PoolTopology) -> Plan:
+def plan_multi(spec: CommandSpec, args: list[bytes], pool: Placement) -> Plan:
     """MGET MSET DEL UNLINK EXISTS TOUCH: one fragment per backend, keys in client order."""
     step = spec.key_step
     cmd = args[0]
-    ring = pool.ring
+    node_for = pool.node_for
     addrs = pool.addrs
     groups: dict[int, tuple[list[bytes], list[int]]] = {}
     nkeys = 0
     for i in range(1, len(args), step):
-        node = ring.node_for(args[i])
+        node = node_for(args[i])
         group = groups.get(node)
         if group is None:
             group = groups[node] = ([cmd], [])
@@ -63,7 +63,7 @@ def plan_multi(spec: CommandSpec, args: list[bytes], pool: PoolTopology) -> Plan
     return Plan(fragments, spec.merge, nkeys=nkeys)
 
 
-def plan_same_backend(spec: CommandSpec, args: list[bytes], pools: Sequence[PoolTopology]) -> Plan:
+def plan_same_backend(spec: CommandSpec, args: list[bytes], pools: Sequence[Placement]) -> Plan:
     """Several keys that must live on one backend in every ring in use, else CROSSSLOT."""
     positions = spec.key_positions(args)
     route = pools[0]
@@ -81,14 +81,14 @@ def plan_same_backend(spec: CommandSpec, args: list[bytes], pools: Sequence[Pool
     return Plan((Fragment(addr, args),), None)
 
 
-def plan_fanout(spec: CommandSpec, args: list[bytes], pool: PoolTopology) -> Plan:
+def plan_fanout(spec: CommandSpec, args: list[bytes], pool: Placement) -> Plan:
     if spec.merge is Merge.SCAN:
         return _plan_scan(args, pool)
     addrs = dict.fromkeys(pool.addrs)
     return Plan(tuple(Fragment(a, args) for a in addrs), spec.merge)
 
 
-def _plan_scan(args: list[bytes], pool: PoolTopology) -> Plan:
+def _plan_scan(args: list[bytes], pool: Placement) -> Plan:
     addrs = tuple(dict.fromkeys(pool.addrs))
     try:
         cursor = int(args[1])
@@ -123,10 +123,10 @@ class RouteView(Protocol):
     """What the planner needs of the route table in use (proxy.net.route.RouteTable)."""
 
     @property
-    def read(self) -> PoolTopology: ...  # answers reads, and the writes' replies
+    def read(self) -> Placement: ...  # answers reads, and the writes' replies
 
     @property
-    def other(self) -> PoolTopology: ...  # a migration's other pool (`read` itself outside one)
+    def other(self) -> Placement: ...  # a migration's other pool (`read` itself outside one)
 
     @property
     def secondary_writes(self) -> bool: ...  # writes are also applied to `other`
@@ -165,7 +165,7 @@ def plan(spec: CommandSpec, args: list[bytes], view: RouteView) -> DualPlan:
 
 
 def _multi_secondary(
-    spec: CommandSpec, args: list[bytes], read: PoolTopology, other: PoolTopology
+    spec: CommandSpec, args: list[bytes], read: Placement, other: Placement
 ) -> Plan | None:
     step = spec.key_step
     moved: list[bytes] = [args[0]]
@@ -177,12 +177,15 @@ def _multi_secondary(
     return plan_multi(spec, moved, other)
 
 
+_EVERYWHERE = ("script|", "function|")
+
+
 def _fanout(
-    spec: CommandSpec, args: list[bytes], read: PoolTopology, other: PoolTopology, write: bool
+    spec: CommandSpec, args: list[bytes], read: Placement, other: Placement, write: bool
 ) -> Plan:
-    if not write and not spec.name.startswith("script|") and spec.merge is not Merge.KILL:
+    if not write and not spec.name.startswith(_EVERYWHERE) and spec.merge is not Merge.KILL:
         return plan_fanout(spec, args, read)  # DBSIZE KEYS SCAN: the pool that answers reads
-    # FLUSH* and SCRIPT LOAD/EXISTS/FLUSH: every server of both pools, so EVALSHA works on both;
+    # FLUSH*, SCRIPT and FUNCTION: every server of both pools, so EVALSHA and FCALL work on both;
     # SCRIPT KILL and FUNCTION KILL too: a script may run on either pool.
     addrs = dict.fromkeys((*read.addrs, *other.addrs))
     return Plan(tuple(Fragment(a, args) for a in addrs), spec.merge)

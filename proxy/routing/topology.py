@@ -1,4 +1,4 @@
-"""Immutable topology: the rings of every pool, built from a validated config.
+"""Immutable topology: the rings of every pool and the prefix routes, built from a validated config.
 
 A reload builds a new Topology and the server swaps one reference; requests in flight keep the one
 they started with. Servers are identified by address: the same address in two pools is one Redis.
@@ -6,12 +6,14 @@ they started with. Servers are identified by address: the same address in two po
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TypeAlias
 
 from proxy.config.phase import Phase
 from proxy.config.schema import PoolConfig, ProxyConfig
+from proxy.routing.prefix import Keyspace, build_keyspace
 from proxy.routing.ring import Ring, ketama_label
 
 
@@ -21,9 +23,15 @@ class PoolTopology:
     ring: Ring
     addrs: tuple[str, ...]  # ring node index -> server address "host:port"
     names: tuple[str, ...]  # ring node index -> display name (server name, else address)
+    node_for: Callable[[bytes], int]  # key -> ring node index (the ring's own lookup)
 
     def addr_for(self, key: bytes) -> str:
         return self.addrs[self.ring.node_for(key)]
+
+
+# What the planner, pub/sub and the client's fast path look keys up in: a pool, or a pool plus
+# prefix routes (routing/prefix.py). Both give addrs, node_for and addr_for.
+Placement: TypeAlias = PoolTopology | Keyspace
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +40,15 @@ class Topology:
     config: ProxyConfig
     config_hash: str
     pools: Mapping[str, PoolTopology]
-    route: PoolTopology  # the pool that owns the keyspace
+    route: PoolTopology  # the default pool: owns every key no prefix route claims
     target: PoolTopology | None  # migration.to, while re-sharding
     phase: Phase  # migration phase, Phase.NONE when not re-sharding
     names: Mapping[str, str]  # address -> display name, for every server of every pool
+    keyspace: Placement  # route plus the prefix routes, as configured: where keys are now
+    # During a migration: the same with the source pool (migration.from, else route) replaced by
+    # the target, wherever it appears, so routes naming the migrating pool follow it. Else None.
+    moved: Placement | None
+    source: PoolTopology | None  # the pool being re-sharded, while re-sharding
 
     def all_addrs(self) -> tuple[str, ...]:
         seen: dict[str, None] = {}
@@ -58,7 +71,20 @@ def build_pool(pool: PoolConfig) -> PoolTopology:
         ring=ring,
         addrs=tuple(s.addr for s in pool.servers),
         names=tuple(s.name or s.addr for s in pool.servers),
+        node_for=ring.node_for,
     )
+
+
+def build_placement(
+    config: ProxyConfig, pools: Mapping[str, PoolTopology], swap: Mapping[str, str]
+) -> Placement:
+    """The route and prefix routes as one lookup; `swap` renames pools (source -> target)."""
+
+    def pool(name: str) -> PoolTopology:
+        return pools[swap.get(name, name)]
+
+    routes = [(r.prefix.encode(), pool(r.pool)) for r in config.routes]
+    return build_keyspace(pool(config.route), routes)
 
 
 def build_topology(config: ProxyConfig, generation: int, config_hash: str) -> Topology:
@@ -68,6 +94,8 @@ def build_topology(config: ProxyConfig, generation: int, config_hash: str) -> To
         for addr, name in zip(pool.addrs, pool.names, strict=True):
             names.setdefault(addr, name)
     migration = config.migration
+    source = config.migration_source
+    swap = {source: migration.to} if migration and source else {}
     return Topology(
         generation=generation,
         config=config,
@@ -77,4 +105,7 @@ def build_topology(config: ProxyConfig, generation: int, config_hash: str) -> To
         target=pools[migration.to] if migration else None,
         phase=migration.phase if migration else Phase.NONE,
         names=MappingProxyType(names),
+        keyspace=build_placement(config, pools, {}),
+        moved=build_placement(config, pools, swap) if swap else None,
+        source=pools[source] if source else None,
     )

@@ -146,7 +146,7 @@ def backend_names(config: ProxyConfig) -> dict[str, str]:
 
 async def check_config(config: ProxyConfig) -> list[AclReport]:
     """Every backend of `config`, checked concurrently."""
-    probes = build_probes(config.allow_flush)
+    probes = build_probes(config.allow_flush, bool(config.allow_config_set))
     servers = backend_addrs(config)
     return list(await asyncio.gather(*(check_backend(s, config.backend, probes) for s in servers)))
 

@@ -120,6 +120,7 @@ async def _sample_problem(ex: Executor, migration: ActiveMigration, fence: Fence
         migration.source,
         migration.target,
         ttl_tolerance_ms=settings.verify_ttl_tolerance_ms,
+        claims=migration.moves,
         fence=fence,
         concurrency=settings.backfill.batch_keys,
     )

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.commands.clients import ClientRow
 from proxy.commands.users import Users, compile_users
 from proxy.config.reader import config_hash
 from proxy.config.schema import ProxyConfig
@@ -30,6 +31,7 @@ from proxy.routing.topology import Topology, build_topology
 from proxy.server import status as views
 from proxy.server.aclcheck import AclCheckError, AclReport, check_config, log_reports, refusal
 from proxy.server.admin import AdminServer
+from proxy.server.dbcheck import check_databases
 from proxy.server.fdlimit import log_lowered, size_clients
 from proxy.server.lifecycle import ConfigFamilies, Lifecycle
 from proxy.server.reload import Accepted, validate_reload
@@ -89,6 +91,8 @@ class ProxyServer:
         self.max_clients = config.client.max_connections  # sized to the fd limit by start()
         self._sized = False
         self.allow_flush = config.allow_flush
+        self.allow_config_set = config.allow_config_set
+        self.databases = config.databases
         self.slowlog_ms = config.slowlog_ms
         self.acl_reports: dict[str, AclReport] = {}  # backend addr -> its user's last ACL check
         self.memory = MemoryGuard(self.clients, self.memory_budget, self._on_memory_sweep)
@@ -114,6 +118,8 @@ class ProxyServer:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        if self.role is None:  # under a supervisor, the supervisor checks it once
+            await check_databases(self._config)
         if self._config.backend.acl_check == "refuse" and self.role is None:
             reason = await self.check_acl(self._config)
             if reason:
@@ -251,6 +257,8 @@ class ProxyServer:
         if self._admin is not None:
             self._admin.auth = config.admin_auth
         self.allow_flush = config.allow_flush
+        self.allow_config_set = config.allow_config_set
+        self.databases = config.databases
         self.slowlog_ms = config.slowlog_ms
         self._size_clients()
         self.lifecycle.accepted(config, generation, topology.config_hash, "")
@@ -330,6 +338,22 @@ class ProxyServer:
 
     def info_sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
         return views.info_sections(self)
+
+    def client_rows(self) -> list[ClientRow]:
+        return [views.client_row(c) for c in self.clients if not c.closed]
+
+    def client_row(self, client_id: int) -> ClientRow | None:
+        client = next((c for c in self.clients if c.client_id == client_id), None)
+        return None if client is None else views.client_row(client)
+
+    def unblock_client(self, client_id: int, error: bool) -> bool:
+        client = next((c for c in self.clients if c.client_id == client_id), None)
+        return client is not None and client.unblock(error)
+
+    def kill_client(self, client_id: int) -> None:
+        for client in list(self.clients):
+            if client.client_id == client_id:
+                client.abort()  # connection_lost releases what it held
 
     def status(self) -> dict[str, Any]:
         return views.status(self)

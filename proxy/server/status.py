@@ -8,6 +8,7 @@ import time
 from typing import Any, Protocol
 
 from proxy import __version__
+from proxy.commands.clients import ClientRow
 from proxy.commands.local import server_section
 from proxy.jobs.runner import PhaseRunner
 from proxy.net.backend import Backend
@@ -40,11 +41,29 @@ def backend_rows(server: ServerState) -> list[BackendRow]:
 
 
 def readiness(server: ServerState) -> tuple[bool, str]:
-    """Ready when every backend of the route pool is up."""
-    down = [b for b in server.routes.route_backends if not b.up]
+    """Ready when every backend of the route pool and of the prefix routes' pools is up."""
+    down = [b for b in _routed_backends(server) if not b.up]
     if down:
         return False, "backends down: " + ", ".join(f"{b.name} ({b.addr})" for b in down)
     return True, "ok"
+
+
+def client_row(client: ClientConnection) -> ClientRow:
+    """One client as CLIENT LIST shows it (commands/clients.py)."""
+    transport = client.transport
+    local = transport.get_extra_info("sockname") if transport is not None else None
+    laddr = f"{local[0]}:{local[1]}" if isinstance(local, tuple) else ""
+    subs = client.pubsub
+    counts = (0, 0, 0) if subs is None else tuple(len(t) for t in subs.tables.values())
+    queued = client.tx.queued if client.tx is not None else None
+    return ClientRow(
+        session=client.session,
+        laddr=laddr,
+        idle_s=max(0.0, time.perf_counter() - client.last_active),
+        subscriptions=(counts[0], counts[1], counts[2]),
+        queued=-1 if queued is None else len(queued),
+        output_bytes=client.held_bytes(),
+    )
 
 
 def info_sections(server: ServerState) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -56,6 +75,7 @@ def info_sections(server: ServerState) -> list[tuple[str, list[tuple[str, str]]]
             [
                 ("connected_clients", str(len(server.clients))),
                 ("maxclients", str(server.max_clients)),
+                ("blocked_clients", str(sum(c.blocked for c in server.clients))),
             ],
         ),
         (
@@ -66,11 +86,16 @@ def info_sections(server: ServerState) -> list[tuple[str, list[tuple[str, str]]]
                 ("config_hash", topology.config_hash),
                 ("route_pool", topology.route.name),
                 ("phase", topology.phase),
-                ("backends", str(len(topology.route.addrs))),
-                ("backends_down", str(sum(not b.up for b in server.routes.route_backends))),
+                ("backends", str(len(_routed_backends(server)))),
+                ("backends_down", str(sum(not b.up for b in _routed_backends(server)))),
             ],
         ),
     ]
+
+
+def _routed_backends(server: ServerState) -> list[Backend]:
+    """The backends keys are routed to (route and prefix routes), each once."""
+    return list({b.addr: b for b in server.routes.route_backends}.values())
 
 
 def status(server: ServerState) -> dict[str, Any]:
@@ -82,8 +107,13 @@ def status(server: ServerState) -> dict[str, Any]:
         "generation": topology.generation,
         "config_hash": topology.config_hash,
         "route": topology.route.name,
+        "routes": [{"prefix": r.prefix, "pool": r.pool} for r in topology.config.routes],
         "phase": topology.phase,
-        "migration": {"to": migration.to, "phase": migration.phase} if migration else None,
+        "migration": (
+            {"from": topology.config.migration_source, "to": migration.to, "phase": migration.phase}
+            if migration
+            else None
+        ),
         "backfill": server.phases.backfill_status(),
         "clients": len(server.clients),
         "max_clients": server.max_clients,

@@ -36,6 +36,7 @@ from proxy.server.aclcheck import (
     refusal,
 )
 from proxy.server.admin import AdminServer
+from proxy.server.dbcheck import DatabasesError, check_databases
 from proxy.server.lifecycle import ConfigFamilies, Lifecycle
 from proxy.server.server import DRAIN_TIMEOUT_S
 from proxy.workers.metrics_files import forget_worker
@@ -100,7 +101,7 @@ class Supervisor:
             log.error("cannot serve: %s", exc)
             await self.stop()
             return 1
-        except AclCheckError:  # no worker was started; the caller prints it as one line
+        except (AclCheckError, DatabasesError):  # no worker started; the caller prints it
             await self.stop()
             raise
         await self.lifecycle.wait_stop()
@@ -109,6 +110,7 @@ class Supervisor:
 
     async def start(self) -> None:
         """Check the backend user's ACL (refuse: AclCheckError), then start every worker."""
+        await check_databases(self._config)
         acl_check = self._config.backend.acl_check
         if acl_check == "refuse":
             reason = await self.check_acl(self._config)

@@ -299,3 +299,12 @@ def test_status_never_shows_passwords(proxy: ProxyThread) -> None:
         body = json.loads(resp.read())
     assert body["generation"] == 1
     assert "dpw" not in json.dumps(body) and "apw" not in json.dumps(body)
+
+
+def test_client_info_and_list_name_the_user(proxy: ProxyThread) -> None:
+    with RespConn(proxy.port) as conn:
+        assert conn.call("AUTH", "all", "xpw")[0] == b"+OK\r\n"
+        assert b" user=all " in conn.call("CLIENT", "INFO")[0]
+        assert b" user=all " in conn.call("CLIENT", "LIST")[0]
+        assert conn.call("AUTH", "dpw")[0] == b"+OK\r\n"
+        assert b" user=default " in conn.call("CLIENT", "INFO")[0]

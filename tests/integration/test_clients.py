@@ -151,12 +151,13 @@ def test_redis_py_same_values_and_types_as_redis(
     assert not diffs, diffs
 
 
-def test_redis_py_defaults_give_resp3_types(proxy: ProxyThread) -> None:
+def test_redis_py_defaults_give_resp3_types(proxy: ProxyThread, reference: RedisServer) -> None:
     r = redis.Redis(port=proxy.port)
     info = r.client_info()
     assert info["resp"] == "3"
-    assert info["lib-name"] == "redis-py"
-    assert info["lib-ver"] == redis.__version__
+    # CLIENT SETINFO is unknown to Redis 7.0.15, as here: redis-py goes on; CLIENT INFO has
+    # 7.0.15's fields.
+    assert set(info) == set(redis.Redis(port=reference.port).client_info())
     r.hset("h", mapping={"a": "1"})
     r.zadd("z", {"m": 2.5})
     r.sadd("s", "x")
@@ -205,7 +206,7 @@ def test_redis_cli_basics(proxy: ProxyThread) -> None:
         assert redis.Redis(port=proxy.port).set(cli_key, i)
     scanned = cli(proxy.port, "--scan", "--pattern", "scan:*").stdout.split()
     assert sorted(scanned) == sorted(f"scan:{i}".encode() for i in range(300))
-    err = cli(proxy.port, "CONFIG", "GET", "maxmemory")
+    err = cli(proxy.port, "CONFIG", "SET", "maxmemory", "1")
     assert b"not allowed" in err.stdout + err.stderr
 
 

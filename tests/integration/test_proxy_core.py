@@ -145,7 +145,7 @@ def test_error_shapes(proxy: ProxyThread) -> None:
     with pytest.raises(redis.ResponseError, match="wrong number of arguments for 'get'"):
         r.execute_command("GET")
     with pytest.raises(redis.ResponseError, match="not allowed"):
-        r.execute_command("CONFIG", "GET", "maxmemory")
+        r.execute_command("CONFIG", "SET", "maxmemory", "1")
     with pytest.raises(redis.ResponseError, match=r"^EXEC without MULTI"):
         r.execute_command("EXEC")
 

@@ -88,25 +88,26 @@ def test_table_is_sorted_and_from_the_recorded_version() -> None:
 
 DOCUMENTED = {
     Kind.SINGLE: "get set incr hset lpush zadd expire object|encoding xinfo|stream memory|usage "
-    "georadius_ro xgroup|create bitfield restore",
+    "georadius_ro xgroup|create bitfield restore move",
     Kind.MULTI: "mget mset del unlink exists touch",
     Kind.SAME_BACKEND: "rename smove lmove sinterstore zunionstore bitop pfmerge copy msetnx eval "
     "evalsha eval_ro fcall fcall_ro sort sort_ro georadius georadiusbymember xread xreadgroup "
     "lmpop zmpop sintercard lcs",
     Kind.FANOUT: "dbsize keys scan script|load script|exists script|flush script|kill "
-    "function|kill flushdb flushall function|flush",
+    "function|kill flushdb flushall function|flush randomkey config|get function|load "
+    "function|delete function|restore function|list function|dump config|set",
     Kind.LOCAL: "ping echo quit select hello auth command command|info command|count "
     "command|getkeys command|docs info client|setname client|getname client|id client|info "
-    "reset time acl|whoami",
+    "client|list client|kill client|reply client|unblock reset time acl|whoami",
     Kind.TRANSACTION: "multi exec discard watch unwatch",
     Kind.BLOCKING: "blpop brpop brpoplpush blmove bzpopmin bzpopmax blmpop bzmpop",
     Kind.PUBSUB: "subscribe psubscribe ssubscribe unsubscribe punsubscribe sunsubscribe publish "
     "spublish pubsub|channels",
-    Kind.DENIED: "config|get config|set debug shutdown replicaof slaveof cluster|info "
+    Kind.DENIED: "debug shutdown replicaof slaveof cluster|info "
     "cluster|nodes module|load save bgsave bgrewriteaof monitor sync psync migrate acl|setuser "
-    "failover latency|latest slowlog|get client|kill client|list client|tracking "
-    "client|pause client|reply swapdb move wait randomkey lastsave role function|load "
-    "function|list script|debug object|help readonly readwrite "
+    "failover latency|latest slowlog|get client|tracking "
+    "client|pause swapdb wait lastsave role function|stats script|debug "
+    "object|help readonly readwrite "
     "asking restore-asking pfdebug lolwut",
 }
 

@@ -27,6 +27,7 @@ from proxy.config.schema import (
     MigrationConfig,
     PoolConfig,
     ProxyConfig,
+    RouteConfig,
     ServerConfig,
     load_config,
     parse_config,
@@ -76,6 +77,7 @@ def test_every_default() -> None:
     assert config.listen == Address("127.0.0.1", 6380) == DEFAULT_LISTEN
     assert config.admin == Address("127.0.0.1", 9380) == DEFAULT_ADMIN
     assert config.workers == 1
+    assert config.databases == 16  # Redis's default
     assert config.log_format == "text"
     assert config.log_level == "info"
     assert config.slowlog_ms == 0
@@ -290,6 +292,9 @@ def test_non_string_keys() -> None:
         ("workers: 0", "workers: must be 1..64"),
         ("workers: -2", "workers: must be 1..64"),
         ("workers: 65", "workers: must be 1..64"),
+        ("databases: 0", "databases: must be 1..65536"),
+        ("databases: 65537", "databases: must be 1..65536"),
+        ("databases: many", "databases: expected an integer, got 'many'"),
         (
             "listen: 127.0.0.1:0\nworkers: 2",
             "listen: port 0 (any free port) cannot be shared by workers > 1; give a port",
@@ -859,7 +864,7 @@ def test_shipped_configs_exist() -> None:
 def test_example_documents_the_true_defaults() -> None:
     example = load_config(str(CONFIG_DIR / "proxy.example.yaml"), env=NO_ENV)
     default = parse(MINIMAL)
-    skip = {"pools", "route"}
+    skip = {"pools", "route", "routes"}
     for field in dataclasses.fields(ProxyConfig):
         if field.name not in skip:
             assert getattr(example, field.name) == getattr(default, field.name), field.name
@@ -889,7 +894,7 @@ def test_example_names_every_key() -> None:
     assert set(raw["admin"]) == names(AdminAuth) | {"addr"}
     assert set(raw["client"]) == names(ClientConfig)
     assert set(raw["backend"]) == names(BackendConfig)
-    assert set(raw["migration"]) == names(MigrationConfig)
+    assert set(raw["migration"]) == names(MigrationConfig) - {"source"} | {"from"}
     assert set(raw["migration"]["backfill"]) == names(BackfillConfig)
     pool_keys = set().union(*(set(pool) for pool in raw["pools"].values()))
     assert pool_keys == names(PoolConfig) - {"name"}
@@ -930,3 +935,58 @@ def test_backend_acl_check_defaults_to_warn_and_reads_a_bare_off() -> None:
         assert parse_config(text, env={}).backend.acl_check == mode
     with pytest.raises(ConfigError, match=r"backend\.acl_check"):
         parse_config(f"backend:\n  acl_check: loud\n{base}", env={})
+
+
+# --- prefix routes ---
+
+ROUTED = """
+pools:
+  main: {servers: ['127.0.0.1:7001']}
+  queues: {servers: ['127.0.0.1:7101']}
+route: main
+"""
+
+
+def test_routes_are_read_in_file_order() -> None:
+    config = parse(ROUTED + "routes: [{prefix: 'rq:', pool: queues}, {prefix: 'a', pool: main}]")
+    assert config.routes == (RouteConfig("rq:", "queues"), RouteConfig("a", "main"))
+    assert parse(ROUTED).routes == ()
+    assert parse(ROUTED + "routes: null").routes == ()
+
+
+@pytest.mark.parametrize(
+    ("routes", "message"),
+    [
+        ("{prefix: 'rq:', pool: queues}", "routes: expected a list of {prefix, pool} mappings"),
+        ("['rq:']", "routes[0]: expected a mapping {prefix, pool}, got 'rq:'"),
+        ("[{prefix: '', pool: queues}]", "routes[0].prefix: must not be empty"),
+        ("[{prefix: 7, pool: queues}]", "routes[0].prefix: expected a string, got 7"),
+        ("[{pool: queues}]", "routes[0].prefix: required"),
+        ("[{prefix: 'rq:'}]", "routes[0].pool: required"),
+        (
+            "[{prefix: 'rq:', pool: nope}]",
+            "routes[0].pool: no pool named 'nope' (pools: main, queues)",
+        ),
+        ("[{prefix: 'rq:', pool: queues, weight: 1}]", "routes[0].weight: unknown key"),
+        (
+            "[{prefix: 'rq:', pool: queues}, {prefix: 'rq:', pool: main}]",
+            "routes[1].prefix: duplicate prefix 'rq:' (routes[0])",
+        ),
+    ],
+)
+def test_route_errors(routes: str, message: str) -> None:
+    assert error_of(ROUTED + f"routes: {routes}").startswith(message)
+
+
+def test_migration_from_names_the_migrating_pool() -> None:
+    text = ROUTED.replace("route: main", "  next: {servers: ['127.0.0.1:7102']}\nroute: main")
+    moving = parse(text + "migration: {from: queues, to: next, phase: double-write}")
+    assert moving.migration_source == "queues"
+    assert parse(text + "migration: {to: next, phase: double-write}").migration_source == "main"
+    assert parse(text).migration_source is None
+    assert error_of(text + "migration: {from: queues, to: queues, phase: double-write}") == (
+        "migration.to: must name a pool other than migration.from ('queues')"
+    )
+    assert error_of(text + "migration: {from: nope, to: next, phase: double-write}").startswith(
+        "migration.from: no pool named 'nope'"
+    )

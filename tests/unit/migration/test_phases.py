@@ -189,3 +189,73 @@ def test_migration_id_names_the_two_rings() -> None:
     assert active is not None and active.mid == mid and active.phase == "backfill"
     assert active.source.name == "old" and active.target.name == "new"
     assert active_migration(config()) is None
+
+
+# --- prefix routes through a migration ---
+
+QUEUES = "  queues: {servers: ['127.0.0.1:7101']}\n"
+
+
+def routed(phase: str | None, routes: str, *, route: str = "old", source: str = "") -> ProxyConfig:
+    block = f"migration:\n  to: new\n  phase: {phase}\n{source}" if phase else ""
+    text = (
+        f"pools:\n  old: {{servers: {OLD}}}\n  new: {{servers: {NEW}}}\n{QUEUES}"
+        f"route: {route}\nroutes: {routes}\n{block}"
+    )
+    return parse_config(text, env={})
+
+
+RQ_OLD = "[{prefix: 'rq:', pool: queues}, {prefix: 'x:', pool: old}]"
+RQ_NEW = "[{prefix: 'rq:', pool: queues}, {prefix: 'x:', pool: new}]"
+
+
+def test_routes_may_change_outside_a_migration() -> None:
+    assert check_step(routed(None, "[]"), routed(None, RQ_OLD)) is None
+    assert check_step(routed(None, RQ_OLD), routed(None, "[]")) is None
+
+
+def test_routes_cannot_change_when_a_migration_starts_or_runs() -> None:
+    reason = check_step(routed(None, "[]"), routed("double-write", RQ_OLD))
+    assert reason is not None and "two reloads" in reason
+    reason = check_step(routed("backfill", RQ_OLD), routed("backfill", "[]"))
+    assert reason is not None and "cannot change routes during a migration" in reason
+
+
+def test_leaving_retire_moves_the_routes_of_the_source_pool_to_the_target() -> None:
+    before = routed("retire", RQ_OLD)
+    assert check_step(before, routed(None, RQ_NEW, route="new")) is None
+    reason = check_step(before, routed(None, RQ_OLD, route="new"))
+    assert reason == (
+        "leaving retire needs the routes of pool 'old' to name 'new', the others unchanged"
+        " (routes: rq: -> queues, x: -> new)"
+    )
+
+
+def test_a_routed_pool_can_be_the_migrating_one() -> None:
+    src = "  from: queues\n"
+    rq = "[{prefix: 'rq:', pool: queues}]"
+    moved = "[{prefix: 'rq:', pool: new}]"
+    assert check_step(routed(None, rq), routed("double-write", rq, source=src)) is None
+    assert check_step(routed("retire", rq, source=src), routed(None, moved)) is None
+    reason = check_step(routed("backfill", rq, source=src), routed("backfill", rq))
+    assert reason == (
+        "cannot change migration.from during a migration ('queues' -> 'old');"
+        " finish or roll back the migration first"
+    )
+    m = active_migration(routed("backfill", rq, source=src))
+    assert m is not None and m.source.name == "queues"
+    assert m.moves(b"rq:job:1") and not m.moves(b"user:1")
+
+
+def test_the_jobs_leave_other_pools_keys_alone() -> None:
+    m = active_migration(routed("backfill", RQ_OLD))
+    assert m is not None
+    assert m.moves(b"user:1") and m.moves(b"x:1") and not m.moves(b"rq:job:1")
+
+
+def test_routes_are_part_of_the_migration_id() -> None:
+    plain = active_migration(routed("backfill", "[]"))
+    with_routes = active_migration(routed("backfill", RQ_OLD))
+    assert plain is not None and with_routes is not None
+    assert plain.mid != with_routes.mid
+    assert plain.mid == active_migration(config("backfill")).mid  # type: ignore[union-attr]
