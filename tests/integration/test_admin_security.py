@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import RedisServer, free_port, redis_servers
-from tests.support.runner import ProxyThread, simple_config
+from tests.support.runner import ProxyThread, running_proxy, simple_config
 from tests.support.wire import RespConn
 
 CLI = [sys.executable, "-m", "proxy"]
@@ -41,11 +41,8 @@ def serving(text: str, tmp_path: Path) -> Iterator[ProxyThread]:
     """A proxy on `text`, written to a file for its reloads."""
     path = tmp_path / "proxy.yaml"
     path.write_text(text)
-    proxy = ProxyThread(text, str(path)).start()
-    try:
+    with running_proxy(text, str(path)) as proxy:
         yield proxy
-    finally:
-        proxy.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tests.support.processes import RedisServer, free_port, redis_servers
-from tests.support.runner import ProxyThread, simple_config
+from tests.support.runner import ProxyThread, running_proxy, simple_config
 from tests.support.wire import RespConn, read_until_closed
 
 # The same users on both sides: Redis's ACL SETUSER rules, and the proxy's client.users.
@@ -57,11 +57,8 @@ def proxy(server: RedisServer, tmp_path: Path) -> Iterator[ProxyThread]:
     text = text.replace("backend:\n", "backend:\n  password: dpw\n")
     path = tmp_path / "proxy.yaml"
     path.write_text(text)
-    p = ProxyThread(text, str(path)).start()
-    try:
+    with running_proxy(text, str(path)) as p:
         yield p
-    finally:
-        p.stop()
 
 
 def replies(port: int, commands: Sequence[Sequence[str]]) -> list[bytes]:
