@@ -1,7 +1,7 @@
 """The proxy's whole per-request Python path, without sockets: CPU µs per request.
 
     python benchmarks/hotpath.py [--requests N] [--repeat R] [--hash NAME] [--db N] [--routes N]
-                                 [--extra YAML]
+                                 [--extra YAML] [--acl-user KEYS]
 
 A real ClientConnection, RouteTable, Backend and BackendConnection (the same objects `serve` uses)
 over in-memory transports: each round feeds a client read of `depth` GET requests (or SET 64 B),
@@ -10,6 +10,9 @@ lets the client write its replies. What is left out is only the kernel and uvloo
 work, so the figure is the part of the proxy's cost that Python code decides, and it is steady
 on a noisy machine (best of --repeat). `run.py` measures the whole thing against nutcracker.
 --db N: the clients SELECTed db N (their backend connections are those of db N's lane).
+--acl-user KEYS: the clients are an ACL user (client.users) of '+@all -@dangerous -@admin' and
+the key rules KEYS: with `~*` they keep the fast path, with key patterns (`~key:*`) it is taken
+once each request's key matches.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import uvloop
 from proxy.codec.resp import encode_request
 from proxy.commands.clients import ClientRow
 from proxy.commands.local import lane_for
+from proxy.commands.users import compile_users
 from proxy.config.schema import parse_config
 from proxy.net.backend import Backend
 from proxy.net.client import ClientConnection
@@ -40,6 +44,7 @@ from proxy.net.pool import BackendPool
 from proxy.routing.topology import build_topology
 
 VALUE = b"x" * 64
+ACL_USER = "{name: bench, password: pw, commands: '+@all -@dangerous -@admin', keys: '%s'}"
 
 
 class MemoryTransport(asyncio.Transport):
@@ -81,20 +86,25 @@ class MemoryTransport(asyncio.Transport):
 class Host:
     """The ClientHost a ProxyServer would be, minus the listener."""
 
-    def __init__(self, hash_name: str, routes: int = 0, extra: str = "") -> None:
+    def __init__(
+        self, hash_name: str, routes: int = 0, extra: str = "", acl_keys: str = "~*"
+    ) -> None:
         text = (
-            "listen: 127.0.0.1:1\nbackend:\n  connections: 1\npools:\n  bench:\n"
+            "listen: 127.0.0.1:1\nbackend:\n  connections: 1\n"
+            f"client:\n  users: [{ACL_USER % acl_keys}]\npools:\n  bench:\n"
             f"    hash: {hash_name}\n    hash_tag: '{{}}'\n    servers:\n"
             "      - 127.0.0.1:7001:1 r1\n      - 127.0.0.1:7002:1 r2\n"
-            "      - 127.0.0.1:7003:1 r3\n" + extra
+            "      - 127.0.0.1:7003:1 r3\n"
         )
         if routes:  # prefix routes no benchmark key matches (the common case), of varied lengths
             text += "  queues: {servers: ['127.0.0.1:7004']}\nroute: bench\nroutes:\n"
             text += "".join(
                 f"  - {{prefix: 'q{i}:{'x' * (i % 3)}', pool: queues}}\n" for i in range(routes)
             )
+        text += extra  # top-level keys: after the pools and routes
         config = parse_config(text)
         self.client_config = config.client
+        self.users = compile_users(config.client)
         self.max_clients = config.client.max_connections
         self.allow_flush = False
         self.allow_config_set: tuple[str, ...] = ()
@@ -152,16 +162,21 @@ async def measure(
     db: int = 0,
     routes: int = 0,
     extra: str = "",
+    acl_keys: str | None = None,
 ) -> float:
     """CPU µs per request: rounds of `fan_in` client reads of `depth` requests each, one loop
     iteration (the backends' coalesced writes), one read of replies per backend."""
-    host = Host(hash_name, routes, extra)
+    host = Host(hash_name, routes, extra, acl_keys or "~*")
     conns = [connect_backend(b, db) for b in host.routes.route_backends]
     clients = []
     for _ in range(fan_in):
         client = ClientConnection(host)
         client.connection_made(MemoryTransport())
         client.session.set_db(db)  # as its SELECT would
+        if acl_keys is not None:
+            user = host.users.get("bench")
+            assert user is not None
+            client.session.set_user(user)
         clients.append(client)
     node_for = host.routes.node_for
     rounds: list[tuple[list[bytes], dict[int, bytes]]] = []
@@ -209,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--extra", default="", help="config YAML appended, e.g. 'hotkeys: {enabled: false}'"
     )
+    parser.add_argument("--acl-user", metavar="KEYS", help="clients as an ACL user (see above)")
     args = parser.parse_args(argv)
+    who = f"an ACL user with keys {args.acl_user}" if args.acl_user else "the default user"
     print(
-        f"hash {args.hash}, db {args.db}, {args.routes} prefix routes; "
+        f"hash {args.hash}, db {args.db}, {args.routes} prefix routes, clients as {who}; "
         f"CPU µs per request, best of {args.repeat}; {args.extra or 'defaults'}"
     )
     for command in (b"GET", b"SET"):
@@ -227,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.db,
                         args.routes,
                         args.extra,
+                        args.acl_user,
                     )
                 )
                 for _ in range(args.repeat)

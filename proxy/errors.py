@@ -113,6 +113,27 @@ def wrongpass() -> bytes:
     return _err("WRONGPASS invalid username-password pair or user is disabled.")
 
 
+def noperm_command(command: str) -> bytes:
+    """Redis 7.0's text; `command` is 'client|setname' for a subcommand."""
+    return _err(f"NOPERM this user has no permissions to run the '{command}' command")
+
+
+def noperm_keys() -> bytes:
+    return _err("NOPERM this user has no permissions to access one of the keys used as arguments")
+
+
+def client_address_refused(peer: str) -> bytes:
+    return _err(f"ERR shardproxy does not accept clients from {peer} (client.allow_cidrs)")
+
+
+def admin_unauthorized() -> str:
+    return "missing or wrong admin token (Authorization: Bearer <admin.token>)"
+
+
+def admin_bad_origin(origin: str) -> str:
+    return f"cross-origin request refused (Origin {origin!r} is not this admin port)"
+
+
 def auth_not_configured() -> bytes:
     return _err(
         "ERR AUTH <password> called without any password configured for the default user. "

@@ -14,17 +14,27 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 FETCH_TIMEOUT_S = 3.0
+TOKEN_ENV = "SHARDPROXY_ADMIN_TOKEN"  # the admin token `status` sends unless --token is given
 
 
-def fetch_status(addr: str, timeout_s: float = FETCH_TIMEOUT_S) -> dict[str, Any]:
-    return fetch_json(addr, "/status", timeout_s)
+def fetch_status(
+    addr: str, token: str | None = None, timeout_s: float = FETCH_TIMEOUT_S
+) -> dict[str, Any]:
+    """One proxy's /status; with `token`, sent as `Authorization: Bearer` (admin.token)."""
+    return fetch_json(addr, "/status", token, timeout_s)
 
 
-def fetch_json(addr: str, path: str, timeout_s: float = FETCH_TIMEOUT_S) -> dict[str, Any]:
-    """GET `path` of a proxy's admin port: its JSON object, with "admin" (or "error") added."""
+def fetch_json(
+    addr: str, path: str, token: str | None = None, timeout_s: float = FETCH_TIMEOUT_S
+) -> dict[str, Any]:
+    """GET `path` of a proxy's admin port: its JSON object, with "admin" (or "error") added;
+    with `token`, sent as `Authorization: Bearer` (admin.token)."""
     url = addr if addr.startswith("http") else f"http://{addr}"
+    request = urllib.request.Request(f"{url.rstrip('/')}{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}{path}", timeout=timeout_s) as resp:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             data = json.loads(resp.read())
     except (OSError, urllib.error.URLError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
@@ -35,13 +45,13 @@ def fetch_json(addr: str, path: str, timeout_s: float = FETCH_TIMEOUT_S) -> dict
     return data
 
 
-def fleet_status(addrs: list[str]) -> list[dict[str, Any]]:
-    return fleet_json(addrs, "/status")
+def fleet_status(addrs: list[str], token: str | None = None) -> list[dict[str, Any]]:
+    return fleet_json(addrs, "/status", token)
 
 
-def fleet_json(addrs: list[str], path: str) -> list[dict[str, Any]]:
+def fleet_json(addrs: list[str], path: str, token: str | None = None) -> list[dict[str, Any]]:
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(addrs)))) as pool:
-        return list(pool.map(lambda addr: fetch_json(addr, path), addrs))
+        return list(pool.map(lambda addr: fetch_json(addr, path, token), addrs))
 
 
 def render_table(rows: list[dict[str, Any]]) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
-from proxy.cli.fleet import fleet_json
+from proxy.cli.fleet import TOKEN_ENV, fleet_json
 from proxy.defences.report import merge_bigkeys, merge_counts, merge_hotkeys, render
 
 DEFAULT_ADMIN = "127.0.0.1:9380"
@@ -32,11 +33,16 @@ def add_keys_parsers(sub: Any) -> None:
         )
         parser.add_argument("--top", type=int, default=20, help="rows per pool (default 20)")
         parser.add_argument("--json", action="store_true", help="the merged rows as JSON")
+        parser.add_argument(
+            "--token",
+            help=f"admin token (admin.token) sent as a bearer token; default: ${TOKEN_ENV}",
+        )
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
     name = args.command
-    replies = fleet_json(args.admin or [DEFAULT_ADMIN], f"/{name}")
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    replies = fleet_json(args.admin or [DEFAULT_ADMIN], f"/{name}", token or None)
     failed = [r for r in replies if "error" in r]
     for reply in failed:
         print(f"shardproxy: {reply['admin']}: {reply['error']}", file=sys.stderr)

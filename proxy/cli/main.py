@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -15,8 +16,9 @@ from typing import Any
 
 from proxy import __version__
 from proxy.cli.embedded import EmbeddedError, LocalBackends
-from proxy.cli.fleet import fleet_ok, fleet_status, render_table
+from proxy.cli.fleet import TOKEN_ENV, fleet_ok, fleet_status, render_table
 from proxy.cli.keys import add_keys_parsers, cmd_keys
+from proxy.commands.users import compile_users
 from proxy.config.reader import read_config_file
 from proxy.config.schema import MAX_WORKERS, ConfigError, ProxyConfig, load_config, parse_config
 from proxy.routing.topology import build_pool
@@ -132,6 +134,10 @@ def add_status_parser(sub: Any) -> None:
         help="admin address host:port of a proxy (repeat for a fleet; default 127.0.0.1:9380)",
     )
     status.add_argument("--json", action="store_true", help="the raw /status of every proxy")
+    status.add_argument(
+        "--token",
+        help=f"admin token (admin.token) sent as a bearer token; default: ${TOKEN_ENV}",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    rows = fleet_status(args.admin or ["127.0.0.1:9380"])
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    rows = fleet_status(args.admin or ["127.0.0.1:9380"], token or None)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -192,6 +199,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             text = read_config_file(args.config).text  # as the reloads will read it
             config = parse_config(text, args.config)
             path = args.config
+        compile_users(config.client)  # ConfigError: a rule the command table does not know
         if args.workers is not None:
             config = replace(config, workers=args.workers)
         if config.workers > 1 and config.listen.port == 0:
@@ -199,6 +207,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return 2
         log_format = args.log_format or config.log_format
         setup_logging(log_format, args.log_level or config.log_level)
+        if config.client.users and config.client.password is None:
+            log.warning(
+                "client.users is set but client.password is not: every client is the default"
+                " user, allowed everything, until it AUTHs as another user"
+            )
         if local is not None:
             ports = ", ".join(str(p) for p in local.ports)
             log.info("embedded backends: redis-server on 127.0.0.1 ports %s", ports)
@@ -278,6 +291,7 @@ def _run_workers(
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    compile_users(config.client)
     if args.json:
         print(json.dumps(describe(config), indent=2))
         return 0

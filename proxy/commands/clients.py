@@ -61,7 +61,8 @@ def session_db(session: Session) -> int:
 
 
 def session_user(session: Session) -> str:
-    return "default"
+    """The client's ACL user (client.users), `default` until it AUTHs as another."""
+    return session.user.name
 
 
 def client_info(args: list[bytes], session: Session, view: ServerView) -> bytes:

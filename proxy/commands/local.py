@@ -8,7 +8,6 @@ backend so its metadata is exactly Redis's own.
 
 from __future__ import annotations
 
-import hmac
 import os
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from proxy.commands.clients import (
 )
 from proxy.commands.spec import CommandSpec
 from proxy.commands.table import REDIS_VERSION  # whose command table the proxy serves
+from proxy.commands.users import User, Users
 
 
 def lane_for(proto: int, db: int) -> int:
@@ -49,7 +49,8 @@ class Session:
 
     client_id: int
     peer: str
-    password: str | None  # the required client password (None: no AUTH needed)
+    users: Users  # of the config in use (rebind swaps them on reload)
+    user: User = field(init=False)  # who the client is: `default` until AUTH names another
     proto: int = 2
     db: int = 0  # SELECTed
     lane: int = 2  # lane_for(proto, db): the backend connections its requests use
@@ -58,15 +59,32 @@ class Session:
     in_tx: bool = False
     subscribed: bool = False  # holds subscriptions (net/pubsub.py)
     # Requests may take the single-key fast path: authenticated, not in a transaction, not
-    # subscribed. Kept by the setters below, the one place it is computed.
+    # subscribed, as a user allowed every key (the client's fast path asks `allows` of the
+    # command names it learns). Kept by the setters below, the one place it is computed.
     direct: bool = False
+    # The same, but as a user with key patterns: the fast path once its key is allowed
+    # (net/client.py's _process checks User.key_ok; a key refused goes to dispatch: NOPERM).
+    keyed: bool = False
     name: bytes | None = None
     closing: bool = False  # QUIT: close once the replies before it are written
     reply_mode: bytes = b"on"  # CLIENT REPLY: on, off, skip (the next command's reply)
     created: float = field(default_factory=time.monotonic)
+    # Called when `user` or its rules change (AUTH, RESET, a reload): the client forgets what
+    # its fast path learnt of command names under the old rules.
+    on_user_change: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
-        self.set_authed(self.password is None)
+        self.reset_user()
+
+    def reset_user(self) -> None:
+        """The default user, authenticated only if it has no password (a new client, RESET)."""
+        self._set_user(self.users.default)
+        self.set_authed(self.user.password_sha256 is None)
+
+    def _set_user(self, user: User) -> None:
+        self.user = user
+        if self.on_user_change is not None:
+            self.on_user_change()
 
     def set_proto(self, proto: int) -> None:
         self.proto = proto
@@ -80,6 +98,20 @@ class Session:
         self.authed = authed
         self._update_direct()
 
+    def set_user(self, user: User) -> None:
+        self._set_user(user)
+        self.set_authed(True)
+
+    def rebind(self, users: Users) -> bool:
+        """A reload's users: False when this client's user is gone (Redis disconnects it)."""
+        self.users = users
+        user = users.default if self.user.name == "default" else users.get(self.user.name)
+        if user is None:
+            return False
+        self._set_user(user)
+        self._update_direct()
+        return True
+
     def set_in_tx(self, in_tx: bool) -> None:
         self.in_tx = in_tx
         self._update_direct()
@@ -89,9 +121,9 @@ class Session:
         self._update_direct()
 
     def _update_direct(self) -> None:
-        self.direct = (
-            self.authed and not self.in_tx and not self.subscribed and self.reply_mode == b"on"
-        )
+        plain = self.authed and not self.in_tx and not self.subscribed and self.reply_mode == b"on"
+        self.direct = plain and self.user.all_keys
+        self.keyed = plain and not self.user.all_keys
 
     def set_reply_mode(self, mode: bytes) -> None:
         self.reply_mode = mode
@@ -156,17 +188,16 @@ def _select(args: list[bytes], session: Session, view: ServerView) -> bytes:
 
 
 def check_password(session: Session, user: bytes | None, password: bytes) -> bytes | None:
-    """None when the credentials are right (the session is then authenticated), else the error."""
-    if session.password is None:  # Redis's default user is `nopass`: any password is right
-        if user is None:
-            return errors.auth_not_configured()
-        return None if user == b"default" else errors.wrongpass()
-    if (user is None or user == b"default") and hmac.compare_digest(
-        password, session.password.encode()
-    ):
-        session.set_authed(True)
-        return None
-    return errors.wrongpass()
+    """None when the credentials are right (the session is then that user's), else the error.
+    Without client.password the default user is Redis's `nopass`: any password is right."""
+    users = session.users
+    if user is None and users.default.password_sha256 is None:
+        return errors.auth_not_configured()
+    found = users.authenticate(None if user == b"default" else user, password)
+    if found is None:
+        return errors.wrongpass()
+    session.set_user(found)
+    return None
 
 
 def _auth(args: list[bytes], session: Session, view: ServerView) -> bytes:
@@ -254,9 +285,13 @@ def _reset(args: list[bytes], session: Session, view: ServerView) -> bytes:
     session.set_proto(2)
     session.set_db(0)  # as Redis's RESET
     session.name = None
-    session.set_authed(session.password is None)
+    session.reset_user()
     session.set_in_tx(False)  # the proxy's transaction state is reset by net/transaction
     return encode_simple("RESET")
+
+
+def _acl_whoami(args: list[bytes], session: Session, view: ServerView) -> bytes:
+    return encode_bulk(session.user.name.encode())
 
 
 def _time(args: list[bytes], session: Session, view: ServerView) -> bytes:
@@ -357,4 +392,5 @@ _HANDLERS: dict[str, Handler] = {
     "reset": _reset,
     "time": _time,
     "info": _info,
+    "acl|whoami": _acl_whoami,
 }

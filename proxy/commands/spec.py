@@ -90,6 +90,7 @@ LOCAL = frozenset(
         "client|reply", "client|unblock",
         "command", "command|count", "command|docs", "command|getkeys",
         "command|getkeysandflags", "command|help", "command|info", "command|list",
+        "acl|whoami",  # the client's user is the proxy's (client.users), not the backend's
     }
 )  # fmt: skip
 # Transactions carry no flag that marks them; blocking and pub/sub commands are caught by flag.

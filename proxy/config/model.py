@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 from types import MappingProxyType
 from typing import Final
 
@@ -68,8 +69,28 @@ class PoolConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UserConfig:
+    """A client ACL user (client.users); its rules are compiled by proxy/commands/users.py."""
+
+    name: str  # not "default" (that user is client.password's), no spaces
+    password_sha256: bytes = field(repr=False)  # SHA-256 digest of the password (32 bytes)
+    commands: tuple[str, ...] = ()  # Redis ACL command rules: +@read -@dangerous +get ...
+    keys: tuple[str, ...] = ()  # key patterns: ~*, ~prefix*, ~exact, allkeys, resetkeys
+
+
+@dataclass(frozen=True, slots=True)
+class AdminAuth:
+    """Who may use the admin port (admin: {addr, token, ...})."""
+
+    token: str | None = field(default=None, repr=False)  # bearer token; None: none asked
+    # With a token: GET /status and /metrics need it too (/healthz and /readyz never do).
+    token_required_for_get: bool = False
+    allow_insecure: bool = False  # allow a non-loopback admin address without a token
+
+
+@dataclass(frozen=True, slots=True)
 class ClientConfig:
-    password: str | None = None  # clients must AUTH when set
+    password: str | None = None  # the default user's password: clients must AUTH when set
     max_connections: int = 10000  # accepted client connections, per proxy process
     max_pending_requests: int = 10000  # per client; reading pauses beyond this
     # Per client: replies unread, queued and in flight; reading pauses at a quarter of it, and
@@ -80,6 +101,9 @@ class ClientConfig:
     max_memory_bytes: int = 768 * MIB
     idle_timeout_s: float = 0.0  # close idle clients after this; 0 = never
     max_subscriptions: int = 10000  # per client: channels, patterns and shard channels
+    users: tuple[UserConfig, ...] = ()  # ACL users besides default
+    # Clients accepted only from these networks; empty: from anywhere.
+    allow_cidrs: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +170,7 @@ class ProxyConfig:
     allow_config_set: tuple[str, ...] = ()
     routes: tuple[RouteConfig, ...] = ()  # prefix routes, in file order; longest prefix wins
     defences: DefencesConfig = field(default_factory=DefencesConfig)  # hot keys, big keys, ...
+    admin_auth: AdminAuth = AdminAuth()  # the admin port's token and its rules
 
     def __post_init__(self) -> None:
         if not isinstance(self.pools, MappingProxyType):

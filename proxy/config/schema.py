@@ -17,6 +17,7 @@ from dataclasses import MISSING, fields
 from types import MappingProxyType
 from typing import Any, Final
 
+from proxy.config.access import is_loopback, read_admin, read_cidrs, read_users
 from proxy.config.defences import SECTIONS as DEFENCE_SECTIONS
 from proxy.config.defences import read_defences
 from proxy.config.model import (
@@ -31,6 +32,7 @@ from proxy.config.model import (
     MAX_WORKERS,
     PHASES,
     Address,
+    AdminAuth,
     BackendConfig,
     BackfillConfig,
     ClientConfig,
@@ -39,6 +41,7 @@ from proxy.config.model import (
     ProxyConfig,
     RouteConfig,
     ServerConfig,
+    UserConfig,
 )
 from proxy.config.phase import Phase
 from proxy.config.reader import (
@@ -65,6 +68,7 @@ __all__ = [
     "MAX_WORKERS",
     "PHASES",
     "Address",
+    "AdminAuth",
     "BackendConfig",
     "BackfillConfig",
     "ClientConfig",
@@ -74,6 +78,8 @@ __all__ = [
     "ProxyConfig",
     "RouteConfig",
     "ServerConfig",
+    "UserConfig",
+    "is_loopback",
     "load_config",
     "parse_config",
 ]
@@ -147,10 +153,6 @@ def _listen(r: Reader, path: str, value: object, default: Any) -> Any:
     return default if host_port is None else Address(*host_port)
 
 
-def _admin(r: Reader, path: str, value: object, default: Any) -> Any:
-    return None if value is None else _listen(r, path, value, default)
-
-
 def _hash_tag(r: Reader, path: str, value: object, default: Any) -> Any:
     text = "" if value is None else r.text(path, value)
     if text is None:
@@ -167,7 +169,6 @@ def _defaults_of(cls: type[Any]) -> dict[str, Any]:
 
 _TOP_RULES: Final[dict[str, _Rule]] = {
     "listen": _listen,
-    "admin": _admin,
     "workers": _int(1, MAX_WORKERS),
     "log_format": _one_of(*LOG_FORMATS),
     "log_level": _one_of(*LOG_LEVELS),
@@ -178,7 +179,6 @@ _TOP_RULES: Final[dict[str, _Rule]] = {
 }
 _TOP_DEFAULTS: Final[dict[str, Any]] = {
     "listen": DEFAULT_LISTEN,
-    "admin": DEFAULT_ADMIN,
     "workers": 1,
     "log_format": "text",
     "log_level": "info",
@@ -189,6 +189,8 @@ _TOP_DEFAULTS: Final[dict[str, Any]] = {
 }
 _CLIENT_RULES: Final[dict[str, _Rule]] = {
     "password": _secret,
+    "users": read_users,
+    "allow_cidrs": read_cidrs,
     "max_connections": _int(1),
     "max_pending_requests": _int(1),
     "max_output_buffer_bytes": _int(1),
@@ -259,10 +261,20 @@ def _read_section(
 
 
 def _read_config(r: Reader, raw: object) -> ProxyConfig:
-    sections = ("client", "backend", "pools", "route", "routes", "migration", *DEFENCE_SECTIONS)
+    sections = (
+        "admin",
+        "client",
+        "backend",
+        "pools",
+        "route",
+        "routes",
+        "migration",
+        *DEFENCE_SECTIONS,
+    )
     top = r.section("", raw, (*_TOP_RULES, *sections))
     values = _read_fields(r, "", top, _TOP_RULES, _TOP_DEFAULTS)
-    listen, admin = values["listen"], values["admin"]
+    listen = values["listen"]
+    admin, admin_auth = read_admin(r, top.get("admin", DEFAULT_ADMIN))
     if admin is not None and admin == listen and listen.port != 0:
         r.fail("admin", f"must differ from listen ({listen})")
     if values["workers"] > 1 and listen.port == 0:
@@ -273,6 +285,8 @@ def _read_config(r: Reader, raw: object) -> ProxyConfig:
     route = _read_route(r, top.get("route"), names)
     return ProxyConfig(
         **values,
+        admin=admin,
+        admin_auth=admin_auth,
         client=client,
         backend=backend,
         pools=MappingProxyType(pools),

@@ -34,7 +34,9 @@ from proxy.codec.resp import ProtocolError, encode_request
 from proxy.commands.checks import RESERVED_PREFIX
 from proxy.commands.local import Session
 from proxy.commands.spec import PLAIN, CommandSpec
+from proxy.commands.users import Users
 from proxy.config.schema import ClientConfig
+from proxy.net.allowlist import peer_allowed
 from proxy.net.blocking import BlockingCall, HeldCall
 from proxy.net.defence import send_defended
 from proxy.net.dispatch import NOT_FAST, DispatchHost, Known, dispatch, fast_entry
@@ -57,6 +59,7 @@ class ClientHost(DispatchHost, Protocol):
     """What a client connection needs from the server that accepted it."""
 
     client_config: ClientConfig
+    users: Users  # client.password's default user and client.users, compiled
     max_clients: int  # client_config.max_connections, lowered to fit the open files limit
     slowlog_ms: float
     clients: set[ClientConnection]
@@ -69,7 +72,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         cfg = host.client_config
         self.host = host
         self.client_id = host.next_client_id()
-        session = Session(self.client_id, "", cfg.password)
+        session = Session(self.client_id, "", host.users)
         super().__init__(
             host, session, cfg.max_output_buffer_bytes, cfg.max_pending_requests, host.slowlog_ms
         )
@@ -88,6 +91,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         self._stats: dict[str, CommandStats] = {}
         # The fast path's view of each command name this client sent (see _learn).
         self._known: dict[bytes, Known] = {}
+        session.on_user_change = self._known.clear  # learnt under one user's rules (_learn)
         # Requests parsed but not yet dispatched (over the limit in flight): resumed by flush.
         self._backlog: Backlog | None = None
         self.last_active = perf_counter()  # the clock of _process's `now`
@@ -105,15 +109,22 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.session.peer = f"{peer[0]}:{peer[1]}"
+        if not peer_allowed(peer, self.host.client_config.allow_cidrs):
+            self._refuse(transport, "address", errors.client_address_refused(self.session.peer))
+            return
         if len(self.host.clients) >= self.host.max_clients:
-            self.host.metrics.client_errors_total.labels("limit").inc()
-            transport.write(errors.max_clients())
-            transport.close()
-            self.closed = True
+            self._refuse(transport, "limit", errors.max_clients())
             return
         high = self._budget >> 2  # reading pauses here; the client is closed at the budget
         transport.set_write_buffer_limits(high=high, low=high // 2)
         self.host.clients.add(self)
+
+    def _refuse(self, transport: asyncio.Transport, kind: str, reply: bytes) -> None:
+        """Closed at accept (not allowed from its address, or too many clients), counted."""
+        self.host.metrics.client_errors_total.labels(kind).inc()
+        transport.write(reply)
+        transport.close()
+        self.closed = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._stream is not None:
@@ -250,6 +261,8 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         cid = self.client_id
         known = self._known
         fast = routes.fast and session.direct
+        limited = routes.fast and session.keyed  # an ACL user with key patterns: see Session
+        key_ok = session.user.key_ok
         route_backends = routes.route_backends
         node_for = routes.node_for
         limit = self._limit
@@ -266,7 +279,11 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
             if not tick:
                 tick = self._sample(args)
             key, lowest, highest, stats, defend = known.get(args[0]) or self._learn(args[0])
-            if fast and lowest <= len(args) <= highest and not args[key].startswith(RESERVED):
+            if (
+                lowest <= len(args) <= highest
+                and (fast or (limited and key_ok(args[key])))
+                and not args[key].startswith(RESERVED)
+            ):
                 if defend is not None:
                     self._send_defended(defend, args, stats, now, raws[i])
                     continue
@@ -286,6 +303,8 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                 return
             lane = session.lane
             fast = routes.fast and session.direct
+            limited = routes.fast and session.keyed
+            key_ok = session.user.key_ok
         self._tick = tick
         self._backlog = None
         if failure is not None and not session.closing:
@@ -317,7 +336,11 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         self._sliced = send_sliced(request, slot, self, self.host)
 
     def _learn(self, name: bytes) -> Known:
+        """What the fast path needs of a command name; a command the client's ACL user may
+        not run never takes it (dispatch answers NOPERM). Forgotten when the user changes."""
         entry = fast_entry(name, self.stats_for, self.host.defences.defended)
+        if entry is not NOT_FAST and not self.session.user.allows(PLAIN[name].name):
+            entry = NOT_FAST
         if entry is not NOT_FAST or name in PLAIN:
             self._known[name] = entry  # unknown or mixed case: not remembered (client input)
         return entry
@@ -369,7 +392,8 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
     def _streamable(self, head: list[bytes]) -> bool:
         """RequestReader.stream_gate: only on the fast path (no migration, no MULTI or WATCH,
         no blocking call under way)."""
-        direct = self.session.direct and self._blocking is None
+        session = self.session
+        direct = session.direct and session.user.all_commands and self._blocking is None
         plain = not self.host.defences.active  # the cache and jitter see every write
         return direct and plain and self.host.routes.fast and streamable(head)
 

@@ -174,6 +174,11 @@ def _refusal(client: DispatchClient, spec: CommandSpec, args: list[bytes]) -> by
     if not session.authed and spec.name not in _PRE_AUTH:
         client.host.metrics.client_errors_total.labels("auth").inc()
         return errors.noauth()
+    if not session.user.everything:  # an ACL user (client.users): its commands and keys
+        problem = session.user.refusal(spec, args)
+        if problem is not None:
+            client.host.metrics.client_errors_total.labels("noperm").inc()
+            return problem
     if _subscribed_resp2(client) and spec.name not in SUBSCRIBED_OK:
         return errors.subscribed_mode(spec.name)
     # A huge request's keys are checked slice by slice (slicer.SlicedRequest.check_next).

@@ -29,7 +29,7 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-CLIENT_ERROR_KINDS = ("protocol", "auth", "limit", "memory")
+CLIENT_ERROR_KINDS = ("protocol", "auth", "noperm", "address", "limit", "memory")
 BACKEND_ERROR_KINDS = ("timeout", "connection", "reply")  # BackendStats fields, error counts
 
 
@@ -218,7 +218,7 @@ class ProxyMetrics:
         )
         self.client_errors_total = Counter(
             "shardproxy_client_errors_total",
-            "Client errors by kind (protocol, auth, limit, memory)",
+            "Client errors by kind (protocol, auth, noperm, address, limit, memory)",
             ["kind"],
             registry=r,
         )

@@ -164,6 +164,8 @@ def on_request(client: TxClient, spec: CommandSpec | None, args: list[bytes]) ->
         if spec.name == "reset":
             tx.reset()
         return False
+    if spec is not None and _user_refused(client, tx, spec, args):
+        return True
     if tx.queued is None:
         return send_pinned(client, tx, spec, args)
     if spec is None:
@@ -180,6 +182,20 @@ def on_request(client: TxClient, spec: CommandSpec | None, args: list[bytes]) ->
         client.reject(errors.watch_in_multi(), spec.label)
     else:
         _queue(client, tx, spec, args)
+    return True
+
+
+def _user_refused(client: TxClient, tx: Transaction, spec: CommandSpec, args: list[bytes]) -> bool:
+    """An ACL user's NOPERM (after the arity check, as Redis); inside MULTI it fails EXEC."""
+    user = client.session.user
+    if user.everything or not spec.arity_ok(len(args)):
+        return False
+    problem = user.refusal(spec, args)
+    if problem is None:
+        return False
+    client.reject(problem, spec.label)
+    if tx.queued is not None:
+        tx.failed = True
     return True
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import watchfiles
 
+from proxy.commands.users import compile_users
 from proxy.config.reader import read_config_file
 from proxy.config.schema import ConfigError, ProxyConfig, parse_config
 from proxy.jobs.backfill import NO_FENCE, Executor, Fence, read_gate
@@ -60,6 +61,10 @@ async def validate_reload(
     caller: a worker, whose supervisor checks the backend user once for the fleet."""
     try:
         new = parse_config(text, source)
+    except ConfigError as exc:
+        return str(exc)
+    try:
+        compile_users(new.client)
     except ConfigError as exc:
         return str(exc)
     if workers_override is not None:

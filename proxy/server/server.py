@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client.core import Metric
 
 from proxy.commands.clients import ClientRow
+from proxy.commands.users import Users, compile_users
 from proxy.config.reader import config_hash
 from proxy.config.schema import ProxyConfig
 from proxy.jobs.runner import PhaseRunner
@@ -91,6 +92,7 @@ class ProxyServer:
         self._reload_lock = asyncio.Lock()
         self.routes: RouteTable  # set by start()
         self.client_config = config.client
+        self.users = compile_users(config.client)  # ConfigError: a rule the table does not know
         self.max_clients = config.client.max_connections  # sized to the fd limit by start()
         self._sized = False
         self.allow_flush = config.allow_flush
@@ -148,7 +150,7 @@ class ProxyServer:
         )
         admin = self._config.admin if self.role is None else None
         if admin is not None:
-            self._admin = AdminServer(self, admin.host, admin.port)
+            self._admin = AdminServer(self, admin.host, admin.port, self._config.admin_auth)
             await self._admin.start()
         self.lifecycle.spawn(self._health_loop())
         self.lifecycle.spawn(self._idle_loop())
@@ -257,6 +259,9 @@ class ProxyServer:
         self._config = config
         self._config_text = text
         self.client_config = config.client
+        self._rebind_users(compile_users(config.client))
+        if self._admin is not None:
+            self._admin.auth = config.admin_auth
         self.allow_flush = config.allow_flush
         self.allow_config_set = config.allow_config_set
         self.databases = config.databases
@@ -273,6 +278,14 @@ class ProxyServer:
             self.defences.on_phase_step()
         self._on_topology()
         return f"generation {generation}"
+
+    def _rebind_users(self, users: Users) -> None:
+        """New rules apply to connected clients at once; a client whose user is gone is closed."""
+        self.users = users
+        for client in list(self.clients):
+            if not client.session.rebind(users):
+                log.warning("closing client %s: its user is gone", client.session.peer)
+                client.abort()
 
     @property
     def generation(self) -> int:

@@ -128,7 +128,7 @@ class Supervisor:
         self.lifecycle.show_config(self._config, self.generation, self.current_hash())
         admin = self._config.admin
         if admin is not None:
-            self._admin = AdminServer(self, admin.host, admin.port)
+            self._admin = AdminServer(self, admin.host, admin.port, self._config.admin_auth)
             await self._admin.start()
         for worker in self.workers:
             self.lifecycle.spawn(self._supervise(worker))
@@ -260,6 +260,8 @@ class Supervisor:
     ) -> None:
         """Every live worker checked `text`: make it the supervisor's config and apply it."""
         self._config, self._text, self.generation = config, text, self.generation + 1
+        if self._admin is not None:
+            self._admin.auth = config.admin_auth
         applied = await asyncio.gather(*(w.apply_reload(text, self.generation) for w in live))
         for worker, (ok, message) in zip(live, applied, strict=True):
             if not ok:  # it checked the same step a moment ago: restart it on the new config

@@ -9,6 +9,8 @@ from proxy.commands.checks import db_argument_refusal, db_index
 from proxy.commands.clients import ClientRow
 from proxy.commands.local import Session, db_of, lane_for, proto_of, run_local, sum_keyspace
 from proxy.commands.spec import lookup
+from proxy.commands.users import compile_users
+from proxy.config.model import ClientConfig
 
 NOT_INTEGER = b"-ERR value is not an integer or out of range\r\n"
 OUT_OF_RANGE = b"-ERR DB index is out of range\r\n"
@@ -69,7 +71,7 @@ def test_db_index_follows_redis(text: bytes, expected: int | bytes) -> None:
 
 
 def test_select_sets_db_and_lane_and_reset_goes_back_to_db_0() -> None:
-    session = Session(1, "", None)
+    session = Session(1, "", compile_users(ClientConfig()))
     assert (session.db, session.lane) == (0, 2)
     assert run(session, b"SELECT", b"5") == b"+OK\r\n"
     assert (session.db, proto_of(session.lane), db_of(session.lane)) == (5, 2, 5)

@@ -98,14 +98,14 @@ DOCUMENTED = {
     "function|delete function|restore function|list function|dump config|set",
     Kind.LOCAL: "ping echo quit select hello auth command command|info command|count "
     "command|getkeys command|docs info client|setname client|getname client|id client|info "
-    "client|list client|kill client|reply client|unblock reset time",
+    "client|list client|kill client|reply client|unblock reset time acl|whoami",
     Kind.TRANSACTION: "multi exec discard watch unwatch",
     Kind.BLOCKING: "blpop brpop brpoplpush blmove bzpopmin bzpopmax blmpop bzmpop",
     Kind.PUBSUB: "subscribe psubscribe ssubscribe unsubscribe punsubscribe sunsubscribe publish "
     "spublish pubsub|channels",
     Kind.DENIED: "debug shutdown replicaof slaveof cluster|info "
     "cluster|nodes module|load save bgsave bgrewriteaof monitor sync psync migrate acl|setuser "
-    "acl|whoami failover latency|latest slowlog|get client|tracking "
+    "failover latency|latest slowlog|get client|tracking "
     "client|pause swapdb wait lastsave role function|stats script|debug "
     "object|help readonly readwrite "
     "asking restore-asking pfdebug lolwut",

@@ -22,6 +22,7 @@ from proxy.config.schema import (
     DEFAULT_LISTEN,
     PHASES,
     Address,
+    AdminAuth,
     BackendConfig,
     BackfillConfig,
     ClientConfig,
@@ -891,7 +892,8 @@ def test_example_names_every_key() -> None:
     def names(cls: type[Any]) -> set[str]:
         return {f.name for f in dataclasses.fields(cls)}
 
-    assert set(raw) == names(ProxyConfig) - {"defences"} | set(DEFENCE_SECTIONS)
+    assert set(raw) == names(ProxyConfig) - {"defences", "admin_auth"} | set(DEFENCE_SECTIONS)
+    assert set(raw["admin"]) == names(AdminAuth) | {"addr"}
     assert set(raw["hotkeys"]) == names(HotKeysConfig)
     assert set(raw["bigkeys"]) == names(BigKeysConfig)
     assert set(raw["hotcache"]) == names(HotCacheConfig)
