@@ -18,6 +18,7 @@ from proxy.cli.embedded import EmbeddedError, LocalBackends
 from proxy.cli.fleet import fleet_ok, fleet_status, render_table
 from proxy.config.reader import read_config_file
 from proxy.config.schema import MAX_WORKERS, ConfigError, ProxyConfig, load_config, parse_config
+from proxy.net.tls import describe_tls, load_tls
 from proxy.routing.topology import build_pool
 from proxy.server.logformat import setup_logging
 
@@ -193,6 +194,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if config.workers > 1 and config.listen.port == 0:
             print("shardproxy: workers > 1 need a fixed listen port, not 0", file=sys.stderr)
             return 2
+        load_tls(config)  # every certificate usable, before anything starts (ConfigError)
         log_format = args.log_format or config.log_format
         setup_logging(log_format, args.log_level or config.log_level)
         if local is not None:
@@ -272,11 +274,14 @@ def _run_workers(
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    load_tls(config)  # the certificate, key and CA files must be usable too
     if args.json:
         print(json.dumps(describe(config), indent=2))
         return 0
     print(f"config {args.config}: ok")
     print(f"listen {config.listen}  admin {config.admin or 'off'}  workers {config.workers}")
+    for line in describe_tls(config):
+        print(line)
     migration = config.migration
     phase = f"{migration.phase} -> pool {migration.to}" if migration else "none"
     print(f"route pool: {config.route}   migration: {phase}")

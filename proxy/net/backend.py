@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 
 from proxy import errors
@@ -21,6 +22,7 @@ from proxy.net.connection import BackendConnection, FutureOwner
 from proxy.net.metrics import BackendStats
 from proxy.net.probe import ProbeOutcome, call_once, is_local_error, os_reason, probe
 from proxy.net.slot import Slot
+from proxy.net.tls import BackendTLS, connect_kwargs
 
 log = logging.getLogger("shardproxy.backend")
 
@@ -30,10 +32,15 @@ LOG_EVERY_S = 10.0  # rate limit of the busy and out-of-resources warnings, per 
 class Backend:
     """One backend Redis (an address), with its shared connections per protocol version."""
 
-    def __init__(self, addr: str, name: str, config: BackendConfig) -> None:
+    def __init__(
+        self, addr: str, name: str, config: BackendConfig, tls: BackendTLS | None = None
+    ) -> None:
         self.addr = addr
         self.name = name
-        self.config = config
+        self.config = config  # config.tls: the TLS settings of this backend's pools
+        # The context new connections use (None: plain); a reload re-reads the files and
+        # replaces it, while connections already open keep theirs.
+        self.tls = tls
         host, _, port = addr.rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
@@ -114,8 +121,12 @@ class Backend:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.config.connect_timeout_ms / 1000):
-                await loop.create_connection(lambda: conn, self.host, self.port)
+                await loop.create_connection(
+                    lambda: conn, self.host, self.port, **connect_kwargs(self.tls)
+                )
         except (OSError, TimeoutError) as exc:
+            if isinstance(exc, ssl.SSLError):
+                self.stats.tls += 1
             if is_local_error(exc):
                 reason = os_reason(exc)
                 self._log_local(f"connection: {reason}")
@@ -134,7 +145,7 @@ class Backend:
     async def _send_alone(self, args: list[bytes], slot: Slot) -> None:
         timeout_s = self.config.command_timeout_ms / 1000
         try:
-            reply = await call_once(self.config, self.host, self.port, args, timeout_s)
+            reply = await call_once(self.config, self.host, self.port, args, timeout_s, self.tls)
         except OSError as exc:
             reply = errors.backend_unavailable(self.name, self.addr, os_reason(exc))
         if reply is None:
@@ -226,7 +237,8 @@ class Backend:
         return outcome is ProbeOutcome.ALIVE or outcome is ProbeOutcome.BUSY
 
     async def _probe_once(self, what: str, timeout_ms: float) -> ProbeOutcome:
-        outcome = await probe(self.config, self.host, self.port, timeout_ms / 1000)
+        timeout_s = timeout_ms / 1000
+        outcome = await probe(self.config, self.host, self.port, timeout_s, self.tls, self.stats)
         if outcome is ProbeOutcome.LOCAL:
             self._log_local(what)
         return outcome

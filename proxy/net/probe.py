@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
+import ssl
 from typing import cast
 
+from proxy import errors
 from proxy.codec.resp import ReplyScanner, encode_request, is_error
 from proxy.config.schema import BackendConfig
+from proxy.net.metrics import BackendStats
+from proxy.net.tls import BackendTLS, connect_kwargs, tls_reason
 
 # The proxy's own resources ran out (not the backend's fault): never a reason to mark it down.
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -40,6 +44,8 @@ def auth_command(cfg: BackendConfig) -> list[bytes] | None:
 
 
 def is_local_error(exc: BaseException) -> bool:
+    if isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's, not the system's
+        return False
     return isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS
 
 
@@ -84,15 +90,21 @@ class OneShotConnection(asyncio.Protocol):
 
 
 async def call_once(
-    cfg: BackendConfig, host: str, port: int, args: list[bytes], timeout_s: float
+    cfg: BackendConfig,
+    host: str,
+    port: int,
+    args: list[bytes],
+    timeout_s: float,
+    tls: BackendTLS | None = None,
 ) -> bytes | None:
-    """Send `args` on a fresh connection; its raw reply, or None when none came in `timeout_s`.
-    Raises OSError when the connection cannot be made (is_local_error tells whose fault)."""
+    """Send `args` on a fresh connection (over `tls` when given); its raw reply, or None when
+    none came in `timeout_s`. Raises OSError when the connection cannot be made
+    (is_local_error tells whose fault; ssl.SSLError: the TLS handshake failed)."""
     loop = asyncio.get_running_loop()
     conn = OneShotConnection(cfg, args)
     try:
         async with asyncio.timeout(timeout_s):
-            await loop.create_connection(lambda: conn, host, port)
+            await loop.create_connection(lambda: conn, host, port, **connect_kwargs(tls))
             return await conn.result
     except TimeoutError:
         return None
@@ -100,11 +112,21 @@ async def call_once(
         conn.close_transport()
 
 
-async def probe(cfg: BackendConfig, host: str, port: int, timeout_s: float) -> ProbeOutcome:
-    """One PING on a fresh connection (with AUTH), classified."""
+async def probe(
+    cfg: BackendConfig,
+    host: str,
+    port: int,
+    timeout_s: float,
+    tls: BackendTLS | None = None,
+    stats: BackendStats | None = None,
+) -> ProbeOutcome:
+    """One PING on a fresh connection (with AUTH), classified; a failed TLS handshake is
+    counted in `stats`."""
     try:
-        reply = await call_once(cfg, host, port, [b"PING"], timeout_s)
+        reply = await call_once(cfg, host, port, [b"PING"], timeout_s, tls)
     except OSError as exc:
+        if stats is not None and isinstance(exc, ssl.SSLError):
+            stats.tls += 1
         return ProbeOutcome.LOCAL if is_local_error(exc) else ProbeOutcome.DOWN
     if reply is None:
         return ProbeOutcome.DOWN
@@ -114,6 +136,8 @@ async def probe(cfg: BackendConfig, host: str, port: int, timeout_s: float) -> P
 
 
 def os_reason(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return errors.tls_handshake(tls_reason(exc))
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     return exc.strerror or str(exc)
