@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.processes import RedisServer, redis_servers
+from tests.support.tls import tls_backends, tls_ca  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="session")

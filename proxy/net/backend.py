@@ -58,6 +58,7 @@ class Backend:
         self._connect_tasks: set[asyncio.Task[None]] = set()
         self._busy: set[BackendConnection] = set()  # stalled behind a script, draining
         self._logged: dict[str, float] = {}  # warning kind -> monotonic time last logged
+        self._tls_failure = ""  # why the last probe's TLS handshake failed ("" when it did not)
 
     def connection(self, proto: int, client_id: int) -> BackendConnection | None:
         """The connection a client uses (stable per client, so its requests stay in order)."""
@@ -238,7 +239,10 @@ class Backend:
 
     async def _probe_once(self, what: str, timeout_ms: float) -> ProbeOutcome:
         timeout_s = timeout_ms / 1000
-        outcome = await probe(self.config, self.host, self.port, timeout_s, self.tls, self.stats)
+        self._tls_failure = ""
+        outcome = await probe(
+            self.config, self.host, self.port, timeout_s, self.tls, self._on_tls_failure
+        )
         if outcome is ProbeOutcome.LOCAL:
             self._log_local(what)
         return outcome
@@ -272,7 +276,12 @@ class Backend:
             return
         self._failures += 1
         if self.up and self._failures >= self.config.failure_threshold:
-            self._mark_down("health check failed")
+            failure = f": {self._tls_failure}" if self._tls_failure else ""
+            self._mark_down(f"health check failed{failure}")
+
+    def _on_tls_failure(self, reason: str) -> None:
+        self.stats.tls += 1
+        self._tls_failure = reason
 
     def _mark_down(self, reason: str) -> None:
         self.up = False

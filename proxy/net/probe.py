@@ -13,12 +13,12 @@ import asyncio
 import enum
 import errno
 import ssl
+from collections.abc import Callable
 from typing import cast
 
 from proxy import errors
 from proxy.codec.resp import ReplyScanner, encode_request, is_error
 from proxy.config.schema import BackendConfig
-from proxy.net.metrics import BackendStats
 from proxy.net.tls import BackendTLS, connect_kwargs, tls_reason
 
 # The proxy's own resources ran out (not the backend's fault): never a reason to mark it down.
@@ -118,15 +118,15 @@ async def probe(
     port: int,
     timeout_s: float,
     tls: BackendTLS | None = None,
-    stats: BackendStats | None = None,
+    on_tls_error: Callable[[str], None] | None = None,
 ) -> ProbeOutcome:
-    """One PING on a fresh connection (with AUTH), classified; a failed TLS handshake is
-    counted in `stats`."""
+    """One PING on a fresh connection (with AUTH), classified; a failed TLS handshake's reason
+    goes to `on_tls_error`."""
     try:
         reply = await call_once(cfg, host, port, [b"PING"], timeout_s, tls)
     except OSError as exc:
-        if stats is not None and isinstance(exc, ssl.SSLError):
-            stats.tls += 1
+        if on_tls_error is not None and isinstance(exc, ssl.SSLError):
+            on_tls_error(os_reason(exc))
         return ProbeOutcome.LOCAL if is_local_error(exc) else ProbeOutcome.DOWN
     if reply is None:
         return ProbeOutcome.DOWN
