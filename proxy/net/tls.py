@@ -200,8 +200,8 @@ def describe_tls(config: ProxyConfig) -> list[str]:
     for pool in config.pools.values():
         cfg = pool.tls
         if cfg is not None:
-            trust = cfg.ca or "system CAs"
             name = f", name {cfg.server_name}" if cfg.server_name else ""
+            trust = "" if cfg.verify == "none" else f" ({cfg.ca or 'system CAs'}{name})"
             mine = f", client cert {cfg.cert}" if cfg.cert else ""
-            lines.append(f"pool {pool.name} TLS: verify {cfg.verify} ({trust}{name}){mine}")
+            lines.append(f"pool {pool.name} TLS: verify {cfg.verify}{trust}{mine}")
     return lines
