@@ -85,8 +85,18 @@ class OneShotConnection(asyncio.Protocol):
             self.result.set_result(None)
 
     def close_transport(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        close_throwaway(self.transport)
+
+
+def close_throwaway(transport: asyncio.WriteTransport | None) -> None:
+    """Close a connection whose last reply is in. Over TLS it is aborted: a graceful close
+    would wait for the backend's close_notify, and outlive a proxy stopping meanwhile."""
+    if transport is None:
+        return
+    if transport.get_extra_info("sslcontext") is not None:
+        transport.abort()
+    else:
+        transport.close()
 
 
 async def call_once(

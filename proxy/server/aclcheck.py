@@ -21,7 +21,7 @@ from proxy import errors
 from proxy.codec.resp import encode_request
 from proxy.commands.acl import AclProbes, AclVerdict, build_probes, judge, probe_args
 from proxy.config.schema import BackendConfig, ProxyConfig, ServerConfig
-from proxy.net.probe import auth_command, os_reason
+from proxy.net.probe import auth_command, close_throwaway, os_reason
 from proxy.net.tls import BackendTLS, backend_tls, connect_kwargs
 
 log = logging.getLogger("shardproxy.aclcheck")
@@ -107,7 +107,7 @@ async def _check(
                 return AclReport(addr.addr, None, errors.acl_auth_failed(reply))
         return await _ask(addr.addr, session, cfg.username or "default", probes)
     finally:
-        writer.close()
+        close_throwaway(writer.transport)
 
 
 async def _ask(addr: str, session: _Session, user: str, probes: AclProbes) -> AclReport:

@@ -24,7 +24,7 @@ from pathlib import Path
 import hiredis
 import pytest
 
-from tests.support.processes import REDIS_SERVER, free_port, wait_until
+from tests.support.processes import REDIS_SERVER, RedisServer, free_port, wait_until
 
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 _SERIALS = itertools.count(0x1000)
@@ -154,22 +154,16 @@ def tls_conn(port: int, context: ssl.SSLContext) -> Iterator[TLSConn]:
 
 
 @dataclass
-class TLSRedis:
+class TLSRedis(RedisServer):
     """redis-server serving TLS only, its certificate `issued` by `ca`; `auth_clients`: it
     requires a client certificate from `ca` (Redis's tls-auth-clients yes)."""
 
-    ca: CA
-    issued: Issued
-    dir: str
+    ca: CA | None = None
+    issued: Issued | None = None
     auth_clients: bool = True
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
 
     def start(self) -> TLSRedis:
+        assert self.ca is not None and self.issued is not None
         args = [
             REDIS_SERVER, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
             "--tls-cert-file", str(self.issued.cert), "--tls-key-file", str(self.issued.key),
@@ -184,18 +178,9 @@ class TLSRedis:
 
     def call(self, *args: str) -> object:
         """One command as a client holding a certificate from the CA."""
+        assert self.ca is not None
         with tls_conn(self.port, client_context(self.ca, self.ca.client())) as conn:
             return conn.call(*args)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
 
 
 @contextlib.contextmanager
@@ -210,7 +195,10 @@ def tls_redis_servers(
         for i in range(n):
             issued = ca.issue(f"redis{i}", dns=("localhost", f"redis{i}.test"), ips=ips)
             os.makedirs(os.path.join(base, str(i)))
-            server = TLSRedis(ca, issued, os.path.join(base, str(i)), auth_clients)
+            directory = os.path.join(base, str(i))
+            server = TLSRedis(
+                free_port(), directory, ca=ca, issued=issued, auth_clients=auth_clients
+            )
             servers.append(server.start())
         yield servers
     finally:
