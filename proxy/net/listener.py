@@ -102,6 +102,8 @@ class TLSPort:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except ConnectionAbortedError:  # reset while in the backlog: the next one
+                continue
             except OSError as exc:  # out of descriptors or memory: retry shortly, keep the backlog
                 self._pause_accepting(exc)
                 return

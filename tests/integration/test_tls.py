@@ -279,6 +279,32 @@ def test_reload_refuses_bad_backend_files_and_port_changes(
         assert client.get("bad:k") == b"1"
 
 
+def test_reload_rereads_the_backend_client_certificate(
+    tls_backends: list[TLSRedis], tls_ca: CA, tmp_path: Path
+) -> None:
+    """Same config text, new files: new backend connections present the new client certificate
+    (here one the backends do not trust, then a good one again), open ones keep theirs."""
+    mine = tls_ca.issue("proxy-client", into=tmp_path / "mine")
+    text = simple_config([s.addr for s in tls_backends], free_port(), free_port())
+    text = text.replace("health_check_interval_ms: 200", "health_check_interval_ms: 600000")
+    text = backend_tls(text, f"{{ca: {tls_ca.cert}, cert: {mine.cert}, key: {mine.key}}}")
+    stranger = CA(tmp_path / "stranger", name="a CA the backends do not trust")
+    path = tmp_path / "proxy.yaml"
+    with (
+        proxy_from_file(text, path) as proxy,
+        redis.Redis(port=proxy.port, socket_timeout=5) as client,
+    ):
+        assert client.set("{q}k", "1") and client.rpush("{q}list", "a") == 1
+        stranger.issue("proxy-client", into=tmp_path / "mine")
+        assert reload(proxy)[0]
+        assert client.get("{q}k") == b"1"  # the shared connection kept its certificate
+        with pytest.raises(redis.ResponseError, match="unknown ca"):
+            client.blpop(["{q}list"], 1)  # a new connection of its own: refused
+        tls_ca.issue("proxy-client", into=tmp_path / "mine")
+        assert reload(proxy)[0]
+        assert client.blpop(["{q}list"], 1) == (b"{q}list", b"a")
+
+
 # -- the command line and workers ----------------------------------------------------------------
 
 
