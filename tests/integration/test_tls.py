@@ -140,6 +140,26 @@ def test_a_required_client_certificate_refuses_clients_without_one(
         assert out.stdout.strip() == "PONG", out
 
 
+def test_handshakes_count_against_the_client_limit(
+    plain_backends: list[str], tls_ca: CA, proxy_cert: Issued
+) -> None:
+    tls = client_tls(proxy_cert).replace("client:\n", "client:\n  max_connections: 1\n")
+    with running_proxy(simple_config(plain_backends, free_port(), free_port(), tls)) as proxy:
+        context = client_context(tls_ca)
+        with tls_conn(proxy.port, context) as first:
+            assert first.call("PING") == b"PONG"
+            with pytest.raises(OSError), tls_conn(proxy.port, context):
+                pass  # closed before any TLS: the handshake fails
+            assert metric(proxy, 'shardproxy_client_errors_total{kind="limit"}') == 1
+            assert first.call("PING") == b"PONG"
+
+        def served() -> bool:  # room again once the first has left
+            with tls_conn(proxy.port, context) as again:
+                return again.call("PING") == b"PONG"
+
+        wait_until(served, 5, "a new client served again")
+
+
 # -- backends ----------------------------------------------------------------------------------
 
 
