@@ -336,6 +336,7 @@ def describe(config: ProxyConfig) -> dict[str, Any]:
     migration = config.migration
     return {
         "workers": config.workers,
+        "tls": describe_tls(config),
         "route": config.route,
         "phase": migration.phase if migration else None,
         "migration_to": migration.to if migration else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import signal
 import socket
@@ -348,6 +349,10 @@ def test_check_and_serve_refuse_unusable_files(tls_ca: CA, tmp_path: Path) -> No
     path.write_text(base.replace("backend:\n", client_tls(cert) + "backend:\n"))
     out = subprocess.run([*CLI, "check", "-c", str(path)], capture_output=True, text=True)
     assert out.returncode == 0 and "client TLS on listen" in out.stdout, out
+    out = subprocess.run([*CLI, "check", "-c", str(path), "--json"], capture_output=True, text=True)
+    assert json.loads(out.stdout)["tls"] == [
+        f"client TLS on listen: cert {cert.cert}, client certificates no"
+    ]
 
 
 def test_workers_serve_tls_and_reload_its_certificate(
