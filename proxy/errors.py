@@ -363,3 +363,20 @@ def too_many_subscriptions(limit: int) -> bytes:
 def subscriber_lost(client_id: int, backend: str, reason: str) -> str:
     """The log line for a subscriber closed because a backend's subscriptions ended."""
     return f"client {client_id} closed: its subscriptions on {backend} ended ({reason})"
+
+
+# --- TLS (proxy/net/tls.py, proxy/net/listener.py) -------------------------------------------
+
+TLS_ENCRYPTED_KEY = (
+    "encrypted private keys are not supported: the proxy cannot ask for a passphrase"
+)
+
+
+def tls_file(path: str, file: str, reason: str) -> str:
+    """A certificate, key or CA file that cannot be used: a config problem (start, reload)."""
+    return f"{path}: cannot use {file}: {reason}"
+
+
+def tls_handshake(reason: str) -> str:
+    """Why a TLS connection to a backend failed (a backend's down reason)."""
+    return f"TLS handshake failed: {reason}"

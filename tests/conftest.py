@@ -8,6 +8,7 @@ import pytest
 
 from tests.support.cluster import Cluster, Layout
 from tests.support.processes import RedisServer, redis_servers
+from tests.support.tls import tls_backends, tls_ca  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from proxy.cli.keys import add_keys_parsers, cmd_keys
 from proxy.commands.users import compile_users
 from proxy.config.reader import read_config_file
 from proxy.config.schema import MAX_WORKERS, ConfigError, ProxyConfig, load_config, parse_config
+from proxy.net.tls import describe_tls, load_tls
 from proxy.routing.topology import build_pool
 from proxy.server.logformat import setup_logging
 
@@ -205,6 +206,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if config.workers > 1 and config.listen.port == 0:
             print("shardproxy: workers > 1 need a fixed listen port, not 0", file=sys.stderr)
             return 2
+        load_tls(config)  # every certificate usable, before anything starts (ConfigError)
         log_format = args.log_format or config.log_format
         setup_logging(log_format, args.log_level or config.log_level)
         if config.client.users and config.client.password is None:
@@ -292,11 +294,14 @@ def _run_workers(
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     compile_users(config.client)
+    load_tls(config)  # the certificate, key and CA files must be usable too
     if args.json:
         print(json.dumps(describe(config), indent=2))
         return 0
     print(f"config {args.config}: ok")
     print(f"listen {config.listen}  admin {config.admin or 'off'}  workers {config.workers}")
+    for line in describe_tls(config):
+        print(line)
     migration = config.migration
     if migration:
         phase = f"{migration.phase}, pool {config.migration_source} -> pool {migration.to}"
@@ -360,6 +365,7 @@ def describe(config: ProxyConfig) -> dict[str, Any]:
     migration = config.migration
     return {
         "workers": config.workers,
+        "tls": describe_tls(config),
         "route": config.route,
         "phase": migration.phase if migration else None,
         "migration_from": config.migration_source,

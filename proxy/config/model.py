@@ -26,6 +26,8 @@ LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "crit
 MIB: Final = 1024 * 1024
 MAX_DATABASES: Final = 65536  # a config's `databases` at most (Redis sets none; lanes are lazy)
 MAX_WORKERS: Final = 64  # worker processes; more than cores only adds context switches
+# How a backend's certificate is checked: full (chain and host name), ca (chain only), none.
+TLS_VERIFY: Final[tuple[str, ...]] = ("full", "ca", "none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,34 @@ class PoolConfig:
     distribution: str  # one of DISTRIBUTIONS
     hash_tag: str  # "" (none) or exactly two characters, e.g. "{}"
     servers: tuple[ServerConfig, ...]  # at least one; addresses and names unique
+    # TLS to this pool's servers: the pool's own `tls` over backend.tls, key by key; None: plain.
+    tls: BackendTLSConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTLSConfig:
+    """client.tls: the proxy serves TLS to clients. File paths are read by proxy/net/tls.py, at
+    start and on every reload (a renewed certificate is picked up by the next connection)."""
+
+    cert: str  # PEM certificate chain the proxy presents
+    key: str  # PEM private key of `cert`
+    ca: str | None = None  # PEM CA bundle that client certificates are checked against
+    require_client_cert: bool = False  # refuse clients without a certificate signed by `ca`
+    # A second port for TLS, the plain `listen` staying open (Redis's port and tls-port);
+    # None: `listen` itself serves TLS only.
+    listen: Address | None = None
+    handshake_timeout_ms: int = 10000  # a client that has not finished its handshake is closed
+
+
+@dataclass(frozen=True, slots=True)
+class BackendTLSConfig:
+    """backend.tls or pools.<name>.tls: the proxy connects to backends over TLS."""
+
+    ca: str | None = None  # PEM CA bundle backends' certificates are checked against; None: system
+    cert: str | None = None  # PEM client certificate (Redis's tls-auth-clients); with `key`
+    key: str | None = None
+    server_name: str | None = None  # SNI and the name checked; None: each server's host
+    verify: str = "full"  # one of TLS_VERIFY
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +134,7 @@ class ClientConfig:
     users: tuple[UserConfig, ...] = ()  # ACL users besides default
     # Clients accepted only from these networks; empty: from anywhere.
     allow_cidrs: tuple[IPv4Network | IPv6Network, ...] = ()
+    tls: ClientTLSConfig | None = None  # None: plain text only
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +151,8 @@ class BackendConfig:
     acl_check: str = "warn"  # one of ACL_CHECKS: the backend user's ACL at start and reload
     max_blocking_connections: int = 128  # per backend: clients blocked at once (BLPOP ...)
     max_watch_connections: int = 256  # dedicated WATCH connections per backend (net/transaction)
+    # backend.tls as written; each pool's servers use PoolConfig.tls (this, or the pool's own).
+    tls: BackendTLSConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,11 +31,14 @@ from proxy.config.model import (
     MAX_DATABASES,
     MAX_WORKERS,
     PHASES,
+    TLS_VERIFY,
     Address,
     AdminAuth,
     BackendConfig,
+    BackendTLSConfig,
     BackfillConfig,
     ClientConfig,
+    ClientTLSConfig,
     MigrationConfig,
     PoolConfig,
     ProxyConfig,
@@ -54,6 +57,13 @@ from proxy.config.reader import (
     read_config_file,
 )
 from proxy.config.routes import read_routes
+from proxy.config.tls import (
+    check_shared_servers,
+    check_tls_listen,
+    read_backend_tls,
+    read_client_tls,
+    read_pool_tls,
+)
 from proxy.errors import ConfigError
 
 __all__ = [
@@ -67,11 +77,14 @@ __all__ = [
     "MAX_DATABASES",
     "MAX_WORKERS",
     "PHASES",
+    "TLS_VERIFY",
     "Address",
     "AdminAuth",
     "BackendConfig",
+    "BackendTLSConfig",
     "BackfillConfig",
     "ClientConfig",
+    "ClientTLSConfig",
     "ConfigError",
     "MigrationConfig",
     "PoolConfig",
@@ -197,6 +210,7 @@ _CLIENT_RULES: Final[dict[str, _Rule]] = {
     "max_memory_bytes": _int(1),
     "idle_timeout_s": _float(0),
     "max_subscriptions": _int(1),
+    "tls": lambda r, path, value, default: read_client_tls(r, path, value),
 }
 _BACKEND_RULES: Final[dict[str, _Rule]] = {
     "connect_timeout_ms": _int(1),
@@ -211,6 +225,7 @@ _BACKEND_RULES: Final[dict[str, _Rule]] = {
     "acl_check": _acl_check,
     "max_blocking_connections": _int(1),
     "max_watch_connections": _int(1),
+    "tls": lambda r, path, value, default: read_backend_tls(r, path, value),
 }
 _POOL_RULES: Final[dict[str, _Rule]] = {
     "hash": _one_of(*HASH_NAMES),
@@ -280,8 +295,9 @@ def _read_config(r: Reader, raw: object) -> ProxyConfig:
     if values["workers"] > 1 and listen.port == 0:
         r.fail("listen", "port 0 (any free port) cannot be shared by workers > 1; give a port")
     client = _read_section(r, "client", top.get("client"), _CLIENT_RULES, ClientConfig)
+    check_tls_listen(r, client.tls, listen, admin, values["workers"])
     backend = _read_backend(r, top.get("backend"))
-    pools, names = _read_pools(r, top.get("pools"))
+    pools, names = _read_pools(r, top.get("pools"), backend.tls)
     route = _read_route(r, top.get("route"), names)
     return ProxyConfig(
         **values,
@@ -306,7 +322,9 @@ def _read_backend(r: Reader, raw: object) -> BackendConfig:
     return backend
 
 
-def _read_pools(r: Reader, raw: object) -> tuple[dict[str, PoolConfig], list[str]]:
+def _read_pools(
+    r: Reader, raw: object, tls: BackendTLSConfig | None
+) -> tuple[dict[str, PoolConfig], list[str]]:
     """The valid-enough pools, and every pool name given (for checking route and migration.to)."""
     mapping = r.mapping("pools", raw)
     if not mapping and (raw is None or isinstance(raw, dict)):
@@ -319,10 +337,12 @@ def _read_pools(r: Reader, raw: object) -> tuple[dict[str, PoolConfig], list[str
         if value is not None and not isinstance(value, dict):
             r.fail(path, f"expected a mapping, got {describe(value)}")
             continue
-        section = r.section(path, value, (*_POOL_RULES, "servers"))
+        section = r.section(path, value, (*_POOL_RULES, "servers", "tls"))
         settings = _read_fields(r, path, section, _POOL_RULES, _POOL_DEFAULTS)
         servers = _read_servers(r, f"{path}.servers", section.get("servers"))
-        pools[name] = PoolConfig(name=name, servers=servers, **settings)
+        pool_tls = read_pool_tls(r, f"{path}.tls", section, tls)
+        pools[name] = PoolConfig(name=name, servers=servers, tls=pool_tls, **settings)
+    check_shared_servers(r, pools)
     return pools, list(mapping)
 
 

@@ -20,6 +20,8 @@ from proxy.codec.resp import decode_reply
 from proxy.commands.local import keyspace_dbs
 from proxy.config.schema import ProxyConfig
 from proxy.net.backend import Backend
+from proxy.net.pool import backend_settings
+from proxy.net.tls import backend_tls
 
 __all__ = [
     "NO_FENCE",
@@ -88,13 +90,17 @@ class Executor:
 
 
 def open_backends(config: ProxyConfig) -> dict[str, Backend]:
-    """One Backend per address of every pool (for the CLI); close each with `await b.close()`."""
+    """One Backend per address of every pool (for the CLI), over TLS where the config says so
+    (ConfigError: a TLS file that cannot be used); close each with `await b.close()`."""
+    tls = backend_tls(config)
+    settings = backend_settings(config)
     backends: dict[str, Backend] = {}
     for pool in config.pools.values():
         for server in pool.servers:
-            if server.addr not in backends:
-                name = server.name or server.addr
-                backends[server.addr] = Backend(server.addr, name, config.backend)
+            addr = server.addr
+            if addr not in backends:
+                name = server.name or addr
+                backends[addr] = Backend(addr, name, settings[addr], tls.get(addr))
     return backends
 
 

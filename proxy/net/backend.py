@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 
 from proxy import errors
@@ -22,6 +23,7 @@ from proxy.net.connection import BackendConnection, FutureOwner
 from proxy.net.metrics import BackendStats
 from proxy.net.probe import ProbeOutcome, call_once, is_local_error, os_reason, probe
 from proxy.net.slot import Slot
+from proxy.net.tls import BackendTLS, connect_kwargs
 
 log = logging.getLogger("shardproxy.backend")
 
@@ -31,10 +33,15 @@ LOG_EVERY_S = 10.0  # rate limit of the busy and out-of-resources warnings, per 
 class Backend:
     """One backend Redis (an address), with its shared connections per protocol version."""
 
-    def __init__(self, addr: str, name: str, config: BackendConfig) -> None:
+    def __init__(
+        self, addr: str, name: str, config: BackendConfig, tls: BackendTLS | None = None
+    ) -> None:
         self.addr = addr
         self.name = name
-        self.config = config
+        self.config = config  # config.tls: the TLS settings of this backend's pools
+        # The context new connections use (None: plain); a reload re-reads the files and
+        # replaces it, while connections already open keep theirs.
+        self.tls = tls
         host, _, port = addr.rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
@@ -54,6 +61,7 @@ class Backend:
         self._connect_tasks: set[asyncio.Task[None]] = set()
         self._busy: set[BackendConnection] = set()  # stalled behind a script, draining
         self._logged: dict[str, float] = {}  # warning kind -> monotonic time last logged
+        self._tls_failure = ""  # why the last probe's TLS handshake failed ("" when it did not)
 
     def connection(self, lane: int, client_id: int) -> BackendConnection | None:
         """The connection of `lane` a client uses (stable per client, so its requests stay in
@@ -125,8 +133,12 @@ class Backend:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.config.connect_timeout_ms / 1000):
-                await loop.create_connection(lambda: conn, self.host, self.port)
+                await loop.create_connection(
+                    lambda: conn, self.host, self.port, **connect_kwargs(self.tls)
+                )
         except (OSError, TimeoutError) as exc:
+            if isinstance(exc, ssl.SSLError):
+                self.stats.tls += 1
             if is_local_error(exc):
                 reason = os_reason(exc)
                 self._log_local(f"connection: {reason}")
@@ -145,7 +157,7 @@ class Backend:
     async def _send_alone(self, args: list[bytes], slot: Slot) -> None:
         timeout_s = self.config.command_timeout_ms / 1000
         try:
-            reply = await call_once(self.config, self.host, self.port, args, timeout_s)
+            reply = await call_once(self.config, self.host, self.port, args, timeout_s, self.tls)
         except OSError as exc:
             reply = errors.backend_unavailable(self.name, self.addr, os_reason(exc))
         if reply is None:
@@ -237,7 +249,11 @@ class Backend:
         return outcome is ProbeOutcome.ALIVE or outcome is ProbeOutcome.BUSY
 
     async def _probe_once(self, what: str, timeout_ms: float) -> ProbeOutcome:
-        outcome = await probe(self.config, self.host, self.port, timeout_ms / 1000)
+        timeout_s = timeout_ms / 1000
+        self._tls_failure = ""
+        outcome = await probe(
+            self.config, self.host, self.port, timeout_s, self.tls, self._on_tls_failure
+        )
         if outcome is ProbeOutcome.LOCAL:
             self._log_local(what)
         return outcome
@@ -271,7 +287,12 @@ class Backend:
             return
         self._failures += 1
         if self.up and self._failures >= self.config.failure_threshold:
-            self._mark_down("health check failed")
+            failure = f": {self._tls_failure}" if self._tls_failure else ""
+            self._mark_down(f"health check failed{failure}")
+
+    def _on_tls_failure(self, reason: str) -> None:
+        self.stats.tls += 1
+        self._tls_failure = reason
 
     def _mark_down(self, reason: str) -> None:
         self.up = False

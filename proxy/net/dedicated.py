@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ssl
 from collections.abc import Callable
 
 from proxy import errors
@@ -18,6 +19,7 @@ from proxy.net.backend import Backend
 from proxy.net.connection import BackendConnection
 from proxy.net.metrics import BackendStats
 from proxy.net.probe import os_reason
+from proxy.net.tls import connect_kwargs
 
 
 class Purpose(enum.StrEnum):
@@ -154,8 +156,12 @@ async def _connect(conn: DedicatedConnection, backend: Backend) -> None:
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(backend.config.connect_timeout_ms / 1000):
-            await loop.create_connection(lambda: conn, backend.host, backend.port)
+            await loop.create_connection(
+                lambda: conn, backend.host, backend.port, **connect_kwargs(backend.tls)
+            )
     except (OSError, TimeoutError) as exc:
+        if isinstance(exc, ssl.SSLError):
+            backend.stats.tls += 1
         reason = "connect timeout" if isinstance(exc, TimeoutError) else os_reason(exc)
         conn.fail(reason, errors.backend_unavailable(backend.name, backend.addr, reason), False)
         conn.release()

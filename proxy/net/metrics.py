@@ -30,6 +30,7 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 CLIENT_ERROR_KINDS = ("protocol", "auth", "noperm", "address", "limit", "memory")
+TLS_HANDSHAKE_FAILURES = ("timeout", "certificate", "protocol")  # net/listener.failure_kind
 BACKEND_ERROR_KINDS = ("timeout", "connection", "reply")  # BackendStats fields, error counts
 
 
@@ -98,6 +99,7 @@ class BackendStats:
     reply: int = 0  # error replies (-ERR, -WRONGTYPE...) the backend sent
     busy: int = 0  # stalled connections found busy with a script (-BUSY), kept instead of failed
     local: int = 0  # connections or probes the proxy could not open itself (EMFILE, ENFILE...)
+    tls: int = 0  # TLS handshakes with the backend that failed (connections and probes)
     # Connections one client uses alone, open now, by purpose (net/dedicated.py).
     dedicated: dict[str, int] = field(default_factory=dict)
 
@@ -248,6 +250,15 @@ class ProxyMetrics:
         )
         for kind in ("channel", "pattern", "shard_channel"):
             self.pubsub_subscriptions.labels(kind)
+        self.tls_handshake_failures_total = Counter(
+            "shardproxy_client_tls_handshake_failures_total",
+            "Client TLS handshakes that failed, by kind: timeout (client.tls."
+            "handshake_timeout_ms), certificate (missing, refused or untrusted), protocol",
+            ["kind"],
+            registry=r,
+        )
+        for kind in TLS_HANDSHAKE_FAILURES:
+            self.tls_handshake_failures_total.labels(kind)
 
     def command_stats(self, label: str) -> CommandStats:
         stats = self.commands.get(label)
@@ -332,6 +343,12 @@ class _LiveCollector(Collector):
             "own resources (EMFILE, ENFILE, ENOBUFS, ENOMEM); the backend's state is kept",
             labels=["backend"],
         )
+        tls = CounterMetricFamily(
+            "shardproxy_backend_tls_handshake_failures",
+            "TLS handshakes with a backend that failed (certificate not trusted, wrong name, "
+            "protocol), connections and health checks alike",
+            labels=["backend"],
+        )
         dedicated = GaugeMetricFamily(
             "shardproxy_backend_dedicated_connections",
             "Backend connections one client uses alone, open now, by purpose "
@@ -348,7 +365,8 @@ class _LiveCollector(Collector):
                 errors.add_metric([name, kind], getattr(stats, kind))
             busy.add_metric([name], stats.busy)
             local.add_metric([name], stats.local)
-        yield from (up, inflight, latency, errors, busy, local, dedicated)
+            tls.add_metric([name], stats.tls)
+        yield from (up, inflight, latency, errors, busy, local, tls, dedicated)
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """The backend registry: one Backend per address for the life of the process.
 
-Connections to unchanged backends survive reloads; removed ones are drained, then closed. Each
-sync returns the route table (net/route.py) of the new topology over these backends.
+Connections to unchanged backends survive reloads; removed ones, and ones whose settings changed
+(backend.*, their pools' tls), are drained, then closed. Each sync hands every backend the TLS
+context new connections use (re-read from the files on each reload) and returns the route table
+(net/route.py) of the new topology over these backends.
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
+from dataclasses import replace
 
-from proxy.config.schema import BackendConfig
+from proxy.config.schema import BackendConfig, ProxyConfig
 from proxy.net.backend import Backend
 from proxy.net.blocking import close_idle
 from proxy.net.route import RouteTable, build_route_table
+from proxy.net.tls import BackendTLS
 from proxy.routing.topology import Topology
 
 log = logging.getLogger("shardproxy.pool")
@@ -25,23 +30,25 @@ DRAIN_LIMIT_S = 30.0  # a removed backend is closed after this even if replies a
 class BackendPool:
     def __init__(self) -> None:
         self.backends: dict[str, Backend] = {}
-        self._config: BackendConfig | None = None
         self._draining: set[asyncio.Task[None]] = set()
 
-    def sync(self, topology: Topology) -> RouteTable:
-        """Create backends the topology adds, drain the ones it drops; return its route table."""
-        config = topology.config.backend
+    def sync(self, topology: Topology, tls: Mapping[str, BackendTLS] | None = None) -> RouteTable:
+        """Create backends the topology adds, drain the ones it drops or whose settings changed;
+        `tls`: each TLS backend's context (load_tls's); return the route table."""
+        settings = backend_settings(topology.config)
+        tls = tls or {}
         wanted = topology.all_addrs()
-        if self._config is not None and config != self._config:
-            # Backend settings changed: new connections use them; old ones drain.
-            for addr in list(self.backends):
-                self._drain(self.backends.pop(addr))
-        self._config = config
         for addr in wanted:
-            if addr not in self.backends:
-                self.backends[addr] = Backend(addr, topology.names[addr], config)
-            else:
-                self.backends[addr].name = topology.names[addr]
+            backend = self.backends.get(addr)
+            if backend is not None and backend.config != settings[addr]:
+                # Settings changed: new connections use them; the old ones drain.
+                self._drain(self.backends.pop(addr))
+                backend = None
+            if backend is None:
+                self.backends[addr] = Backend(addr, topology.names[addr], settings[addr])
+            backend = self.backends[addr]
+            backend.name = topology.names[addr]
+            backend.tls = tls.get(addr)
         for addr in [a for a in self.backends if a not in wanted]:
             self._drain(self.backends.pop(addr))
         return build_route_table(topology, self.backends)
@@ -71,3 +78,12 @@ class BackendPool:
             await backend.close()
             close_idle(backend)
         self.backends.clear()
+
+
+def backend_settings(config: ProxyConfig) -> dict[str, BackendConfig]:
+    """Each address's settings: backend.*, with the TLS of its pools (one per server)."""
+    return {
+        server.addr: replace(config.backend, tls=pool.tls)
+        for pool in config.pools.values()
+        for server in pool.servers
+    }

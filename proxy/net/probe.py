@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import errno
+import ssl
+from collections.abc import Callable
 from typing import cast
 
+from proxy import errors
 from proxy.codec.resp import ReplyScanner, encode_request, is_error
 from proxy.config.schema import BackendConfig
+from proxy.net.tls import BackendTLS, connect_kwargs, tls_reason
 
 # The proxy's own resources ran out (not the backend's fault): never a reason to mark it down.
 LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -40,6 +44,8 @@ def auth_command(cfg: BackendConfig) -> list[bytes] | None:
 
 
 def is_local_error(exc: BaseException) -> bool:
+    if isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's, not the system's
+        return False
     return isinstance(exc, OSError) and exc.errno in LOCAL_ERRNOS
 
 
@@ -79,20 +85,36 @@ class OneShotConnection(asyncio.Protocol):
             self.result.set_result(None)
 
     def close_transport(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        close_throwaway(self.transport)
+
+
+def close_throwaway(transport: asyncio.WriteTransport | None) -> None:
+    """Close a connection whose last reply is in. Over TLS it is aborted: a graceful close
+    would wait for the backend's close_notify, and outlive a proxy stopping meanwhile."""
+    if transport is None:
+        return
+    if transport.get_extra_info("sslcontext") is not None:
+        transport.abort()
+    else:
+        transport.close()
 
 
 async def call_once(
-    cfg: BackendConfig, host: str, port: int, args: list[bytes], timeout_s: float
+    cfg: BackendConfig,
+    host: str,
+    port: int,
+    args: list[bytes],
+    timeout_s: float,
+    tls: BackendTLS | None = None,
 ) -> bytes | None:
-    """Send `args` on a fresh connection; its raw reply, or None when none came in `timeout_s`.
-    Raises OSError when the connection cannot be made (is_local_error tells whose fault)."""
+    """Send `args` on a fresh connection (over `tls` when given); its raw reply, or None when
+    none came in `timeout_s`. Raises OSError when the connection cannot be made
+    (is_local_error tells whose fault; ssl.SSLError: the TLS handshake failed)."""
     loop = asyncio.get_running_loop()
     conn = OneShotConnection(cfg, args)
     try:
         async with asyncio.timeout(timeout_s):
-            await loop.create_connection(lambda: conn, host, port)
+            await loop.create_connection(lambda: conn, host, port, **connect_kwargs(tls))
             return await conn.result
     except TimeoutError:
         return None
@@ -100,11 +122,21 @@ async def call_once(
         conn.close_transport()
 
 
-async def probe(cfg: BackendConfig, host: str, port: int, timeout_s: float) -> ProbeOutcome:
-    """One PING on a fresh connection (with AUTH), classified."""
+async def probe(
+    cfg: BackendConfig,
+    host: str,
+    port: int,
+    timeout_s: float,
+    tls: BackendTLS | None = None,
+    on_tls_error: Callable[[str], None] | None = None,
+) -> ProbeOutcome:
+    """One PING on a fresh connection (with AUTH), classified; a failed TLS handshake's reason
+    goes to `on_tls_error`."""
     try:
-        reply = await call_once(cfg, host, port, [b"PING"], timeout_s)
+        reply = await call_once(cfg, host, port, [b"PING"], timeout_s, tls)
     except OSError as exc:
+        if on_tls_error is not None and isinstance(exc, ssl.SSLError):
+            on_tls_error(os_reason(exc))
         return ProbeOutcome.LOCAL if is_local_error(exc) else ProbeOutcome.DOWN
     if reply is None:
         return ProbeOutcome.DOWN
@@ -114,6 +146,8 @@ async def probe(cfg: BackendConfig, host: str, port: int, timeout_s: float) -> P
 
 
 def os_reason(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return errors.tls_handshake(tls_reason(exc))
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     return exc.strerror or str(exc)

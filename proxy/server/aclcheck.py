@@ -21,7 +21,8 @@ from proxy import errors
 from proxy.codec.resp import encode_request
 from proxy.commands.acl import AclProbes, AclVerdict, build_probes, judge, probe_args
 from proxy.config.schema import BackendConfig, ProxyConfig, ServerConfig
-from proxy.net.probe import auth_command, os_reason
+from proxy.net.probe import auth_command, close_throwaway, os_reason
+from proxy.net.tls import BackendTLS, backend_tls, connect_kwargs
 
 log = logging.getLogger("shardproxy.aclcheck")
 
@@ -81,18 +82,22 @@ class _Session:
         return replies
 
 
-async def check_backend(addr: ServerConfig, cfg: BackendConfig, probes: AclProbes) -> AclReport:
+async def check_backend(
+    addr: ServerConfig, cfg: BackendConfig, probes: AclProbes, tls: BackendTLS | None = None
+) -> AclReport:
     timeout_s = (cfg.connect_timeout_ms + cfg.command_timeout_ms) / 1000
     try:
-        return await asyncio.wait_for(_check(addr, cfg, probes), timeout_s)
+        return await asyncio.wait_for(_check(addr, cfg, probes, tls), timeout_s)
     except TimeoutError:
         return AclReport(addr.addr, None, errors.acl_no_answer(timeout_s))
     except OSError as exc:
         return AclReport(addr.addr, None, os_reason(exc))
 
 
-async def _check(addr: ServerConfig, cfg: BackendConfig, probes: AclProbes) -> AclReport:
-    reader, writer = await asyncio.open_connection(addr.host, addr.port)
+async def _check(
+    addr: ServerConfig, cfg: BackendConfig, probes: AclProbes, tls: BackendTLS | None
+) -> AclReport:
+    reader, writer = await asyncio.open_connection(addr.host, addr.port, **connect_kwargs(tls))
     try:
         session = _Session(reader, writer)
         auth = auth_command(cfg)
@@ -102,7 +107,7 @@ async def _check(addr: ServerConfig, cfg: BackendConfig, probes: AclProbes) -> A
                 return AclReport(addr.addr, None, errors.acl_auth_failed(reply))
         return await _ask(addr.addr, session, cfg.username or "default", probes)
     finally:
-        writer.close()
+        close_throwaway(writer.transport)
 
 
 async def _ask(addr: str, session: _Session, user: str, probes: AclProbes) -> AclReport:
@@ -144,11 +149,16 @@ def backend_names(config: ProxyConfig) -> dict[str, str]:
     return names
 
 
-async def check_config(config: ProxyConfig) -> list[AclReport]:
-    """Every backend of `config`, checked concurrently."""
+async def check_config(
+    config: ProxyConfig, tls: Mapping[str, BackendTLS] | None = None
+) -> list[AclReport]:
+    """Every backend of `config`, checked concurrently; over TLS where `tls` (by default the
+    config's, its files read now) says so."""
     probes = build_probes(config.allow_flush, bool(config.allow_config_set))
     servers = backend_addrs(config)
-    return list(await asyncio.gather(*(check_backend(s, config.backend, probes) for s in servers)))
+    tls = backend_tls(config) if tls is None else tls
+    checks = (check_backend(s, config.backend, probes, tls.get(s.addr)) for s in servers)
+    return list(await asyncio.gather(*checks))
 
 
 def warning(name: str, report: AclReport, mode: str) -> str:

@@ -30,6 +30,7 @@ from proxy.migration.phases import (
     needs_gate,
 )
 from proxy.net.pool import BackendPool
+from proxy.net.tls import PLAIN, TLSContexts, load_tls
 from proxy.server.aclcheck import check_config, refusal
 
 log = logging.getLogger("shardproxy.reload")
@@ -39,6 +40,7 @@ log = logging.getLogger("shardproxy.reload")
 class Accepted:
     config: ProxyConfig
     text: str
+    tls: TLSContexts = PLAIN  # the new config's TLS, every file read again
 
 
 async def validate_reload(
@@ -75,6 +77,13 @@ async def validate_reload(
         return "admin cannot change on reload (restart the proxy)"
     if new.workers != old.workers:
         return "workers cannot change on reload (restart the proxy)"
+    moved = _listener_change(old, new)
+    if moved:
+        return moved
+    try:
+        tls = load_tls(new)  # a certificate renewed on disk is read here
+    except ConfigError as exc:
+        return str(exc)
     reason = check_step(old, new)
     if reason:
         return reason
@@ -89,10 +98,20 @@ async def validate_reload(
         if reason:
             return reason
     if check_acl and new.backend.acl_check == "refuse":
-        reason = refusal(await check_config(new))
+        reason = refusal(await check_config(new, tls.backends))
         if reason:
             return reason
-    return Accepted(new, text)
+    return Accepted(new, text, tls)
+
+
+def _listener_change(old: ProxyConfig, new: ProxyConfig) -> str:
+    """Client ports are bound once: TLS may get new files on reload, not new ports."""
+    old_tls, new_tls = old.client.tls, new.client.tls
+    if (old_tls is None) != (new_tls is None):
+        return "client.tls cannot be turned on or off on reload (restart the proxy)"
+    if old_tls is not None and new_tls is not None and old_tls.listen != new_tls.listen:
+        return "client.tls.listen cannot change on reload (restart the proxy)"
+    return ""
 
 
 async def _gate_problem(new: ProxyConfig, pool: BackendPool, fence: Fence) -> str:

@@ -27,11 +27,13 @@ from proxy.jobs.runner import PhaseRunner
 from proxy.net.client import ClientConnection
 from proxy.net.defence import Defences
 from proxy.net.fence import MigrationState
+from proxy.net.listener import Listeners
 from proxy.net.memory import MemoryGuard
 from proxy.net.metrics import ProxyMetrics, defence_families
 from proxy.net.pool import BackendPool
 from proxy.net.pubsub import rehome_all
 from proxy.net.route import RouteTable
+from proxy.net.tls import PLAIN, TLSContexts, load_tls
 from proxy.routing.topology import Topology, build_topology
 from proxy.server import status as views
 from proxy.server.aclcheck import AclCheckError, AclReport, check_config, log_reports, refusal
@@ -87,7 +89,8 @@ class ProxyServer:
         self._config = config
         self._config_text = config_text
         self._next_client_id = 0
-        self._server: asyncio.Server | None = None
+        self.listeners = Listeners(self)
+        self.tls: TLSContexts = PLAIN  # every file of client.tls and the backends' tls, loaded
         self._admin: AdminServer | None = None
         self._reload_lock = asyncio.Lock()
         self.routes: RouteTable  # set by start()
@@ -126,28 +129,20 @@ class ProxyServer:
     async def start(self) -> None:
         if self.role is None:  # under a supervisor, the supervisor checks it once
             await check_databases(self._config)
+        self.tls = load_tls(self._config)  # ConfigError: a certificate that cannot be used
         if self._config.backend.acl_check == "refuse" and self.role is None:
             reason = await self.check_acl(self._config)
             if reason:
                 raise AclCheckError(reason)
         generation = 1 if self.role is None else self.role.generation
         topology = build_topology(self._config, generation, config_hash(self._config_text))
-        self.routes = self.pool.sync(topology)
+        self.routes = self.pool.sync(topology, self.tls.backends)
         self.lifecycle.show_config(self._config, generation, topology.config_hash)
         self._size_clients()
         self.metrics.add_live_collector(
             lambda: len(self.clients), lambda: views.backend_rows(self), self._extra_metrics
         )
-        loop = asyncio.get_running_loop()
-        listen = self._config.listen
-        self._server = await loop.create_server(
-            self._new_client,
-            listen.host,
-            listen.port,
-            reuse_address=True,
-            reuse_port=self.role is not None,
-            backlog=1024,
-        )
+        await self.listeners.open(self._config, self.tls.listener, self.role is not None)
         admin = self._config.admin if self.role is None else None
         if admin is not None:
             self._admin = AdminServer(self, admin.host, admin.port, self._config.admin_auth)
@@ -162,20 +157,21 @@ class ProxyServer:
             self.lifecycle.watch(self.config_path, self.current_hash, self.reload_from_file)
         log.info(
             "serving on %s (admin %s), pool %s with %d backends",
-            listen,
+            self.listeners.describe(self._config),
             admin or ("supervisor's" if self.role else "off"),
             topology.route.name,
             len(topology.route.addrs),
         )
 
-    def _new_client(self) -> ClientConnection:
-        self.metrics.client_connections_total.inc()
-        return ClientConnection(self)
-
     @property
     def listen_port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        """`listen`'s port (TLS when client.tls has no listen of its own)."""
+        return self.listeners.port
+
+    @property
+    def tls_port(self) -> int | None:
+        """client.tls.listen's port; None without one."""
+        return self.listeners.tls_port
 
     def install_signal_handlers(self) -> None:
         """SIGTERM, SIGINT: stop; SIGHUP: reload the file (a worker installs its own)."""
@@ -191,8 +187,7 @@ class ProxyServer:
         await self.stop()
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        self.listeners.close()
         for client in list(self.clients):
             client.close()
         loop = asyncio.get_running_loop()
@@ -207,8 +202,7 @@ class ProxyServer:
             await self._admin.stop()
         await self.phases.close()
         await self.pool.close()
-        if self._server is not None:
-            await self._server.wait_closed()
+        await self.listeners.wait_closed()
 
     # -- reload ----------------------------------------------------------------------------
     async def reload_from_file(self) -> tuple[bool, str]:
@@ -255,7 +249,9 @@ class ProxyServer:
         config, text = result.config, result.text
         old_phase = self.routes.topology.phase
         topology = build_topology(config, generation, config_hash(text))
-        self.routes = self.pool.sync(topology)
+        self.tls = result.tls
+        self.routes = self.pool.sync(topology, result.tls.backends)
+        self.listeners.set_context(config, result.tls.listener)
         self._config = config
         self._config_text = text
         self.client_config = config.client
@@ -315,7 +311,7 @@ class ProxyServer:
     async def check_acl(self, config: ProxyConfig) -> str:
         """Check every backend's user (proxy/server/aclcheck.py), log what is wrong once per backend
         and check, record it for /status and metrics; the refusal reason ("" when none)."""
-        reports = await check_config(config)
+        reports = await check_config(config, self.tls.backends)
         names = {addr: b.name for addr, b in self.pool.backends.items()}
         log_reports(reports, names, config.backend.acl_check)
         for report in reports:

@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.config.schema import parse_config
+from proxy.config.schema import ConfigError, parse_config
 from proxy.server.logformat import setup_logging
 from proxy.server.server import ProxyServer, WorkerRole
 from proxy.workers.metrics_files import PUBLISH_INTERVAL_S, MetricsPublisher
@@ -76,7 +76,7 @@ def main() -> int:
 
     try:
         uvloop.run(_serve(start))
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:  # ConfigError: a TLS file gone bad since the last load
         print(f"shardproxy worker {start.index}: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0
