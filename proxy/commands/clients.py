@@ -30,7 +30,7 @@ class ClientRow:
     idle_s: float  # since its last request
     subscriptions: tuple[int, int, int]  # channels, patterns, shard channels
     queued: int  # commands queued in MULTI; -1 when not in MULTI
-    output_bytes: int  # replies held for it, not yet written
+    output_bytes: int  # replies written to its socket, not yet sent
 
     @property
     def kind(self) -> bytes:

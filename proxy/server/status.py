@@ -62,7 +62,7 @@ def client_row(client: ClientConnection) -> ClientRow:
         idle_s=max(0.0, time.perf_counter() - client.last_active),
         subscriptions=(counts[0], counts[1], counts[2]),
         queued=-1 if queued is None else len(queued),
-        output_bytes=client.held_bytes(),
+        output_bytes=transport.get_write_buffer_size() if transport is not None else 0,
     )
 
 
