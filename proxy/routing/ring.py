@@ -299,12 +299,12 @@ class Ring:
         hash_tag: bytes = b"",
     ) -> None:
         _check(labels, weights, hash_name, distribution, hash_tag)
-        init = object.__setattr__
-        init(self, "labels", tuple(labels))
-        init(self, "weights", tuple(weights))
-        init(self, "hash_name", hash_name)
-        init(self, "distribution", distribution)
-        init(self, "hash_tag", bytes(hash_tag))
+        # super().__setattr__, not object.__setattr__: the one spelling mypyc compiles too.
+        super().__setattr__("labels", tuple(labels))
+        super().__setattr__("weights", tuple(weights))
+        super().__setattr__("hash_name", hash_name)
+        super().__setattr__("distribution", distribution)
+        super().__setattr__("hash_tag", bytes(hash_tag))
         key_hash = _ring_hash(hash_name)
         if distribution == "ketama":
             # Never empty: the heaviest node's share earns it at least 39 digests' worth of points.
@@ -312,16 +312,16 @@ class Ring:
             owners.append(owners[0])
             table, shift = ketama_table(points, owners)
             node_for = _ketama_node_for(points, owners, table, shift, key_hash, self.hash_tag)
-            init(self, "_points", points)
-            init(self, "_owners", owners)
-            init(self, "_locate", _ketama_locate(points, owners, table, shift))
-            init(self, "node_for", node_for)
+            super().__setattr__("_points", points)
+            super().__setattr__("_owners", owners)
+            super().__setattr__("_locate", _ketama_locate(points, owners, table, shift))
+            super().__setattr__("node_for", node_for)
         else:
             locate = _modula_locate(self.labels, self.weights)
-            init(self, "_points", [])
-            init(self, "_owners", [])
-            init(self, "_locate", locate)
-            init(self, "node_for", _tagged_node_for(locate, key_hash, self.hash_tag))
+            super().__setattr__("_points", [])
+            super().__setattr__("_owners", [])
+            super().__setattr__("_locate", locate)
+            super().__setattr__("node_for", _tagged_node_for(locate, key_hash, self.hash_tag))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Ring is immutable (tried to set {name!r})")
