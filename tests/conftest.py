@@ -18,3 +18,25 @@ def backends3() -> Iterator[list[RedisServer]]:
 def redis1() -> Iterator[RedisServer]:
     with redis_servers(1) as servers:
         yield servers[0]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test compiled modules older than their source: the edit would not be tested."""
+    from proxy.build_info import stale
+
+    if old := stale():
+        raise pytest.UsageError(
+            f"compiled modules older than their source: {', '.join(old)}; rebuild them"
+            " (scripts/build.sh) or remove them (scripts/build.sh --clean)"
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that patch module internals run on the pure build only (scripts/test.sh runs them)."""
+    from proxy.build_info import BUILD
+
+    if BUILD == "compiled":
+        skip = pytest.mark.skip(reason="patches module internals: run on the pure build")
+        for item in items:
+            if item.get_closest_marker("pure_only"):
+                item.add_marker(skip)
