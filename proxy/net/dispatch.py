@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from time import perf_counter
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy import errors
 from proxy.codec.pubsub import pong
@@ -32,7 +32,7 @@ from proxy.net.slicer import SliceRequest, wants_slices
 from proxy.net.slot import ReplyOwner, Slot
 from proxy.net.transaction import Transaction, on_request, start
 
-_PRE_AUTH = frozenset({"auth", "hello", "quit", "reset"})
+_PRE_AUTH: Final = frozenset({"auth", "hello", "quit", "reset"})
 # The fast path's entry for a command name: key index, fewest and most arguments, stats.
 Known = tuple[int, int, int, CommandStats | None]
 NOT_FAST: Known = (0, 1, 0, None)  # no argument count fits: always dispatched
@@ -196,7 +196,7 @@ def refuse_denied(
     return errors.denied(spec.name)
 
 
-HANDLERS: dict[Kind, Handler] = {
+HANDLERS: Final[dict[Kind, Handler]] = {
     Kind.SINGLE: send_keyed,
     Kind.MULTI: send_keyed,
     Kind.SAME_BACKEND: send_keyed,
