@@ -32,11 +32,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that patch module internals run on the pure build only (scripts/test.sh runs them)."""
+    """pure_only tests run on the pure build only (scripts/test.sh runs them there)."""
     from proxy.build_info import BUILD
 
     if BUILD == "compiled":
-        skip = pytest.mark.skip(reason="patches module internals: run on the pure build")
+        skip = pytest.mark.skip(reason="pure_only: run on the pure build")
         for item in items:
             if item.get_closest_marker("pure_only"):
                 item.add_marker(skip)
