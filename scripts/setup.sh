@@ -16,6 +16,11 @@ if [ "$dev" = 1 ]; then
   command -v node >/dev/null 2>&1 || need+=(nodejs)
   command -v npm >/dev/null 2>&1 || need+=(npm)
 fi
+# A C compiler and the Python headers let `pip install` compile the request path (setup.py);
+# without them shardproxy installs as pure Python, slower but the same behaviour.
+command -v gcc >/dev/null 2>&1 || command -v cc >/dev/null 2>&1 || need+=(gcc)
+python3 -c 'import os, sysconfig; os.stat(sysconfig.get_paths()["include"] + "/Python.h")' \
+  >/dev/null 2>&1 || need+=(python3-dev)
 if [ "${#need[@]}" -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -28,8 +33,22 @@ fi
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
 # setuptools explains editable installs at length on every run: nothing to act on here.
 export PYTHONWARNINGS=ignore
+# setuptools >= 77 reads pyproject's license and runs setup.py for scripts/build.sh (--dev).
+.venv/bin/pip install -q 'setuptools>=77' wheel
 if [ "$dev" = 1 ]; then
+  # Editable and pure (setup.py): edits take effect at once; scripts/build.sh compiles in place.
   .venv/bin/pip install -q -e '.[dev]'
+  rm -f .venv/.shardproxy-installed
 else
-  .venv/bin/pip install -q -e .
+  # Installed, compiled when gcc and the headers are there (a few minutes): again only after a
+  # source changed since the last install.
+  stamp=.venv/.shardproxy-installed
+  if [ ! -e "$stamp" ] || [ -n "$(find proxy setup.py pyproject.toml -newer "$stamp" | head -1)" ]
+  then
+    echo "installing shardproxy into .venv (compiling its request path takes a few minutes)" >&2
+    .venv/bin/pip install -q .
+    touch "$stamp"
+    # pip keeps setup.py's "builds as pure Python: <why>" quiet; say which build it made.
+    (cd /tmp && "$OLDPWD/.venv/bin/shardproxy" --version) >&2
+  fi
 fi

@@ -53,3 +53,25 @@ def servers5(five_servers: list[RedisServer]) -> list[RedisServer]:
         with s.client() as c:
             c.flushall()
     return five_servers
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test compiled modules older than their source: the edit would not be tested."""
+    from proxy.build_info import stale
+
+    if old := stale():
+        raise pytest.UsageError(
+            f"compiled modules older than their source: {', '.join(old)}; rebuild them"
+            " (scripts/build.sh) or remove them (scripts/build.sh --clean)"
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """pure_only tests run on the pure build only (scripts/test.sh runs them there)."""
+    from proxy.build_info import BUILD
+
+    if BUILD == "compiled":
+        skip = pytest.mark.skip(reason="pure_only: run on the pure build")
+        for item in items:
+            if item.get_closest_marker("pure_only"):
+                item.add_marker(skip)

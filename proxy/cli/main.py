@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from proxy import __version__
+from proxy.build_info import BUILD
 from proxy.cli.embedded import EmbeddedError, LocalBackends
 from proxy.cli.fleet import TOKEN_ENV, fleet_ok, fleet_status, render_table
 from proxy.cli.keys import add_keys_parsers, cmd_keys
@@ -30,7 +31,8 @@ log = logging.getLogger("shardproxy")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shardproxy", description="Redis sharding proxy")
-    parser.add_argument("--version", action="version", version=f"shardproxy {__version__}")
+    version = f"shardproxy {__version__} ({BUILD})"
+    parser.add_argument("--version", action="version", version=version)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy")
     src = serve.add_mutually_exclusive_group(required=True)

@@ -14,7 +14,7 @@ arrives over many reads is resumed where the last read stopped, never re-parsed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy.codec.inline import parse_inline
 from proxy.codec.resp import ProtocolError, encode_request
@@ -136,11 +136,12 @@ class RequestReader:
                 self._rest = data
                 return out
             data = self._pass_value(data)
-            if self.stream_args is not None or not data:
+            # Still streaming? (stream_args, narrowed above, is stale for compiled code.)
+            if self._value_left or self._trail_left or not data:
                 return out
         if self._chunks is not None:
             data = self._collect(data, out, raws)
-            if self._chunks is not None or not data:
+            if self._need or not data:  # still collecting (_chunks, narrowed above, is stale)
                 return out
         if self._rest:
             data = self._rest + data
@@ -328,8 +329,8 @@ class RequestReader:
         self._canon = True
 
 
-_BULK_HEADS_N = 4096
-_BULK_HEADS = tuple(b"$%d" % n for n in range(_BULK_HEADS_N))  # bulk headers by value length
+_BULK_HEADS_N: Final = 4096
+_BULK_HEADS: Final = tuple(b"$%d" % n for n in range(_BULK_HEADS_N))  # bulk headers by value length
 
 
 def _parse_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int:

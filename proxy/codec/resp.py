@@ -9,6 +9,8 @@ used where a merge needs the values. Encoders build the proxy's own replies for 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from importlib.machinery import EXTENSION_SUFFIXES
+from typing import Final
 
 import hiredis
 
@@ -112,6 +114,8 @@ class ReplyScanner:
             return []
         self._big = None
         self._have = 0
+        if not _VIEWS:
+            return [bytes(big)]
         self.views = True  # a bytearray, bytes-like as a memoryview is
         return [big]  # type: ignore[list-item]
 
@@ -144,6 +148,9 @@ class ReplyScanner:
 
 
 _COLLECT_MIN = 1 << 14  # bulk strings at least this long, split over reads, go to _big
+# Compiled code (mypyc) checks at run time that a `bytes` is bytes: the compiled build copies big
+# replies out of the read (one copy), the pure build hands them on as views of it.
+_VIEWS: Final = not __file__.endswith(tuple(EXTENSION_SUFFIXES))
 _VIEW_MIN = 1 << 14  # replies at least this long inside one read may be memoryviews of it
 
 
@@ -270,7 +277,7 @@ def _scan_replies(data: bytes, start: int, out: list[bytes]) -> tuple[list[bytes
             end = _scan(data, start, 1)[0]
             if end < 0:
                 break
-        if end - start < view_min or end - start == n:  # the whole chunk: no copy made anyway
+        if end - start < view_min or end - start == n or not _VIEWS:  # n: no copy made anyway
             out.append(data[start:end])
         else:
             out.append(memoryview(data)[start:end])  # type: ignore[arg-type]  # see docstring

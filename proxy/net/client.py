@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from time import perf_counter
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 from proxy import errors
 from proxy.codec.request import RequestReader
@@ -49,8 +49,8 @@ from proxy.net.slot import ReplyOwner, Slot
 from proxy.net.stream import BulkStream, stream_target, streamable
 from proxy.net.transaction import Transaction
 
-_YIELD_BYTES = 256 * 1024  # a request under way this big yields the loop between its reads
-RESERVED = RESERVED_PREFIX  # keys refused by dispatch (commands/checks.py)
+_YIELD_BYTES: Final = 256 * 1024  # a request under way this big yields the loop between its reads
+RESERVED: Final = RESERVED_PREFIX  # keys refused by dispatch (commands/checks.py)
 # Requests parsed but not yet dispatched: (requests, their raw bytes, where to resume, error).
 Backlog = tuple[list[list[bytes]], list[bytes], int, ProtocolError | None]
 

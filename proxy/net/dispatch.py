@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy import errors
 from proxy.codec.pubsub import pong
@@ -49,7 +49,7 @@ from proxy.net.slicer import SliceRequest, wants_slices
 from proxy.net.slot import ReplyOwner, Slot
 from proxy.net.transaction import Transaction, on_request, select_in_transaction, start
 
-_PRE_AUTH = frozenset({"auth", "hello", "quit", "reset"})
+_PRE_AUTH: Final = frozenset({"auth", "hello", "quit", "reset"})
 # The fast path's entry for a command name: key index, fewest and most arguments, stats, and
 # the spec when the cache defences must see it (net/defence.py), else None.
 Known = tuple[int, int, int, CommandStats | None, CommandSpec | None]
@@ -275,7 +275,7 @@ def refuse_denied(
     return errors.swapdb() if spec.name == "swapdb" else errors.denied(spec.name)
 
 
-HANDLERS: dict[Kind, Handler] = {
+HANDLERS: Final[dict[Kind, Handler]] = {
     Kind.SINGLE: send_keyed,
     Kind.MULTI: send_keyed,
     Kind.SAME_BACKEND: send_keyed,

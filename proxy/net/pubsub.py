@@ -22,7 +22,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy import errors
 from proxy.codec.pubsub import (
@@ -46,7 +46,7 @@ from proxy.net.slot import ReplyOwner, Slot
 log = logging.getLogger("shardproxy.pubsub")
 
 # Allowed in RESP2 subscribed mode, as in Redis 7.0 (processCommand).
-SUBSCRIBED_OK = frozenset(
+SUBSCRIBED_OK: Final = frozenset(
     {"subscribe", "unsubscribe", "psubscribe", "punsubscribe", "ssubscribe", "sunsubscribe"}
     | {"ping", "quit", "reset"}
 )

@@ -15,7 +15,7 @@ import logging
 from bisect import bisect_left
 from collections import deque
 from time import perf_counter
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy import errors
 from proxy.commands.local import Session
@@ -27,7 +27,7 @@ slow_log = logging.getLogger("shardproxy.slowlog")
 
 _FIRST_REPLY_EST = 65536.0  # bytes: a new client's replies are taken to be big until seen
 _EST_DECAY = 0.5  # how fast the reply size estimate forgets a big reply: halved ...
-_DECAY_EVERY = 31  # ... every 32 flushes without a bigger one (a bigger one counts at once)
+_DECAY_EVERY: Final = 31  # ... every 32 flushes without a bigger one (a bigger one counts at once)
 
 
 class ReplyHost(Protocol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy import errors
 from proxy.commands.spec import CommandSpec, Kind, Merge
@@ -104,7 +104,7 @@ def _plan_scan(args: list[bytes], pool: Placement) -> Plan:
 
 # -- migration: a read pool and, for writes, a second pool -----------------------------------
 
-_SCRIPTS = frozenset({"eval", "evalsha", "fcall"})
+_SCRIPTS: Final = frozenset({"eval", "evalsha", "fcall"})
 
 
 def mutates(spec: CommandSpec) -> bool:

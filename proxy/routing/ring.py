@@ -15,11 +15,14 @@ import zlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from itertools import accumulate
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import mmh3
 
 from proxy.config.schema import DISTRIBUTIONS, HASH_NAMES
+
+if TYPE_CHECKING:  # only types: mypyc compiles i64 to a C int64_t, and nothing imports it
+    from mypy_extensions import i64
 
 RING_SIZE = 1 << 32  # key hashes and ketama points are unsigned 32-bit
 KETAMA_POINTS_PER_WEIGHT_SHARE = 160  # points per server of average weight (nc_ketama.c)
@@ -28,11 +31,10 @@ KETAMA_POINTS_PER_DIGEST = 4  # one md5 digest of "label-i" yields four 32-bit p
 MAX_LABEL_BYTES = 255
 DEFAULT_KETAMA_PORT = 11211  # libmemcached compatibility: the port is left out of the label
 
-_U32 = 0xFFFFFFFF
-_FNV1A_INIT_U32 = 0xCBF29CE484222325 & _U32  # nc_fnv.c truncates the 64-bit constants to 32 bits
-_FNV1A_PRIME_U32 = 0x100000001B3 & _U32
-# nc_fnv.c reads keys as (signed) `char` and widens each to uint32: bytes >= 0x80 sign-extend.
-_CHAR_AS_U32: tuple[int, ...] = tuple(b if b < 0x80 else b | 0xFFFFFF00 for b in range(256))
+_U32: Final = 0xFFFFFFFF
+# nc_fnv.c truncates the 64-bit constants to 32 bits
+_FNV1A_INIT_U32: Final = 0xCBF29CE484222325 & _U32
+_FNV1A_PRIME_U32: Final = 0x100000001B3 & _U32
 _FOUR_U32_LE = struct.Struct("<4I")
 _ONE_U32_LE = struct.Struct("<I")
 _FLOAT32 = struct.Struct("<f")
@@ -40,10 +42,13 @@ _FLOAT32 = struct.Struct("<f")
 
 def hash_fnv1a_64(key: bytes) -> int:
     """twemproxy's ``hash_fnv1a_64``: FNV-1a on 32 bits with truncated 64-bit constants."""
-    h = _FNV1A_INIT_U32
-    widen = _CHAR_AS_U32
-    for b in key:
-        h = ((h ^ widen[b]) * _FNV1A_PRIME_U32) & _U32
+    # i64: a machine word in the compiled build (14x faster there), a plain int in pure Python.
+    h: i64 = _FNV1A_INIT_U32
+    for i in range(len(key)):
+        c: i64 = key[i]
+        if c >= 0x80:  # nc_fnv.c reads keys as (signed) `char`: bytes >= 0x80 sign-extend
+            c |= 0xFFFFFF00
+        h = ((h ^ c) * _FNV1A_PRIME_U32) & _U32
     return h
 
 
@@ -248,7 +253,8 @@ def _check(
     if len(set(labels)) != len(labels):
         dupes = sorted({label for label in labels if labels.count(label) > 1})
         raise ValueError(f"duplicate node labels: {dupes}")
-    for label, weight in zip(labels, weights, strict=True):
+    checked: Sequence[object] = weights  # compiled code would read True as an int: 1
+    for label, weight in zip(labels, checked, strict=True):
         if isinstance(weight, bool) or not isinstance(weight, int) or not 0 < weight <= _U32:
             raise ValueError(f"node {label!r}: weight must be a positive integer, got {weight!r}")
     if sum(weights) > _U32:
@@ -299,12 +305,12 @@ class Ring:
         hash_tag: bytes = b"",
     ) -> None:
         _check(labels, weights, hash_name, distribution, hash_tag)
-        init = object.__setattr__
-        init(self, "labels", tuple(labels))
-        init(self, "weights", tuple(weights))
-        init(self, "hash_name", hash_name)
-        init(self, "distribution", distribution)
-        init(self, "hash_tag", bytes(hash_tag))
+        # super().__setattr__, not object.__setattr__: the one spelling mypyc compiles too.
+        super().__setattr__("labels", tuple(labels))
+        super().__setattr__("weights", tuple(weights))
+        super().__setattr__("hash_name", hash_name)
+        super().__setattr__("distribution", distribution)
+        super().__setattr__("hash_tag", bytes(hash_tag))
         key_hash = _ring_hash(hash_name)
         if distribution == "ketama":
             # Never empty: the heaviest node's share earns it at least 39 digests' worth of points.
@@ -312,16 +318,16 @@ class Ring:
             owners.append(owners[0])
             table, shift = ketama_table(points, owners)
             node_for = _ketama_node_for(points, owners, table, shift, key_hash, self.hash_tag)
-            init(self, "_points", points)
-            init(self, "_owners", owners)
-            init(self, "_locate", _ketama_locate(points, owners, table, shift))
-            init(self, "node_for", node_for)
+            super().__setattr__("_points", points)
+            super().__setattr__("_owners", owners)
+            super().__setattr__("_locate", _ketama_locate(points, owners, table, shift))
+            super().__setattr__("node_for", node_for)
         else:
             locate = _modula_locate(self.labels, self.weights)
-            init(self, "_points", [])
-            init(self, "_owners", [])
-            init(self, "_locate", locate)
-            init(self, "node_for", _tagged_node_for(locate, key_hash, self.hash_tag))
+            super().__setattr__("_points", [])
+            super().__setattr__("_owners", [])
+            super().__setattr__("_locate", locate)
+            super().__setattr__("node_for", _tagged_node_for(locate, key_hash, self.hash_tag))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Ring is immutable (tried to set {name!r})")

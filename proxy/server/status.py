@@ -8,6 +8,7 @@ import time
 from typing import Any, Protocol
 
 from proxy import __version__
+from proxy.build_info import BUILD
 from proxy.commands.clients import ClientRow
 from proxy.commands.local import server_section
 from proxy.jobs.runner import PhaseRunner
@@ -82,6 +83,7 @@ def info_sections(server: ServerState) -> list[tuple[str, list[tuple[str, str]]]
             "Proxy",
             [
                 ("shardproxy_version", __version__),
+                ("shardproxy_build", BUILD),
                 ("config_generation", str(topology.generation)),
                 ("config_hash", topology.config_hash),
                 ("route_pool", topology.route.name),
@@ -103,6 +105,7 @@ def status(server: ServerState) -> dict[str, Any]:
     migration = topology.config.migration
     return {
         "version": __version__,
+        "build": BUILD,
         "uptime_s": round(time.monotonic() - server.started, 3),
         "generation": topology.generation,
         "config_hash": topology.config_hash,

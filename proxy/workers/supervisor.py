@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import Any
 
 from proxy import __version__
+from proxy.build_info import BUILD
 from proxy.config.reader import config_hash
 from proxy.config.schema import ConfigError, ProxyConfig, parse_config
 from proxy.defences.report import merge_bigkeys, merge_counts, merge_hotkeys
@@ -299,6 +300,7 @@ class Supervisor:
         migration = self._config.migration
         base = {
             "version": __version__,
+            "build": BUILD,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "generation": self.generation,
             "config_hash": self.current_hash(),

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from proxy import __version__
+from proxy.build_info import BUILD
 from tests.support.processes import RedisServer, free_port, port_open, wait_until
 
 CLI = [sys.executable, "-m", "proxy"]
@@ -47,6 +49,12 @@ def test_check_rejects_bad_config_in_one_line(tmp_path: Path) -> None:
     assert "pools.main.servers[0]" in lines[0] and "bogus: unknown key" in lines[0]
     missing = run_cli("check", "-c", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+
+
+def test_version_names_the_build() -> None:
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout == f"shardproxy {__version__} ({BUILD})\n"
+    assert BUILD in ("compiled", "pure")
 
 
 def test_bad_arguments_exit_nonzero() -> None:

@@ -119,6 +119,7 @@ def test_client_flood_under_low_fd_limit(backends3: list[RedisServer], tmp_path:
     assert " down" not in text, text
 
 
+@pytest.mark.pure_only  # patches a compiled module's internals
 def test_health_checks_failing_for_want_of_fds_keep_backends_up(
     backends3: list[RedisServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from proxy.build_info import BUILD
 from proxy.config.schema import parse_config
 from tests.support.processes import RedisServer, redis_servers, wait_until
 from tests.support.runner import ProxyThread, proxy_for
@@ -113,6 +114,7 @@ def test_info_proxy_and_keyspace(cluster: tuple[ProxyThread, list[RedisServer]])
     info = r.info()
     assert info["db0"]["keys"] == 60 and info["db0"]["expires"] == 30
     assert info["config_generation"] == 1 and info["phase"] == "none"
+    assert info["shardproxy_build"] == BUILD
     assert "redis_version" in info
     assert r.info("keyspace") == {"db0": {"keys": 60, "expires": 30, "avg_ttl": pytest.approx(
         info["db0"]["avg_ttl"], abs=5000)}}  # fmt: skip
@@ -127,6 +129,7 @@ def test_status_json_fields(cluster: tuple[ProxyThread, list[RedisServer]]) -> N
     status = json.loads(http_get(admin_port(proxy), "/status")[1])
     for field in ("version", "uptime_s", "generation", "config_hash", "phase", "clients"):
         assert field in status
+    assert status["build"] == BUILD
     backend = status["backends"][0]
     for field in ("name", "addr", "up", "inflight", "p50_ms", "p99_ms", "errors"):
         assert field in backend

@@ -55,6 +55,7 @@ def script() -> list[Command]:
     ]
 
 
+@pytest.mark.pure_only  # patches a compiled module's internals
 @pytest.mark.parametrize("proto", [2, 3])
 def test_sliced_replies_match_redis(
     proxy: ProxyThread, redis1: RedisServer, monkeypatch: pytest.MonkeyPatch, proto: int
@@ -81,6 +82,7 @@ def test_sliced_replies_match_redis(
     assert len(sent) > 250  # 7 huge requests were sliced, 5 to 51 slices each
 
 
+@pytest.mark.pure_only  # patches a compiled module's internals
 def test_bystander_answered_between_slices(
     proxy: ProxyThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,6 +120,7 @@ def test_bystander_answered_between_slices(
     assert seen_by_slice[-1] > seen_by_slice[0]
 
 
+@pytest.mark.pure_only  # patches a compiled module's internals
 def test_client_gone_mid_way_stops_the_slices(
     proxy: ProxyThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:

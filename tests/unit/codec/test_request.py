@@ -185,6 +185,7 @@ def test_unauthenticated_reader_hands_out_one_request_per_feed() -> None:
 
 
 # -- linear in the bytes received --------------------------------------------------------------
+@pytest.mark.pure_only  # patches a compiled module's internals
 def test_a_huge_request_in_small_reads_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
     import proxy.codec.request as request
 

@@ -171,6 +171,7 @@ def test_big_values_over_many_reads(chunk: int) -> None:
     assert scanner.buffered() == 0
 
 
+@pytest.mark.pure_only  # the compiled build copies big replies (resp._VIEWS)
 def test_big_replies_inside_one_read_are_views_of_it() -> None:
     """No copy for a big reply that is a large part of a read; small ones, and big ones that are
     a small part of a read (a view would keep much more than itself alive), are bytes."""
@@ -225,6 +226,7 @@ def test_reads_into_room_give_the_same_replies(seed: int) -> None:
     assert big, "the stream holds big replies"
 
 
+@pytest.mark.pure_only  # the compiled build copies big replies (resp._VIEWS)
 def test_finished_big_reply_is_flagged_when_the_read_goes_on() -> None:
     """A big bulk string finished by a read that also holds small replies: `views` stays set
     (the bytearray must be converted for owners that keep replies)."""

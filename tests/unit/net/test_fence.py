@@ -3,11 +3,15 @@ closes while its requests wait there (they are dropped, never sent)."""
 
 from __future__ import annotations
 
+import pytest
+
 from proxy.commands.spec import lookup
 from proxy.net.dualwrite import _drainer
 from proxy.net.fence import Deferred, MigrationState
 from proxy.net.route import RouteTable
 from proxy.net.slot import ReplyOwner, Slot
+
+pytestmark = pytest.mark.pure_only  # Owner subclasses ReplyOwner, a compiled class there
 
 
 class Owner(ReplyOwner):
