@@ -1,4 +1,4 @@
-"""Prefix routes: which pool owns a key, and one lookup over several pools (a Keyspace).
+"""Prefix routes: which pool owns a key (LongestPrefix); topology.Keyspace is the one lookup.
 
 A key (or a pub/sub channel) that starts with a route's prefix belongs to that route's pool, the
 longest matching prefix winning; every other key belongs to the default pool (`route`). A
@@ -10,11 +10,7 @@ index. Without routes the default pool itself is the keyspace: no cost at all. P
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
-
-if TYPE_CHECKING:  # topology.py builds keyspaces: it imports this module
-    from proxy.routing.topology import Placement, PoolTopology
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -41,54 +37,6 @@ class LongestPrefix(Generic[T]):
             if hit is not None:
                 return hit
         return None  # pragma: no cover - startswith found a prefix, one length holds it
-
-
-@dataclass(frozen=True, slots=True)
-class Keyspace:
-    """The default pool plus prefix routes, looked up as one pool with more nodes."""
-
-    name: str  # for logs: the default pool's name and the routes
-    addrs: tuple[str, ...]  # node index -> address, the default pool's nodes first
-    node_for: Callable[[bytes], int]  # key -> node index, prefix routes applied
-    default: PoolTopology
-    routes: tuple[tuple[bytes, PoolTopology], ...]  # (prefix, pool), in config order
-
-    def addr_for(self, key: bytes) -> str:
-        return self.addrs[self.node_for(key)]
-
-
-def build_keyspace(
-    default: PoolTopology, routes: Sequence[tuple[bytes, PoolTopology]]
-) -> Placement:
-    """One lookup over `default` and the pools of `routes`; `default` itself without routes."""
-    if not routes:
-        return default
-    addrs = list(default.addrs)
-    offsets: list[tuple[bytes, tuple[int, Callable[[bytes], int]]]] = []
-    for prefix, pool in routes:
-        offsets.append((prefix, (len(addrs), pool.ring.node_for)))
-        addrs.extend(pool.addrs)
-    default_node_for = default.ring.node_for
-    table = dict(offsets)
-    claimed = tuple(table)
-    lengths = tuple(sorted({len(p) for p in table}, reverse=True))
-
-    def node_for(key: bytes) -> int:  # LongestPrefix.match inlined: it is the client's hot path
-        if key.startswith(claimed):
-            for n in lengths:
-                hit = table.get(key[:n])
-                if hit is not None:
-                    return hit[0] + hit[1](key)
-        return default_node_for(key)
-
-    shown = ", ".join(f"{p.decode(errors='replace')}* -> {pool.name}" for p, pool in routes)
-    return Keyspace(
-        name=f"{default.name} ({shown})",
-        addrs=tuple(addrs),
-        node_for=node_for,
-        default=default,
-        routes=tuple(routes),
-    )
 
 
 def pool_matcher(default: str, routes: Sequence[tuple[bytes, str]]) -> Callable[[bytes], str]:

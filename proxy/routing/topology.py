@@ -6,14 +6,13 @@ they started with. Servers are identified by address: the same address in two po
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TypeAlias
 
 from proxy.config.phase import Phase
 from proxy.config.schema import PoolConfig, ProxyConfig
-from proxy.routing.prefix import Keyspace, build_keyspace
 from proxy.routing.ring import Ring, ketama_label
 
 
@@ -29,8 +28,56 @@ class PoolTopology:
         return self.addrs[self.ring.node_for(key)]
 
 
+@dataclass(frozen=True, slots=True)
+class Keyspace:
+    """The default pool plus prefix routes, looked up as one pool with more nodes."""
+
+    name: str  # for logs: the default pool's name and the routes
+    addrs: tuple[str, ...]  # node index -> address, the default pool's nodes first
+    node_for: Callable[[bytes], int]  # key -> node index, prefix routes applied
+    default: PoolTopology
+    routes: tuple[tuple[bytes, PoolTopology], ...]  # (prefix, pool), in config order
+
+    def addr_for(self, key: bytes) -> str:
+        return self.addrs[self.node_for(key)]
+
+
+def build_keyspace(
+    default: PoolTopology, routes: Sequence[tuple[bytes, PoolTopology]]
+) -> Placement:
+    """One lookup over `default` and the pools of `routes`; `default` itself without routes."""
+    if not routes:
+        return default
+    addrs = list(default.addrs)
+    offsets: list[tuple[bytes, tuple[int, Callable[[bytes], int]]]] = []
+    for prefix, pool in routes:
+        offsets.append((prefix, (len(addrs), pool.ring.node_for)))
+        addrs.extend(pool.addrs)
+    default_node_for = default.ring.node_for
+    table = dict(offsets)
+    claimed = tuple(table)
+    lengths = tuple(sorted({len(p) for p in table}, reverse=True))
+
+    def node_for(key: bytes) -> int:  # LongestPrefix.match inlined: it is the client's hot path
+        if key.startswith(claimed):
+            for n in lengths:
+                hit = table.get(key[:n])
+                if hit is not None:
+                    return hit[0] + hit[1](key)
+        return default_node_for(key)
+
+    shown = ", ".join(f"{p.decode(errors='replace')}* -> {pool.name}" for p, pool in routes)
+    return Keyspace(
+        name=f"{default.name} ({shown})",
+        addrs=tuple(addrs),
+        node_for=node_for,
+        default=default,
+        routes=tuple(routes),
+    )
+
+
 # What the planner, pub/sub and the client's fast path look keys up in: a pool, or a pool plus
-# prefix routes (routing/prefix.py). Both give addrs, node_for and addr_for.
+# prefix routes (Keyspace). Both give addrs, node_for and addr_for.
 Placement: TypeAlias = PoolTopology | Keyspace
 
 

@@ -13,8 +13,15 @@ import pytest
 from proxy.commands.spec import lookup
 from proxy.config.schema import PoolConfig, ServerConfig, parse_config
 from proxy.routing.plan import plan
-from proxy.routing.prefix import Keyspace, LongestPrefix, build_keyspace, pool_matcher
-from proxy.routing.topology import Placement, PoolTopology, build_pool, build_topology
+from proxy.routing.prefix import LongestPrefix, pool_matcher
+from proxy.routing.topology import (
+    Keyspace,
+    Placement,
+    PoolTopology,
+    build_keyspace,
+    build_pool,
+    build_topology,
+)
 
 
 def pool(name: str, first_port: int, count: int) -> PoolTopology:
