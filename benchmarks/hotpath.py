@@ -30,8 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `proxy` importable from t
 import uvloop
 
 from proxy.codec.resp import encode_request
-from proxy.commands.clients import ClientRow
-from proxy.commands.local import lane_for
+from proxy.commands.session import ClientRow, lane_for
 from proxy.commands.users import compile_users
 from proxy.config.schema import parse_config
 from proxy.net.backend import Backend

@@ -11,32 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from proxy import errors
 from proxy.codec.resp import OK, encode_bulk, encode_int
-
-if TYPE_CHECKING:
-    from proxy.commands.local import ServerView, Session
-
-
-@dataclass(frozen=True, slots=True)
-class ClientRow:
-    """What the server tells of one client beyond its Session."""
-
-    session: Session
-    laddr: str  # the proxy's address the client connected to
-    idle_s: float  # since its last request
-    subscriptions: tuple[int, int, int]  # channels, patterns, shard channels
-    queued: int  # commands queued in MULTI; -1 when not in MULTI
-    output_bytes: int  # replies written to its socket, not yet sent
-
-    @property
-    def kind(self) -> bytes:
-        """Its CLIENT LIST / KILL type: pubsub while subscribed, else normal."""
-        return b"pubsub" if any(self.subscriptions) else b"normal"
-
+from proxy.commands.session import ClientRow, ServerView, Session
 
 _TYPES = frozenset({b"normal", b"master", b"replica", b"slave", b"pubsub"})
 

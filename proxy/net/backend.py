@@ -17,7 +17,7 @@ import time
 
 from proxy import errors
 from proxy.codec.resp import encode_request
-from proxy.commands.local import lane_for
+from proxy.commands.session import lane_for
 from proxy.config.schema import BackendConfig
 from proxy.net.connection import BackendConnection, FutureOwner
 from proxy.net.metrics import BackendStats

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from proxy import errors
 from proxy.codec.resp import encode_request, is_error
-from proxy.commands.local import db_of
+from proxy.commands.session import db_of
 from proxy.commands.spec import CommandSpec
 from proxy.net.backend import Backend
 from proxy.net.dedicated import DedicatedConnection, Purpose, open_dedicated

@@ -32,7 +32,7 @@ from proxy import errors
 from proxy.codec.request import RequestReader
 from proxy.codec.resp import ProtocolError, encode_request
 from proxy.commands.checks import RESERVED_PREFIX
-from proxy.commands.local import Session
+from proxy.commands.session import Session
 from proxy.commands.spec import PLAIN, CommandSpec
 from proxy.commands.users import Users
 from proxy.config.schema import ClientConfig

@@ -18,7 +18,7 @@ from typing import Protocol, cast
 
 from proxy import errors
 from proxy.codec.resp import ReplyScanner, encode_request, is_error
-from proxy.commands.local import db_of, proto_of
+from proxy.commands.session import db_of, proto_of
 from proxy.config.schema import BackendConfig
 from proxy.net.metrics import LATENCY_BUCKETS_S, BackendStats
 from proxy.net.probe import BUSY_PREFIX, ProbeOutcome, auth_command

@@ -25,7 +25,8 @@ from proxy.commands.checks import (
     refusal_before_routing,
 )
 from proxy.commands.info import backend_sections
-from proxy.commands.local import ServerView, Session, run_local
+from proxy.commands.local import run_local
+from proxy.commands.session import ServerView, Session
 from proxy.commands.spec import (
     PLAIN,
     CommandSpec,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from proxy import errors
 from proxy.codec.resp import encode_request, is_error
-from proxy.commands.local import db_of, lane_for
+from proxy.commands.session import db_of, lane_for
 from proxy.commands.spec import CommandSpec
 from proxy.net.fence import Deferred, MigrationState
 from proxy.net.forwarder import send_plan

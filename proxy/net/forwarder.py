@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from proxy.codec.resp import decode_reply, encode_request
 from proxy.commands.info import sum_section
-from proxy.commands.local import ServerView, encode_info, info_body, proto_of, sum_keyspace
+from proxy.commands.local import encode_info, info_body, sum_keyspace
+from proxy.commands.session import ServerView, proto_of
 from proxy.commands.spec import Merge
 from proxy.net.route import RouteTable
 from proxy.net.slot import ReplyOwner, Slot

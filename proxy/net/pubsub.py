@@ -33,7 +33,7 @@ from proxy.codec.pubsub import (
     merge_introspection,
 )
 from proxy.codec.resp import encode_request
-from proxy.commands.local import Session
+from proxy.commands.session import Session
 from proxy.commands.spec import CommandSpec
 from proxy.config.model import ClientConfig
 from proxy.net.backend import Backend

@@ -18,7 +18,7 @@ from time import perf_counter
 from typing import Final, Protocol
 
 from proxy import errors
-from proxy.commands.local import Session
+from proxy.commands.session import Session
 from proxy.net.metrics import LATENCY_BUCKETS_S, ProxyMetrics
 from proxy.net.slot import ReplyOwner, Slot
 

@@ -15,7 +15,8 @@ from typing import Protocol
 from proxy import errors
 from proxy.codec.resp import OK, encode_request, encode_simple, is_error
 from proxy.commands.checks import RESERVED_PREFIX, db_argument_refusal, refusal_before_routing
-from proxy.commands.local import ServerView, Session, db_of, run_local
+from proxy.commands.local import run_local
+from proxy.commands.session import ServerView, Session, db_of
 from proxy.commands.spec import CommandSpec, Kind, arity_error, lookup, unknown_error
 from proxy.net.defence import Defences
 from proxy.net.dualwrite import defer_if_fenced, send_secondary_block

@@ -19,7 +19,7 @@ from typing import Any
 
 from prometheus_client.core import Metric
 
-from proxy.commands.clients import ClientRow
+from proxy.commands.session import ClientRow
 from proxy.commands.users import Users, compile_users
 from proxy.config.reader import config_hash
 from proxy.config.schema import ProxyConfig

@@ -9,8 +9,8 @@ from typing import Any, Protocol
 
 from proxy import __version__
 from proxy.build_info import BUILD
-from proxy.commands.clients import ClientRow
 from proxy.commands.local import server_section
+from proxy.commands.session import ClientRow
 from proxy.jobs.runner import PhaseRunner
 from proxy.net.backend import Backend
 from proxy.net.client import ClientConnection

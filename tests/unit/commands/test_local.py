@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from proxy.commands.checks import db_argument_refusal, db_index
-from proxy.commands.clients import ClientRow
-from proxy.commands.local import Session, db_of, lane_for, proto_of, run_local, sum_keyspace
+from proxy.commands.local import run_local, sum_keyspace
+from proxy.commands.session import ClientRow, Session, db_of, lane_for, proto_of
 from proxy.commands.spec import lookup
 from proxy.commands.users import compile_users
 from proxy.config.model import ClientConfig
