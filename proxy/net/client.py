@@ -339,9 +339,11 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         """What the fast path needs of a command name; a command the client's ACL user may
         not run never takes it (dispatch answers NOPERM). Forgotten when the user changes."""
         entry = fast_entry(name, self.stats_for, self.host.defences.defended)
-        if entry is not NOT_FAST and not self.session.user.allows(PLAIN[name].name):
+        fast = entry[3] is not None  # NOT_FAST has no stats (compared by value: compiled
+        # code unboxes fixed-length tuples, so `is NOT_FAST` would never hold there)
+        if fast and not self.session.user.allows(PLAIN[name].name):
             entry = NOT_FAST
-        if entry is not NOT_FAST or name in PLAIN:
+        if fast or name in PLAIN:
             self._known[name] = entry  # unknown or mixed case: not remembered (client input)
         return entry
 

@@ -21,7 +21,7 @@ from proxy.defences.jitter import JITTERED, jitter_args
 from proxy.defences.patterns import KeyPatterns
 from proxy.net.dualwrite import send_planned
 from proxy.net.fence import MigrationState
-from proxy.net.hotcache import READS, HotCache, WriteSlot, WriteTracker
+from proxy.net.hotcache import READS, HotCache, WriteTracker
 from proxy.net.hotkeys import KeyWatch
 from proxy.net.metrics import CommandStats, DefenceStats
 from proxy.net.route import RouteTable
@@ -79,7 +79,7 @@ class Defences:
             keys: tuple[bytes, ...] = (args[spec.first_key],)
         else:
             keys = tuple(args[p] for p in spec.key_positions(args))
-        return WriteSlot(owner, stats, now, self.tracker, keys or None)
+        return self._tracked(owner, stats, now, keys or None)
 
     def new_block_slot(
         self, owner: ReplyOwner, stats: CommandStats | None, queued: list[Queued]
@@ -92,9 +92,21 @@ class Defences:
         for spec, args in queued:
             found = [args[p] for p in spec.key_positions(args)]
             if not found and mutates(spec):
-                return WriteSlot(owner, stats, perf_counter(), self.tracker, None)
+                return self._tracked(owner, stats, perf_counter(), None)
             keys.extend(found)
-        return WriteSlot(owner, stats, perf_counter(), self.tracker, tuple(keys))
+        return self._tracked(owner, stats, perf_counter(), tuple(keys))
+
+    def _tracked(
+        self,
+        owner: ReplyOwner,
+        stats: CommandStats | None,
+        now: float,
+        keys: tuple[bytes, ...] | None,
+    ) -> Slot:
+        """A write's slot: its keys (None: every key) count as written until it is answered."""
+        slot = Slot(owner, stats, now)
+        self.tracker.begin(keys, slot)
+        return slot
 
     def jittered(self, spec: CommandSpec, args: list[bytes]) -> list[bytes]:
         if spec.name not in JITTERED or len(args) < 2:

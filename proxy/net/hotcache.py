@@ -5,9 +5,9 @@ for at most `hotcache.ttl_ms` (GET, HGET, HGETALL, nil replies too; MGET when ev
 cached; errors never). With `coalesce`, a read of a hot key joins an identical read already in
 flight (a Flight) instead of sending its own.
 
-The invariant: a client always reads its own writes. Every write through this proxy is a
-WriteSlot (net/defence.py makes them): from dispatch until its reply arrives its keys count as
-written (WriteTracker), and at both ends their entries and flights are tainted. A read of a key
+The invariant: a client always reads its own writes. Every write through this proxy has its reply
+slot tracked (net/defence.py): from dispatch until that slot is answered its keys count as
+written (WriteTracker), and when it starts their entries and flights are tainted. A read of a key
 with a write in flight neither uses nor fills the cache and joins nothing; a flight or an MGET
 fill tainted while in flight is not cached and is not joined. So a read only shares, or is
 answered by, a backend read sent after every write to that key this proxy had sent had been
@@ -128,71 +128,58 @@ class MgetFill(_Watched):
 
 
 class WriteTracker:
-    """Keys with writes through this proxy in flight; outlives reloads (its WriteSlots do)."""
+    """Writes through this proxy in flight, by key: a key is busy while the reply slot of any
+    write naming it is unanswered. Read when asked (busy), so a reply counts however it is set:
+    by a backend read, a backend down, a refusal. Outlives reloads."""
 
     def __init__(self) -> None:
-        self.pending: dict[bytes, int] = {}
-        self.everything = 0  # writes in flight whose keys are not known
+        self.pending: dict[bytes, list[Slot]] = {}
+        self.unknown: list[Slot] = []  # writes in flight whose keys are not known
         self.cache: HotCache | None = None
+        self._sweep_at = _SWEEP_AT
 
     def busy(self, key: bytes) -> bool:
-        return self.everything > 0 or key in self.pending
+        if self.unknown and _unanswered(self.unknown):
+            return True
+        slots = self.pending.get(key)
+        if slots is None:
+            return False
+        if _unanswered(slots):
+            return True
+        del self.pending[key]
+        return False
 
-    def begin(self, keys: tuple[bytes, ...] | None) -> None:
+    def begin(self, keys: tuple[bytes, ...] | None, slot: Slot) -> None:
+        """A write's `slot` was made: its keys (None: every key) are busy until it is answered;
+        their cached replies and the reads in flight for them are tainted now."""
         if keys is None:
-            self.everything += 1
+            self.unknown.append(slot)
         else:
             pending = self.pending
             for key in keys:
-                pending[key] = pending.get(key, 0) + 1
+                pending.setdefault(key, []).append(slot)
+            if len(pending) > self._sweep_at:
+                self._sweep()
         if self.cache is not None:
             self.cache.taint(keys)
 
-    def end(self, keys: tuple[bytes, ...] | None) -> None:
-        if keys is None:
-            self.everything -= 1
-        else:
-            pending = self.pending
-            for key in keys:
-                left = pending.get(key, 1) - 1
-                if left > 0:
-                    pending[key] = left
-                else:
-                    pending.pop(key, None)
-        if self.cache is not None:
-            self.cache.taint(keys)
+    def _sweep(self) -> None:
+        """Forget the keys whose writes were all answered (nobody read them since)."""
+        pending = self.pending
+        for key in [k for k, slots in pending.items() if not _unanswered(slots)]:
+            del pending[key]
+        self._sweep_at = max(_SWEEP_AT, 2 * len(pending))
 
 
-class WriteSlot(Slot):
-    """A write's reply slot: its keys are written from creation until the reply is set."""
+_SWEEP_AT = 4096  # keys tracked before answered writes are swept
 
-    __slots__ = ("_reply", "keys", "tracker")
 
-    def __init__(
-        self,
-        owner: ReplyOwner,
-        stats: CommandStats | None,
-        start: float,
-        tracker: WriteTracker,
-        keys: tuple[bytes, ...] | None,
-    ) -> None:
-        self._reply: bytes | None = None
-        self.tracker: WriteTracker | None = tracker
-        self.keys = keys
-        super().__init__(owner, stats, start)
-        tracker.begin(keys)
-
-    @property
-    def reply(self) -> bytes | None:
-        return self._reply
-
-    @reply.setter
-    def reply(self, value: bytes | None) -> None:
-        self._reply = value
-        tracker = self.tracker
-        if value is not None and tracker is not None:
-            self.tracker = None
-            tracker.end(self.keys)
+def _unanswered(slots: list[Slot]) -> bool:
+    """Drop the answered slots of `slots` (in place); any left?"""
+    if all(s.reply is None for s in slots):
+        return bool(slots)
+    slots[:] = [s for s in slots if s.reply is None]
+    return bool(slots)
 
 
 class HotCache:

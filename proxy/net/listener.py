@@ -18,6 +18,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from typing import Final
 
 from proxy.config.schema import Address, ProxyConfig
@@ -242,7 +243,10 @@ class Listeners:
     def port(self) -> int:
         """`listen`'s port (the TLS port when client.tls has no listen of its own)."""
         if self.plain is not None:
-            return int(self.plain.sockets[0].getsockname()[1])
+            # uvloop's Server.sockets is a list, typeshed says tuple: read it untyped, as the
+            # compiled build checks a tuple-typed value's type.
+            sockets: Sequence[socket.socket] = getattr(self.plain, "sockets")  # noqa: B009
+            return int(sockets[0].getsockname()[1])
         assert self.tls is not None
         return self.tls.port
 

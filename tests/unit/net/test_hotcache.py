@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from proxy.commands.spec import lookup
 from proxy.config.defences import CoalesceConfig, DefencesConfig, HotCacheConfig
 from proxy.net.defence import Defences
 from proxy.net.hotcache import HotCache
 from proxy.net.slot import ReplyOwner, Slot
+
+pytestmark = pytest.mark.pure_only  # Owner subclasses ReplyOwner, a compiled class there
 
 VALUE = b"$1\r\nv\r\n"
 
