@@ -8,8 +8,6 @@ key that landed in the wrong db would overwrite or shadow another's value and be
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import redis
 
@@ -20,23 +18,17 @@ from proxy.jobs.verify import Verifier, VerifyReport
 from proxy.migration.keys import is_reserved
 from proxy.migration.phases import ActiveMigration
 from tests.integration.test_migrator import config_text, make_config, migration_of, with_executor
-from tests.support.processes import RedisServer, free_port, redis_servers
+from tests.support.processes import RedisServer, free_port
 from tests.support.runner import running_proxy
 
 DBS = (0, 1, 5)
 KEYS = 200
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[RedisServer]]:
-    with redis_servers(5) as five:
-        yield five
-
-
-@pytest.fixture(autouse=True)
-def _flush(servers: list[RedisServer]) -> None:
-    for s in servers:
-        s.client().flushall()
+@pytest.fixture
+def servers(servers5: list[RedisServer]) -> list[RedisServer]:
+    """The module's five servers (tests/conftest.py), flushed before each test."""
+    return servers5
 
 
 def at(addr: str, db: int) -> redis.Redis:

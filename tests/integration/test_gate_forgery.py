@@ -22,22 +22,15 @@ from proxy.migration.gate import GateSeal
 from proxy.migration.keys import state_key, state_owner
 from proxy.migration.phases import ActiveMigration, active_migration
 from tests.integration.test_migration_e2e import Cluster, layout_ketama_3_to_5, write_cold_keys
-from tests.support.processes import RedisServer, redis_servers, wait_until
+from tests.support.processes import RedisServer, wait_until
 
 SECRET_ENV = "SHARDPROXY_TEST_GATE_SECRET"
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[RedisServer]]:
-    with redis_servers(5) as five:
-        yield five
-
-
-@pytest.fixture(autouse=True)
-def _flush(servers: list[RedisServer]) -> None:
-    for s in servers:
-        with s.client() as c:
-            c.flushall()
+@pytest.fixture
+def servers(servers5: list[RedisServer]) -> list[RedisServer]:
+    """The module's five servers (tests/conftest.py), flushed before each test."""
+    return servers5
 
 
 class SecretCluster(Cluster):

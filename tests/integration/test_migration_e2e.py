@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -43,24 +42,17 @@ from tests.support.cluster import (
     server_client,
 )
 from tests.support.loadgen import TTL_S, Entry, Load, Worker, expected_value, normalize, read_args
-from tests.support.processes import RedisServer, redis_servers, wait_until
+from tests.support.processes import RedisServer, wait_until
 
 TTL_TOLERANCE_S = 5.0
 COLD_KEYS = 6000  # written before double-write and never touched again: history to backfill
 PROGRESS = 300  # replies every worker must get in each phase before the next step
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[RedisServer]]:
-    with redis_servers(5) as five:
-        yield five
-
-
-@pytest.fixture(autouse=True)
-def _flush(servers: list[RedisServer]) -> None:
-    for s in servers:
-        with s.client() as c:
-            c.flushall()
+@pytest.fixture
+def servers(servers5: list[RedisServer]) -> list[RedisServer]:
+    """The module's five servers (tests/conftest.py), flushed before each test."""
+    return servers5
 
 
 def write_cold_keys(port: int, n: int) -> dict[bytes, Entry]:

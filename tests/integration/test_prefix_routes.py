@@ -16,23 +16,17 @@ import pytest
 import redis
 
 from proxy.migration.keys import is_reserved
-from tests.support.processes import RedisServer, redis_servers, wait_until
+from tests.support.processes import RedisServer, wait_until
 from tests.support.routed import ROUTE, Routed
 
 CLI = [sys.executable, "-m", "proxy"]
 N = 300  # keys per kind
 
 
-@pytest.fixture(scope="module")
-def servers() -> Iterator[list[RedisServer]]:
-    with redis_servers(5) as five:
-        yield five
-
-
-@pytest.fixture(autouse=True)
-def _flush(servers: list[RedisServer]) -> None:
-    for s in servers:
-        s.client().flushall()
+@pytest.fixture
+def servers(servers5: list[RedisServer]) -> list[RedisServer]:
+    """The module's five servers (tests/conftest.py), flushed before each test."""
+    return servers5
 
 
 @pytest.fixture
