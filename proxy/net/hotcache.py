@@ -24,7 +24,7 @@ from proxy.config.defences import DefencesConfig
 from proxy.defences.patterns import KeyPatterns
 from proxy.defences.store import ByteLRU, CacheKey
 from proxy.net.hotkeys import KeyWatch
-from proxy.net.metrics import CommandStats, DefenceStats
+from proxy.net.metrics import DefenceStats
 from proxy.net.slot import ReplyOwner, Slot
 
 READS = frozenset({"get", "hget", "hgetall"})  # single-key reads cached and coalesced
