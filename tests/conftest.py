@@ -40,6 +40,13 @@ def cluster_factory(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
+def reference() -> Iterator[RedisServer]:
+    """A plain redis-server of the module's own: what Redis answers, to compare the proxy with."""
+    with redis_servers(1) as found:
+        yield found[0]
+
+
+@pytest.fixture(scope="module")
 def five_servers() -> Iterator[list[RedisServer]]:
     """Five real redis-server processes for a module's migration tests (two pools)."""
     with redis_servers(5) as five:

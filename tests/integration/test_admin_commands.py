@@ -29,12 +29,6 @@ def proxy(backends3: list[RedisServer]) -> Iterator[ProxyThread]:
         yield p
 
 
-@pytest.fixture(scope="module")
-def reference() -> Iterator[RedisServer]:
-    with redis_servers(1) as found:
-        yield found[0]
-
-
 @pytest.fixture(autouse=True)
 def _clean(backends3: list[RedisServer], reference: RedisServer) -> None:
     for s in [*backends3, reference]:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support.processes import RedisServer, free_port, redis_servers, wait_until
+from tests.support.processes import RedisServer, free_port, wait_until
 from tests.support.runner import ProxyThread, proxy_for, running_proxy, simple_config
 from tests.support.wire import encode
 
@@ -30,12 +30,6 @@ needs_cli = pytest.mark.skipif(not os.access(REDIS_CLI, os.X_OK), reason="redis-
 def proxy(backends3: list[RedisServer]) -> Iterator[ProxyThread]:
     with proxy_for([b.addr for b in backends3]) as p:
         yield p
-
-
-@pytest.fixture(scope="module")
-def reference() -> Iterator[RedisServer]:
-    with redis_servers(1) as found:
-        yield found[0]
 
 
 @pytest.fixture(autouse=True)

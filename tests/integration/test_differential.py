@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.support.processes import RedisServer, redis_servers
+from tests.support.processes import RedisServer
 from tests.support.runner import DEFENDED, ProxyThread, proxy_for
 from tests.support.wire import Agg, Err, RespConn, parse, stream
 
@@ -551,12 +551,6 @@ def diff_replies(commands: list[Args], ref: list[bytes], got: list[bytes]) -> li
 
 
 # -- fixtures ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def reference() -> Iterator[RedisServer]:
-    with redis_servers(1) as servers:
-        yield servers[0]
-
-
 @pytest.fixture(scope="module", params=["plain", "defended"])
 def proxy(backends3: list[RedisServer], request: pytest.FixtureRequest) -> Iterator[ProxyThread]:
     """Every test twice: as shipped, and with every cache defence on (tests/support/runner.py)."""

@@ -310,12 +310,6 @@ def shared_proxy(servers: list[RedisServer]) -> Iterator[ProxyThread]:
         yield p
 
 
-@pytest.fixture(scope="module")
-def reference() -> Iterator[RedisServer]:
-    with redis_servers(1) as found:
-        yield found[0]
-
-
 @pytest.mark.parametrize(("payload", "before"), list(MALFORMED.values()), ids=list(MALFORMED))
 def test_malformed_request_protocol_error_and_close(
     shared_proxy: ProxyThread, reference: RedisServer, payload: bytes, before: bytes
