@@ -5,6 +5,8 @@ the proxy parses them on purpose.
 
 from __future__ import annotations
 
+from typing import Final
+
 from proxy.codec.resp import ProtocolError
 
 
@@ -65,7 +67,7 @@ def parse_inline(line: bytes) -> list[bytes]:
         args.append(bytes(cur))
 
 
-_ESCAPES = {110: 10, 114: 13, 116: 9, 98: 8, 97: 7}
+_ESCAPES: Final = {110: 10, 114: 13, 116: 9, 98: 8, 97: 7}
 
 
 def _ishex(b: bytes) -> bool:

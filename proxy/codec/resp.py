@@ -15,18 +15,18 @@ from typing import Final
 import hiredis
 
 # Byte values of RESP type markers.
-_BULK = 36  # $
-_VERBATIM = 61  # =
-_BLOB_ERROR = 33  # !
-_ARRAY = 42  # *
-_SET = 126  # ~
-_PUSH = 62  # >
-_MAP = 37  # %
-_ATTRIBUTE = 124  # |
+_BULK: Final = 36  # $
+_VERBATIM: Final = 61  # =
+_BLOB_ERROR: Final = 33  # !
+_ARRAY: Final = 42  # *
+_SET: Final = 126  # ~
+_PUSH: Final = 62  # >
+_MAP: Final = 37  # %
+_ATTRIBUTE: Final = 124  # |
 
 
-OK = b"+OK\r\n"
-PONG = b"+PONG\r\n"
+OK: Final = b"+OK\r\n"
+PONG: Final = b"+PONG\r\n"
 
 
 class ProtocolError(Exception):
@@ -147,11 +147,14 @@ class ReplyScanner:
         return 0
 
 
-_COLLECT_MIN = 1 << 14  # bulk strings at least this long, split over reads, go to _big
+_COLLECT_MIN: Final = 1 << 14  # bulk strings at least this long, split over reads, go to _big
+# This module runs compiled (mypyc): some loops have a second form, faster in C (and slower in
+# Python); each pair is tested to give the same results (tests/unit/codec).
+COMPILED: Final = __file__.endswith(tuple(EXTENSION_SUFFIXES))
 # Compiled code (mypyc) checks at run time that a `bytes` is bytes: the compiled build copies big
 # replies out of the read (one copy), the pure build hands them on as views of it.
-_VIEWS: Final = not __file__.endswith(tuple(EXTENSION_SUFFIXES))
-_VIEW_MIN = 1 << 14  # replies at least this long inside one read may be memoryviews of it
+_VIEWS: Final = not COMPILED
+_VIEW_MIN: Final = 1 << 14  # replies at least this long inside one read may be memoryviews of it
 
 
 def _bulk_end(data: bytes, start: int) -> int:
@@ -204,21 +207,35 @@ def _scan(buf: bytes | bytearray, pos: int, pending: int) -> tuple[int, int, int
     return pos, pos, 0
 
 
-_SPLIT_MAX = 1 << 16  # larger chunks are mostly big values: splitting would copy them once more
-_BULK_SIZES = {b"$%d" % n: n for n in range(-1, 4096)}  # bulk header -> value length
-_ONE_LINE = (b"+", b":", b"-")  # first bytes of the one-line replies the split fast path takes
+_SPLIT_MAX: Final = (
+    1 << 16
+)  # larger chunks are mostly big values: splitting would copy them once more
+_BULK_SIZES: Final = {b"$%d" % n: n for n in range(-1, 4096)}  # bulk header -> value length
+_ONE_LINE: Final = (
+    b"+",
+    b":",
+    b"-",
+)  # first bytes of the one-line replies the split fast path takes
 
 
 def _split_replies(data: bytes) -> tuple[list[bytes], int]:
     """The complete replies at the start of `data` (raw bytes each) and where they end.
 
-    The fast path splits the chunk on CRLF once and takes bulk strings whose value is exactly
-    the token after their header (so the value holds no CRLF), nil bulk strings and one-line
-    replies, which is faster per GET reply than scanning them one at a time (figure in
-    benchmarks/README.md). Anything else (an aggregate, RESP3 types, a value holding CRLF, a
-    partial reply) is left to the scan."""
+    A fast path takes the common replies (bulk strings, nil, one-line replies): by splitting
+    the chunk on CRLF once in Python (_split_lines), by reading headers byte by byte in the
+    compiled build (_take_replies), which is faster per GET reply than the scan (figures in
+    benchmarks/README.md). Anything else (an aggregate, RESP3 types, a partial reply) is left
+    to the scan."""
+    out, pos = _take_replies(data) if COMPILED else _split_lines(data)
+    return (out, pos) if pos == len(data) else _scan_replies(data, pos, out)
+
+
+def _split_lines(data: bytes) -> tuple[list[bytes], int]:
+    """_split_replies's fast path in Python: split on CRLF once, take bulk strings whose value
+    is exactly the token after their header (so the value holds no CRLF), nil bulk strings and
+    one-line replies; stop at anything else."""
     if len(data) > _SPLIT_MAX:
-        return _scan_replies(data, 0, [])
+        return [], 0
     parts = data.split(b"\r\n")
     last = len(parts) - 1  # parts[last] follows the final CRLF: never a whole token
     sizes = _BULK_SIZES
@@ -245,9 +262,47 @@ def _split_replies(data: bytes) -> tuple[list[bytes], int]:
             break
         append(data[pos:end])
         pos = end
-    if pos == len(data):
-        return out, pos
-    return _scan_replies(data, pos, out)
+    return out, pos
+
+
+def _take_replies(data: bytes) -> tuple[list[bytes], int]:
+    """_split_replies's fast path for the compiled build: the same replies, taken by reading
+    bulk headers' digits byte by byte (C integer work there) rather than by splitting, so no
+    object is made but the replies (none when the read is one reply). Stops at anything but a
+    one-line reply or a bulk string under _VIEW_MIN, or at a partial one."""
+    n = len(data)
+    out: list[bytes] = []
+    pos = 0
+    while pos < n:
+        t = data[pos]
+        i = pos + 1
+        if t == _BULK:
+            if i < n and data[i] == 45:  # $-1: nil
+                end = pos + 5
+                if end > n or data[i + 1] != 49 or data[i + 2] != 13 or data[i + 3] != 10:
+                    break
+            else:
+                size = 0
+                while i < n:
+                    c = data[i]
+                    if c < 48 or c > 57:
+                        break
+                    size = size * 10 + c - 48
+                    i += 1
+                end = i + 4 + size
+                if i == pos + 1 or size >= _VIEW_MIN or end > n or data[i] != 13:
+                    break
+        elif t == 43 or t == 58 or t == 45:  # + : -
+            while i < n and data[i] != 13:
+                i += 1
+            end = i + 2
+            if end > n:
+                break
+        else:
+            break
+        out.append(data if pos == 0 and end == n else data[pos:end])
+        pos = end
+    return out, pos
 
 
 def _scan_replies(data: bytes, start: int, out: list[bytes]) -> tuple[list[bytes], int]:

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import ssl
 import time
+from typing import Final
 
 from proxy import errors
 from proxy.codec.resp import encode_request
@@ -27,7 +28,9 @@ from proxy.net.tls import BackendTLS, connect_kwargs
 
 log = logging.getLogger("shardproxy.backend")
 
-LOG_EVERY_S = 10.0  # rate limit of the busy and out-of-resources warnings, per backend and kind
+LOG_EVERY_S: Final = (
+    10.0  # rate limit of the busy and out-of-resources warnings, per backend and kind
+)
 
 
 class Backend:
@@ -184,7 +187,7 @@ class Backend:
             "busy",
             "backend %s (%s) is busy running a script: %d requests wait on its connection, new "
             "requests get -BUSY until it ends or SCRIPT KILL / FUNCTION KILL stops it",
-            len(conn.pending),
+            conn.owed(),
         )
 
     def on_connection_retired(self, conn: BackendConnection) -> None:
@@ -317,10 +320,8 @@ class Backend:
             log.warning(message, self.name, self.addr, *args)
 
     def inflight(self) -> int:
-        owed = sum(len(c.pending) for c in self._busy)
-        return owed + sum(
-            len(c.pending) for cs in self._conns.values() for c in cs if c is not None
-        )
+        owed = sum(c.owed() for c in self._busy)
+        return owed + sum(c.owed() for cs in self._conns.values() for c in cs if c is not None)
 
     def idle(self) -> bool:
         busy_idle = all(not c.pending for c in self._busy)

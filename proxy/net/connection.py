@@ -11,20 +11,23 @@ A connection stalled behind a long script is not failed while the backend answer
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_left
-from collections import deque
 from time import perf_counter
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 from proxy import errors
 from proxy.codec.resp import ReplyScanner, encode_request, is_error
 from proxy.commands.session import db_of, proto_of
 from proxy.config.schema import BackendConfig
-from proxy.net.metrics import LATENCY_BUCKETS_S, BackendStats
+from proxy.net.metrics import BackendStats, latency_bucket
 from proxy.net.probe import BUSY_PREFIX, ProbeOutcome, auth_command
 from proxy.net.slot import ReplyOwner, Slot
 
-_READ_BYTES = 256 * 1024  # a backend connection's read buffer (uvloop reads this much)
+_READ_BYTES: Final = 256 * 1024  # a backend connection's read buffer (uvloop reads this much)
+_COMPACT_AT: Final = 1024  # answered slots kept at the head of `pending` before it is compacted
+_clock: Final = perf_counter  # a static in the compiled build, not a lookup in the globals
+
+
+_ANSWERED: Final = Slot(ReplyOwner(), None, 0.0)  # stands in `pending` for slots answered
 
 
 class _Handshake(ReplyOwner):
@@ -83,7 +86,10 @@ class BackendConnection(asyncio.BufferedProtocol):
         self.proto = proto_of(lane)  # RESP version
         self.db = db_of(lane)  # selected by the handshake
         self.transport: asyncio.Transport | None = None
-        self.pending: deque[Slot] = deque()  # reply slots in request order
+        # Reply slots in request order, from `_head` on (a list and an index: deque's methods
+        # are generic calls when compiled); empty whenever nothing is owed.
+        self.pending: list[Slot] = []
+        self._head = 0
         self.out: list[bytes] = []  # requests written this loop iteration, not yet sent
         self.scanner = ReplyScanner()
         self._read_buf = memoryview(bytearray(_READ_BYTES))
@@ -193,7 +199,8 @@ class BackendConnection(asyncio.BufferedProtocol):
     def _deliver(self, replies: list[bytes]) -> None:
         """Each reply to its slot, in order; then flush every owner that got one."""
         pending = self.pending
-        if len(replies) > len(pending):
+        head = self._head
+        if len(replies) > len(pending) - head:
             self.fail("unexpected reply")
             return
         touched: list[ReplyOwner] = []
@@ -201,10 +208,12 @@ class BackendConnection(asyncio.BufferedProtocol):
         latency = stats.latency
         buckets = latency.buckets
         total = 0.0
-        now = perf_counter()
+        now = _clock()
         views = self.scanner.views
         for raw in replies:
-            slot = pending.popleft()
+            slot = pending[head]
+            pending[head] = _ANSWERED  # the list must not keep the reply alive
+            head += 1
             owner = slot.owner
             if views and not owner.takes_views and type(raw) is not bytes:
                 raw = bytes(raw)  # a memoryview (ReplyScanner.views)
@@ -212,7 +221,7 @@ class BackendConnection(asyncio.BufferedProtocol):
             start = slot.start
             if start:
                 elapsed = now - start
-                buckets[bisect_left(LATENCY_BUCKETS_S, elapsed)] += 1  # observe(), inlined
+                buckets[latency_bucket(elapsed)] += 1  # observe(), inlined
                 total += elapsed
             first = raw[0]
             if first == 45 or first == 33:  # - or RESP3 !
@@ -220,11 +229,22 @@ class BackendConnection(asyncio.BufferedProtocol):
             if not owner.dirty:
                 owner.dirty = True
                 touched.append(owner)
+        if head == len(pending):
+            pending.clear()
+            head = 0
+        elif head >= _COMPACT_AT and head * 2 >= len(pending):
+            del pending[:head]
+            head = 0
+        self._head = head
         latency.total += total
         for owner in touched:
             owner.flush()
         if self.busy and not pending:
             self._retire()
+
+    def owed(self) -> int:
+        """Replies this connection still waits for."""
+        return len(self.pending) - self._head
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(f"connection lost ({exc})" if exc else "connection closed by backend")
@@ -262,10 +282,12 @@ class BackendConnection(asyncio.BufferedProtocol):
             backend.stats.timeout += 1
         elif down and reason != "backend removed from the configuration":
             backend.stats.connection += 1
-        pending, self.pending = self.pending, deque()
+        pending, head = self.pending, self._head
+        self.pending = []
+        self._head = 0
         self.out = []
         touched: list[ReplyOwner] = []
-        for slot in pending:
+        for slot in pending[head:]:
             slot.reply = reply
             if not slot.owner.dirty:
                 slot.owner.dirty = True

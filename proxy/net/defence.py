@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from time import perf_counter
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy.codec.resp import encode_request
 from proxy.commands.spec import CommandSpec, Kind
@@ -133,7 +133,7 @@ class Defences:
             self.cache.clear()
 
 
-_SINGLE = Kind.SINGLE  # Enum attribute access is slow on 3.11 (benchmarks/README.md)
+_SINGLE: Final = Kind.SINGLE  # Enum attribute access is slow on 3.11 (benchmarks/README.md)
 
 
 class DefendedHost(Protocol):

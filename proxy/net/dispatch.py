@@ -10,7 +10,6 @@ answered in the request's place in the client's queue.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Final, Protocol
@@ -73,7 +72,7 @@ class DispatchClient(Protocol):
     session: Session
     client_id: int
     keyed: bool  # slots name their key (big keys are watched)
-    pending: deque[Slot]  # the reply slots in request order (net/replies.py)
+    pending: list[Slot]  # the reply slots in request order (net/replies.py)
     silent: set[Slot]  # slots whose replies are not written (CLIENT REPLY)
     tx: Transaction | None  # MULTI / WATCH state (net/transaction.py), made on first use
     pubsub: Subscriptions | None  # net/pubsub.py: from the client's first (un)subscribe

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any
+from typing import Any, Final
 
 from proxy.commands.spec import lookup
 from proxy.config.defences import DefencesConfig
@@ -23,9 +23,9 @@ from proxy.net.metrics import DefenceStats
 from proxy.net.route import RouteTable
 from proxy.net.slot import Slot
 
-NEVER = 1 << 62  # a countdown or threshold that is never reached
-REFRESH_S = 1.0  # seconds between rebuilds of the hot set from the top keys
-MAX_KEYS_PER_SAMPLE = 16  # of one sampled multi-key request
+NEVER: Final = 1 << 62  # a countdown or threshold that is never reached
+REFRESH_S: Final = 1.0  # seconds between rebuilds of the hot set from the top keys
+MAX_KEYS_PER_SAMPLE: Final = 16  # of one sampled multi-key request
 
 
 class _PoolCounts:

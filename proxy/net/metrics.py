@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import os
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
@@ -30,16 +29,32 @@ LATENCY_BUCKETS_S: Final[tuple[float, ...]] = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+
+
+def latency_bucket(seconds: float) -> int:
+    """bisect_left(LATENCY_BUCKETS_S, seconds), unrolled: float compares in the compiled build,
+    where bisect_left costs ten times as much (boxed floats, rich compares). Most requests are
+    answered within a millisecond: they take the first five tests."""
+    if seconds <= 0.001:
+        if seconds <= 0.00025:
+            return 0 if seconds <= 0.00005 else 1 if seconds <= 0.0001 else 2
+        return 3 if seconds <= 0.0005 else 4
+    for i in range(5, len(LATENCY_BUCKETS_S)):
+        if seconds <= LATENCY_BUCKETS_S[i]:
+            return i
+    return len(LATENCY_BUCKETS_S)
+
+
 CLIENT_ERROR_KINDS = ("protocol", "auth", "noperm", "address", "limit", "memory")
 TLS_HANDSHAKE_FAILURES = ("timeout", "certificate", "protocol")  # net/listener.failure_kind
 BACKEND_ERROR_KINDS = ("timeout", "connection", "reply")  # BackendStats fields, error counts
 
 
 class FastHistogram:
-    """A histogram for one thread: observe() is a bisect and two additions.
+    """A histogram for one thread: observe() is a bucket lookup and two additions.
 
-    The hot loops (client flush, backend replies) inline observe(): `buckets[bisect_left(
-    LATENCY_BUCKETS_S, seconds)] += 1` and `total += seconds`; the count is the buckets' sum.
+    The hot loops (client flush, backend replies) inline observe(): `buckets[latency_bucket(
+    seconds)] += 1` and `total += seconds`; the count is the buckets' sum.
     """
 
     __slots__ = ("buckets", "total")
@@ -53,7 +68,7 @@ class FastHistogram:
         return sum(self.buckets)
 
     def observe(self, seconds: float) -> None:
-        self.buckets[bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.buckets[latency_bucket(seconds)] += 1
         self.total += seconds
 
     def cumulative(self) -> list[tuple[str, float]]:

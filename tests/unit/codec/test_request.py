@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from proxy.codec.request import MAX_MULTIBULK, RequestReader
+from proxy.codec.request import MAX_MULTIBULK, RequestReader, _parse_simple, _scan_simple
 from proxy.codec.resp import ProtocolError, encode_request
 
 # Values that look like protocol: CRLF inside, headers, a bare `*2`, lengths at table edges.
@@ -286,3 +286,71 @@ def test_a_refusing_gate_or_a_later_argument_assembles_as_before() -> None:
         for at in range(0, len(data), 65536):
             requests += reader.feed(data[at : at + 65536])
         assert requests == [args] and reader.stream_args is None
+
+
+def _both_fast_paths(data: bytes) -> tuple[list[list[bytes]], list[bytes], int]:
+    """The split fast path (pure build) and the byte scan (compiled build) on `data`: the same
+    requests, raws and stopping place, whichever build runs the test."""
+    split_out: list[list[bytes]] = []
+    split_raws: list[bytes] = []
+    split_pos = _parse_simple(data, split_out, split_raws)
+    scan_out: list[list[bytes]] = []
+    scan_raws: list[bytes] = []
+    scan_pos = _scan_simple(data, scan_out, scan_raws)
+    # The split stops at a value holding CRLF, where the scan goes on; the scan stops at a value
+    # of STREAM_MIN_BYTES, which the split takes: up to the first stop, both took the same.
+    short = min(len(split_out), len(scan_out))
+    assert scan_out[:short] == split_out[:short]
+    assert scan_raws[:short] == split_raws[:short]
+    assert split_pos == sum(map(len, split_raws))
+    assert scan_pos == sum(map(len, scan_raws))
+    for args, raw in zip(scan_out, scan_raws, strict=True):
+        assert raw == encode_request(args)
+    # What the scan left, the careful parser takes as it would have from the split's stop.
+    try:
+        whole: list[list[bytes]] | str = RequestReader().feed(data)
+    except ProtocolError as exc:
+        whole = str(exc)
+    try:
+        tail: list[list[bytes]] | str = scan_out + RequestReader().feed(data[scan_pos:])
+    except ProtocolError as exc:
+        tail = str(exc)
+    assert tail == whole
+    return scan_out, scan_raws, scan_pos
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_split_and_scan_fast_paths_take_the_same_requests(seed: int) -> None:
+    rng = random.Random(seed)
+    data = b"".join(encode_request(random_args(rng)) for _ in range(rng.randrange(1, 30)))
+    for cut in [*sorted(rng.sample(range(len(data) + 1), 8)), len(data)]:
+        _both_fast_paths(data[:cut])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n",
+        b"*0\r\n*1\r\n$4\r\nPING\r\n",
+        b"*01\r\n$4\r\nPING\r\n",
+        b"*1\r\n$04\r\nPING\r\n",
+        b"*1\r\n$-1\r\n",
+        b"*-1\r\n",
+        b"*1\n$4\r\nPING\r\n",
+        b"*1\r\n$4\nPING\r\n",
+        b"*1\r\n$4\r\nPING\r\r",
+        b"*1\r\n$3\r\nPING\r\n",
+        b"*1\r\n$5\r\nPING\r\n",
+        b"*2\r\n$3\r\nGET\r\n",
+        b"*12345678\r\n",
+        b"*1\r\n+PING\r\n",
+        b"PING\r\n*1\r\n$4\r\nPING\r\n",
+        b"*1\r\n$4\r\nPING\r\nPING\r\n",
+        b"*1\r\n$1048576\r\n" + b"v" * 1048576 + b"\r\n",
+        b"*2\r\n$3\r\nSET\r\n$1048575\r\n" + b"v" * 1048575 + b"\r\n",
+        b"*2\r\n$3\r\nGET\r\n$4\r\na\r\nb\r\n",
+        b"*1\r\n$0\r\n\r\n",
+    ],
+)
+def test_fast_paths_at_their_edges(data: bytes) -> None:
+    _both_fast_paths(data)

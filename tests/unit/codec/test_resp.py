@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from proxy.codec.resp import ReplyScanner
+from proxy.codec.resp import ReplyScanner, _scan_replies, _split_lines, _take_replies
 
 # Values that look like protocol: CRLF inside, headers, CR or LF at the edges, table-edge sizes.
 TRICKY = [
@@ -236,3 +236,43 @@ def test_finished_big_reply_is_flagged_when_the_read_goes_on() -> None:
     got = scanner.feed(value[30_000:] + b"+OK\r\n")
     assert got == [value, b"+OK\r\n"]
     assert type(got[0]) is bytearray and scanner.views
+
+
+def _both_fast_paths(data: bytes) -> None:
+    """The split fast path (pure build) and the byte scan (compiled build): the same replies
+    up to where the split stopped, then what the careful scan gives from there."""
+    split_out, split_pos = _split_lines(data)
+    take_out, take_pos = _take_replies(data)
+    short = min(len(split_out), len(take_out))
+    assert [bytes(r) for r in take_out[:short]] == [bytes(r) for r in split_out[:short]]
+    for out, pos in ((split_out, split_pos), (take_out, take_pos)):
+        rest, end = _scan_replies(data, pos, list(out))
+        whole, whole_end = _scan_replies(data, 0, [])
+        assert [bytes(r) for r in rest] == [bytes(r) for r in whole]
+        assert end == whole_end
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_split_and_take_fast_paths_give_the_same_replies(seed: int) -> None:
+    rng = random.Random(seed)
+    data = b"".join(random_reply(rng) for _ in range(rng.randrange(1, 40)))
+    for cut in [*sorted(rng.sample(range(len(data) + 1), 8)), len(data)]:
+        _both_fast_paths(data[:cut])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"$-1\r\n$-1\r",
+        b"$-1\r\n$-",
+        b"$0\r\n\r\n+OK\r\n",
+        b"$5\r\na\r\nb\r\n:1\r\n",
+        b"$16384\r\n" + b"v" * 16384 + b"\r\n$1\r\nx\r\n",
+        b"$16383\r\n" + b"v" * 16383 + b"\r\n",
+        b"-ERR x\r\n*1\r\n$1\r\na\r\n",
+        b"+OK\r\n+O",
+        b"$3\r\nab",
+    ],
+)
+def test_reply_fast_paths_at_their_edges(data: bytes) -> None:
+    _both_fast_paths(data)
