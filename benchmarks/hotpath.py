@@ -40,6 +40,7 @@ from proxy.net.defence import Defences
 from proxy.net.fence import MigrationState
 from proxy.net.metrics import ProxyMetrics
 from proxy.net.pool import BackendPool
+from proxy.net.route import RouteRef
 from proxy.routing.topology import build_topology
 
 VALUE = b"x" * 64
@@ -113,6 +114,7 @@ class Host:
         self.metrics = ProxyMetrics()
         self.pool = BackendPool()
         self.routes = self.pool.sync(build_topology(config, 1, "bench"))
+        self.route_ref = RouteRef(self.routes)
         self.migration = MigrationState(lambda: self.routes)
         self.defences = Defences(config.defences)
         self._ids = 0

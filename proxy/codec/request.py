@@ -14,10 +14,13 @@ arrives over many reads is resumed where the last read stopped, never re-parsed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from proxy.codec.inline import parse_inline
 from proxy.codec.resp import COMPILED, ProtocolError, encode_request
+
+if TYPE_CHECKING:  # only types: mypyc compiles i64 to a C int64_t, and nothing imports it
+    from mypy_extensions import i64
 
 MAX_INLINE_BYTES: Final = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
 MAX_MULTIBULK: Final = (
@@ -405,20 +408,20 @@ def _parse_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int
 
 def _scan_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int:
     """_parse_simple for the compiled build: the same requests, taken by reading the headers'
-    digits byte by byte (C integer work there) rather than by splitting: no object is made but
-    the arguments, their list and, for a read holding more than one request, each one's bytes.
-    Stops, returning where, at anything but a whole canonical request whose values are under
-    STREAM_MIN_BYTES (the careful parser decides about those)."""
-    n = len(data)
-    pos = 0
+    digits byte by byte (C integer work there: i64) rather than by splitting: no object is made
+    but the arguments, their list and, for a read holding more than one request, each one's
+    bytes. Stops, returning where, at anything but a whole canonical request whose values are
+    under STREAM_MIN_BYTES (the careful parser decides about those)."""
+    n: i64 = len(data)
+    pos: i64 = 0
     while pos < n:
         if data[pos] != 42:  # not '*'
             return pos
-        i = pos + 1
-        count = 0
+        i: i64 = pos + 1
+        count: i64 = 0
         while i < n:
-            c = data[i]
-            if c < 48 or c > 57:
+            c: i64 = data[i]
+            if c < 48 or c > 57 or i - pos > 8:
                 break
             count = count * 10 + c - 48
             i += 1
@@ -438,11 +441,11 @@ def _scan_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int:
         while count:
             if i >= n or data[i] != 36:  # not '$'
                 return pos
-            j = i + 1
-            size = 0
+            j: i64 = i + 1
+            size: i64 = 0
             while j < n:
                 c = data[j]
-                if c < 48 or c > 57:
+                if c < 48 or c > 57 or j - i > 8:
                     break
                 size = size * 10 + c - 48
                 j += 1

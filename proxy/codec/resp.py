@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from importlib.machinery import EXTENSION_SUFFIXES
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import hiredis
+
+if TYPE_CHECKING:  # only types: mypyc compiles i64 to a C int64_t, and nothing imports it
+    from mypy_extensions import i64
 
 # Byte values of RESP type markers.
 _BULK: Final = 36  # $
@@ -267,25 +270,25 @@ def _split_lines(data: bytes) -> tuple[list[bytes], int]:
 
 def _take_replies(data: bytes) -> tuple[list[bytes], int]:
     """_split_replies's fast path for the compiled build: the same replies, taken by reading
-    bulk headers' digits byte by byte (C integer work there) rather than by splitting, so no
-    object is made but the replies (none when the read is one reply). Stops at anything but a
-    one-line reply or a bulk string under _VIEW_MIN, or at a partial one."""
-    n = len(data)
+    bulk headers' digits byte by byte (C integer work there: i64) rather than by splitting, so
+    no object is made but the replies (none when the read is one reply). Stops at anything but
+    a one-line reply or a bulk string under _VIEW_MIN, or at a partial one."""
+    n: i64 = len(data)
     out: list[bytes] = []
-    pos = 0
+    pos: i64 = 0
     while pos < n:
-        t = data[pos]
-        i = pos + 1
+        t: i64 = data[pos]
+        i: i64 = pos + 1
         if t == _BULK:
             if i < n and data[i] == 45:  # $-1: nil
                 end = pos + 5
                 if end > n or data[i + 1] != 49 or data[i + 2] != 13 or data[i + 3] != 10:
                     break
             else:
-                size = 0
+                size: i64 = 0
                 while i < n:
-                    c = data[i]
-                    if c < 48 or c > 57:
+                    c: i64 = data[i]
+                    if c < 48 or c > 57 or i - pos > 6:
                         break
                     size = size * 10 + c - 48
                     i += 1

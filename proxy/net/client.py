@@ -44,6 +44,7 @@ from proxy.net.hotkeys import NEVER
 from proxy.net.metrics import CommandStats
 from proxy.net.pubsub import Subscriptions
 from proxy.net.replies import ReplyQueue
+from proxy.net.route import RouteRef
 from proxy.net.slicer import SlicedRequest, SliceRequest, send_sliced
 from proxy.net.slot import ReplyOwner, Slot
 from proxy.net.stream import BulkStream, stream_target, streamable
@@ -67,11 +68,15 @@ class ClientHost(DispatchHost, Protocol):
 
     def next_client_id(self) -> int: ...
 
+    @property
+    def route_ref(self) -> RouteRef: ...  # `routes`, as one shared object (net/route.py)
+
 
 class ClientConnection(ReplyQueue, asyncio.Protocol):
     def __init__(self, host: ClientHost) -> None:
         cfg = host.client_config
         self.host = host
+        self._routes = host.route_ref
         self.client_id = host.next_client_id()
         session = Session(self.client_id, "", host.users)
         super().__init__(
@@ -180,14 +185,15 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
             tick = self._tick - 1
             if len(requests) == 1 and tick:  # unpipelined: _process's loop unrolled
                 args = requests[0]
-                key, lowest, highest, stats, defend = self._known.get(args[0]) or self._learn(
-                    args[0]
-                )
-                router = self.host.routes
+                known = self._known.get(args[0])
+                if known is None:
+                    known = self._learn(args[0])
+                key = known.key
+                router = self._routes.table
                 pending = self.pending
                 if (
                     router.fast
-                    and lowest <= len(args) <= highest
+                    and known.lowest <= len(args) <= known.highest
                     and self.session.direct
                     and len(pending) < self._limit
                     and not self._hold
@@ -195,12 +201,12 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                 ):
                     self.last_active = now = _clock()
                     self._tick = tick
-                    if defend is not None:
-                        self._send_defended(defend, args, stats, now, self.reader.raws[0])
+                    if known.defend is not None:
+                        self._send_defended(known, args, now, self.reader.raws[0])
                         if pending[0].reply is not None:
                             self.flush()
                         return
-                    slot = Slot(self, stats, now)
+                    slot = Slot(self, known.stats, now)
                     if self.keyed:
                         slot.key = args[key]
                     pending.append(slot)
@@ -255,7 +261,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
     ) -> None:
         """Dispatch requests[start:]; past the limit in flight, keep the rest as a backlog and
         stop reading until the client has taken half of its replies."""
-        routes = self.host.routes
+        routes = self._routes.table
         session = self.session
         pending = self.pending
         lane = session.lane
@@ -279,16 +285,19 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
             tick -= 1
             if not tick:
                 tick = self._sample(args)
-            key, lowest, highest, stats, defend = known.get(args[0]) or self._learn(args[0])
+            entry = known.get(args[0])
+            if entry is None:
+                entry = self._learn(args[0])
+            key = entry.key
             if (
-                lowest <= len(args) <= highest
+                entry.lowest <= len(args) <= entry.highest
                 and (fast or (limited and key_ok(args[key])))
                 and not args[key].startswith(RESERVED)
             ):
-                if defend is not None:
-                    self._send_defended(defend, args, stats, now, raws[i])
+                if entry.defend is not None:
+                    self._send_defended(entry, args, now, raws[i])
                     continue
-                slot = Slot(self, stats, now)  # the fast path, as in data_received
+                slot = Slot(self, entry.stats, now)  # the fast path, as in data_received
                 if keyed:
                     slot.key = args[key]
                 pending.append(slot)
@@ -340,8 +349,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         """What the fast path needs of a command name; a command the client's ACL user may
         not run never takes it (dispatch answers NOPERM). Forgotten when the user changes."""
         entry = fast_entry(name, self.stats_for, self.host.defences.defended)
-        fast = entry[3] is not None  # NOT_FAST has no stats (compared by value: compiled
-        # code unboxes fixed-length tuples, so `is NOT_FAST` would never hold there)
+        fast = entry is not NOT_FAST
         if fast and not self.session.user.allows(PLAIN[name].name):
             entry = NOT_FAST
         if fast or name in PLAIN:
@@ -357,15 +365,10 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         self._big_bytes = watch.big_bytes
         self.keyed = watch.big_bytes < NEVER
 
-    def _send_defended(
-        self,
-        spec: CommandSpec,
-        args: list[bytes],
-        stats: CommandStats | None,
-        now: float,
-        raw: bytes,
-    ) -> None:
+    def _send_defended(self, known: Known, args: list[bytes], now: float, raw: bytes) -> None:
         """The fast path of a command the defences must see (net/defence.py)."""
+        spec, stats = known.defend, known.stats
+        assert spec is not None
         slot = self.host.defences.new_slot(self, stats, spec, args, now)
         if self.keyed:
             slot.key = args[spec.first_key]

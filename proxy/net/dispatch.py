@@ -50,10 +50,31 @@ from proxy.net.slot import ReplyOwner, Slot
 from proxy.net.transaction import Transaction, on_request, select_in_transaction, start
 
 _PRE_AUTH: Final = frozenset({"auth", "hello", "quit", "reset"})
-# The fast path's entry for a command name: key index, fewest and most arguments, stats, and
-# the spec when the cache defences must see it (net/defence.py), else None.
-Known = tuple[int, int, int, CommandStats | None, CommandSpec | None]
-NOT_FAST: Known = (0, 1, 0, None, None)  # no argument count fits: always dispatched
+
+
+class Known:
+    """The fast path's entry for a command name: key index, fewest and most arguments, stats,
+    and the spec when the cache defences must see it (net/defence.py), else None. A class, not
+    a tuple: compiled code reads its fields natively instead of checking and unboxing a tuple."""
+
+    __slots__ = ("defend", "highest", "key", "lowest", "stats")
+
+    def __init__(
+        self,
+        key: int,
+        lowest: int,
+        highest: int,
+        stats: CommandStats | None,
+        defend: CommandSpec | None,
+    ) -> None:
+        self.key = key
+        self.lowest = lowest
+        self.highest = highest
+        self.stats = stats
+        self.defend = defend
+
+
+NOT_FAST: Final = Known(0, 1, 0, None, None)  # no argument count fits: always dispatched
 
 
 class DispatchHost(ServerView, Protocol):
@@ -108,7 +129,9 @@ def fast_entry(
         return NOT_FAST
     arity = spec.arity
     highest = arity if arity > 0 else 1 << 30
-    return (spec.first_key, abs(arity), highest, stats_for(spec), spec if defended(spec) else None)
+    return Known(
+        spec.first_key, abs(arity), highest, stats_for(spec), spec if defended(spec) else None
+    )
 
 
 def dispatch(client: DispatchClient, args: list[bytes]) -> None:

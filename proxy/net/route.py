@@ -37,6 +37,17 @@ class RouteTable:
         return self.route_backends[self.node_for(key)]
 
 
+class RouteRef:
+    """The route table in use now, one object shared by the server and its clients: a reload
+    sets `table` once, and a client reads it with native attribute loads (through the server,
+    a Python object, it would be a dictionary lookup per request in the compiled build)."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: RouteTable) -> None:
+        self.table = table
+
+
 def build_route_table(topology: Topology, backends: Mapping[str, Backend]) -> RouteTable:
     rules = RULES[topology.phase]
     route = topology.route

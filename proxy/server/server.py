@@ -32,7 +32,7 @@ from proxy.net.memory import MemoryGuard
 from proxy.net.metrics import ProxyMetrics, defence_families
 from proxy.net.pool import BackendPool
 from proxy.net.pubsub import rehome_all
-from proxy.net.route import RouteTable
+from proxy.net.route import RouteRef, RouteTable
 from proxy.net.tls import PLAIN, TLSContexts, load_tls
 from proxy.routing.topology import Topology, build_topology
 from proxy.server import status as views
@@ -93,7 +93,7 @@ class ProxyServer:
         self.tls: TLSContexts = PLAIN  # every file of client.tls and the backends' tls, loaded
         self._admin: AdminServer | None = None
         self._reload_lock = asyncio.Lock()
-        self.routes: RouteTable  # set by start()
+        self._route_ref: RouteRef | None = None  # set by start(): see routes
         self.client_config = config.client
         self.users = compile_users(config.client)  # ConfigError: a rule the table does not know
         self.max_clients = config.client.max_connections  # sized to the fd limit by start()
@@ -282,6 +282,25 @@ class ProxyServer:
             if not client.session.rebind(users):
                 log.warning("closing client %s: its user is gone", client.session.peer)
                 client.abort()
+
+    @property
+    def routes(self) -> RouteTable:
+        """The route table in use now; a reload sets it, in one assignment."""
+        assert self._route_ref is not None, "set by start()"
+        return self._route_ref.table
+
+    @routes.setter
+    def routes(self, table: RouteTable) -> None:
+        if self._route_ref is None:
+            self._route_ref = RouteRef(table)
+        else:
+            self._route_ref.table = table  # every client reads it there
+
+    @property
+    def route_ref(self) -> RouteRef:
+        """`routes` as the one object clients keep (net/route.py)."""
+        assert self._route_ref is not None, "set by start()"
+        return self._route_ref
 
     @property
     def generation(self) -> int:
