@@ -109,18 +109,47 @@ class ReplyScanner:
         return None if big is None else memoryview(big)[self._have :]
 
     def filled(self, nbytes: int) -> list[bytes]:
-        """`nbytes` were read into room(): the bulk string, once complete (a bytearray)."""
-        big = self._big
-        assert big is not None
-        self._have += nbytes
-        if self._have < len(big):
+        """`nbytes` were read into room(): the bulk string, once complete (a bytearray in the
+        pure build; a copy as bytes in the compiled one: see filled_view)."""
+        big = self.filled_view(nbytes)
+        if big is None:
             return []
-        self._big = None
-        self._have = 0
         if not _VIEWS:
             return [bytes(big)]
         self.views = True  # a bytearray, bytes-like as a memoryview is
         return [big]  # type: ignore[list-item]
+
+    def filled_view(self, nbytes: int) -> bytearray | None:
+        """`nbytes` were read into room(): the bulk string, once complete: the buffer it was
+        read into, not a copy (BackendConnection hands it to owners that only write it out)."""
+        big = self._big
+        assert big is not None
+        self._have += nbytes
+        if self._have < len(big):
+            return None
+        self._big = None
+        self._have = 0
+        return big
+
+    def take_big(self, read: memoryview, nbytes: int) -> tuple[bytearray | None, int]:
+        """A read (the first `nbytes` of `read`) that begins with a big bulk string while
+        nothing is buffered: its bytes are copied once, into a buffer of the reply's own size
+        (the rest of it is read there: room()), not first into bytes for feed. Returns the
+        reply once complete (else None), and where the bytes after it begin in the read
+        (`nbytes` when none); (None, -1) when the read does not begin with a big bulk string:
+        feed it as usual."""
+        if self._buf or self._big is not None or nbytes < _COLLECT_MIN or read[0] != _BULK:
+            return None, -1
+        end = _bulk_end(bytes(read[:24]), 0)
+        if end < _COLLECT_MIN:
+            return None, -1
+        if end <= nbytes:  # the whole reply is in this read
+            return bytearray(read[:end]), end
+        big = bytearray(end)
+        big[:nbytes] = read[:nbytes]
+        self._big = big
+        self._have = nbytes
+        return None, nbytes
 
     def _fill(self, data: bytes) -> list[bytes]:
         """The next read of a big bulk string, fed as bytes: copied into place."""

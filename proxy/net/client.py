@@ -143,7 +143,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         if self.tx is not None:
             self.tx.close()  # a WATCH's dedicated connection closes with its client
         self.closed = True
-        self.pending.clear()  # replies still owed by backends are dropped when they arrive
+        self.drop_owed()  # replies still owed by backends are dropped when they arrive
         self.host.clients.discard(self)
 
     def eof_received(self) -> bool:

@@ -20,7 +20,7 @@ from proxy.commands.session import db_of, proto_of
 from proxy.config.schema import BackendConfig
 from proxy.net.metrics import BackendStats, latency_bucket
 from proxy.net.probe import BUSY_PREFIX, ProbeOutcome, auth_command
-from proxy.net.slot import ReplyOwner, Slot
+from proxy.net.slot import VIEW_MARK, ReplyOwner, Slot
 
 _READ_BYTES: Final = 256 * 1024  # a backend connection's read buffer (uvloop reads this much)
 _COMPACT_AT: Final = 1024  # answered slots kept at the head of `pending` before it is compacted
@@ -28,6 +28,7 @@ _clock: Final = perf_counter  # a static in the compiled build, not a lookup in 
 
 
 _ANSWERED: Final = Slot(ReplyOwner(), None, 0.0)  # stands in `pending` for slots answered
+_ONE_VIEW: Final = [VIEW_MARK]  # the replies of a read that completed a big one (_deliver)
 
 
 class _Handshake(ReplyOwner):
@@ -183,9 +184,24 @@ class BackendConnection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self._into_room:
             self._progress += 1
-            self._deliver(self.scanner.filled(nbytes))
-        else:
-            self.data_received(bytes(self._read_buf[:nbytes]))
+            big = self.scanner.filled_view(nbytes)
+            if big is not None:
+                self._deliver(_ONE_VIEW, big)
+            return
+        read = self._read_buf
+        try:
+            big, rest = self.scanner.take_big(read, nbytes)
+        except ValueError:
+            self.fail("protocol error in reply")
+            return
+        if rest < 0:  # the common case: small replies, fed as bytes
+            self.data_received(bytes(read[:nbytes]))
+            return
+        self._progress += 1  # a big bulk string, copied once into its own buffer
+        if big is not None:
+            self._deliver(_ONE_VIEW, big)
+        if rest < nbytes and not self.closed:
+            self.data_received(bytes(read[rest:nbytes]))
 
     def data_received(self, data: bytes) -> None:
         self._progress += 1
@@ -196,8 +212,10 @@ class BackendConnection(asyncio.BufferedProtocol):
             return
         self._deliver(replies)
 
-    def _deliver(self, replies: list[bytes]) -> None:
-        """Each reply to its slot, in order; then flush every owner that got one."""
+    def _deliver(self, replies: list[bytes], big: bytearray | None = None) -> None:
+        """Each reply to its slot, in order; then flush every owner that got one. `big`: the
+        one reply (`replies` is _ONE_VIEW), a bulk string read into a buffer of its own, kept
+        by an owner that only writes it out (ReplyOwner.keep_view), else copied to bytes."""
         pending = self.pending
         head = self._head
         if len(replies) > len(pending) - head:
@@ -215,7 +233,11 @@ class BackendConnection(asyncio.BufferedProtocol):
             pending[head] = _ANSWERED  # the list must not keep the reply alive
             head += 1
             owner = slot.owner
-            if views and not owner.takes_views and type(raw) is not bytes:
+            if raw is VIEW_MARK:
+                assert big is not None
+                if type(slot) is not Slot or not owner.keep_view(slot, big):
+                    raw = bytes(big)
+            elif views and not owner.takes_views and type(raw) is not bytes:
                 raw = bytes(raw)  # a memoryview (ReplyScanner.views)
             slot.reply = raw
             start = slot.start

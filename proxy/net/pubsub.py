@@ -125,8 +125,10 @@ class SubscriberConnection(DedicatedConnection):
         self.on_frame: Callable[[SubscriberConnection, bytes], None] = _ignore
         self.acks: deque[list[_Ack | int]] = deque()
 
-    def _deliver(self, replies: list[bytes]) -> None:
-        handshake = len(self.pending)
+    def _deliver(self, replies: list[bytes], big: bytearray | None = None) -> None:
+        if big is not None:  # a big message, read into a buffer of its own
+            replies = [bytes(big)]
+        handshake = self.owed()
         if handshake:
             super()._deliver(replies[:handshake])
             replies = replies[handshake:]

@@ -18,7 +18,7 @@ from typing import Final, Protocol
 from proxy import errors
 from proxy.commands.session import Session
 from proxy.net.metrics import ProxyMetrics, latency_bucket
-from proxy.net.slot import ReplyOwner, Slot
+from proxy.net.slot import VIEW_MARK, ReplyOwner, Slot
 
 log = logging.getLogger("shardproxy.client")
 slow_log = logging.getLogger("shardproxy.slowlog")
@@ -45,6 +45,7 @@ class ReplyQueue(ReplyOwner):
         self.metrics = host.metrics
         self.session = session
         self.pending: list[Slot] = []  # a list: deque's methods are generic calls when compiled
+        self._views: dict[Slot, bytearray] = {}  # big replies kept as read (keep_view)
         # Replies not to write (CLIENT REPLY OFF/SKIP): dropped when they reach the head.
         self.silent: set[Slot] = set()
         self.transport: asyncio.Transport | None = None
@@ -69,9 +70,9 @@ class ReplyQueue(ReplyOwner):
         if not pending or pending[0].reply is None:
             return
         if self.closed:
-            pending.clear()
+            self.drop_owed()
             return
-        out: list[bytes] = []
+        out: list[bytes | bytearray] = []
         now = _clock()
         slow_s = self._slow_s
         budget = self._budget
@@ -84,15 +85,18 @@ class ReplyQueue(ReplyOwner):
             if reply is None:
                 break
             taken += 1
+            data: bytes | bytearray = reply
+            if reply is VIEW_MARK:
+                data = self._views.pop(slot)
             if silent and slot in silent:
                 silent.discard(slot)
                 continue
-            size = len(reply)
+            size = len(data)
             if size > biggest:
                 biggest = size
             if size >= big_bytes:
                 self.on_big_reply(slot, size)
-            out.append(reply)
+            out.append(data)
             stats = slot.stats
             if stats is not None:
                 elapsed = now - slot.start
@@ -120,6 +124,16 @@ class ReplyQueue(ReplyOwner):
             self._over_budget(transport)
             return
         self.after_flush(transport)
+
+    def keep_view(self, slot: Slot, reply: bytearray) -> bool:
+        """A big reply is written out as it was read, not copied (see ReplyOwner)."""
+        self._views[slot] = reply
+        return True
+
+    def drop_owed(self) -> None:
+        """Forget every reply owed or queued (replies still owed are dropped as they arrive)."""
+        self.pending.clear()
+        self._views.clear()
 
     def after_flush(self, transport: asyncio.Transport) -> None:
         """What the request side does once replies went out (ClientConnection: resume)."""
@@ -175,7 +189,7 @@ class ReplyQueue(ReplyOwner):
     def abort(self) -> None:
         """Close at once, dropping the replies owed (they are discarded as they arrive)."""
         self.closed = True
-        self.pending.clear()
+        self.drop_owed()
         if self.transport is not None:
             self.transport.abort()
 

@@ -9,7 +9,14 @@ answered (BackendConnection._deliver marks them all, then flushes each owner onc
 
 from __future__ import annotations
 
+from typing import Final
+
 from proxy.net.metrics import CommandStats
+
+# The reply of a slot whose owner kept the big reply's buffer (keep_view): a bulk string by its
+# first byte, never a reply a backend sends, told by identity (an object of its own, not a
+# literal the compiler could share).
+VIEW_MARK: Final = bytes(bytearray(b"$-2\r\n"))
 
 
 class ReplyOwner:
@@ -17,7 +24,7 @@ class ReplyOwner:
 
     __slots__ = ("dirty",)
     # True: the owner only writes replies out, so it may get a big reply as a memoryview of the
-    # read it came in (ReplyScanner.views); every other owner gets bytes.
+    # read it came in (ReplyScanner.views, pure build); every other owner gets bytes.
     takes_views = False
 
     def __init__(self) -> None:
@@ -25,6 +32,12 @@ class ReplyOwner:
 
     def flush(self) -> None:
         raise NotImplementedError
+
+    def keep_view(self, slot: Slot, reply: bytearray) -> bool:
+        """A big reply to `slot`, read into a buffer of its own: an owner that only writes it
+        out keeps the buffer and gets VIEW_MARK as the slot's reply (True); any other owner
+        (False) gets a copy as bytes."""
+        return False
 
     def touch(self) -> None:
         """A slot of this owner was answered outside a backend read: flush it now, once."""

@@ -188,24 +188,35 @@ def test_big_replies_inside_one_read_are_views_of_it() -> None:
 
 
 def read_like_a_buffered_protocol(data: bytes, sizes: list[int]) -> list[bytes]:
-    """Reads of up to `sizes[i]` bytes as BackendConnection makes them: into room() while a big
-    bulk string is under way (never past it), else a plain read fed as bytes."""
+    """Reads of up to `sizes[i]` bytes as BackendConnection.buffer_updated makes them: into
+    room() while a big bulk string is under way (never past it), else into a read buffer: one
+    that begins with a big bulk string goes to take_big, any other is fed as bytes."""
     scanner = ReplyScanner()
     got: list[bytes] = []
     pos = 0
     i = 0
+    read = memoryview(bytearray(262_144))
     while pos < len(data):
         size = sizes[i % len(sizes)]
         i += 1
         room = scanner.room()
         if room is None:
-            replies = scanner.feed(data[pos : pos + size])
-            pos += min(size, len(data) - pos)
+            n = min(size, len(read), len(data) - pos)
+            read[:n] = data[pos : pos + n]
+            pos += n
+            big, rest = scanner.take_big(read, n)
+            if rest < 0:
+                replies = scanner.feed(bytes(read[:n]))
+            else:
+                replies = [bytes(big)] if big is not None else []
+                if rest < n:
+                    replies += [bytes(r) for r in scanner.feed(bytes(read[rest:n]))]
         else:
             n = min(size, len(room), len(data) - pos)
             room[:n] = data[pos : pos + n]
             pos += n
-            replies = scanner.filled(n)
+            view = scanner.filled_view(n)
+            replies = [bytes(view)] if view is not None else []
         # Anything not bytes (a view, a filled bytearray) must be flagged, to be converted.
         assert scanner.views or all(type(r) is bytes for r in replies)
         got += replies
