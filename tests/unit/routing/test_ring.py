@@ -318,3 +318,12 @@ def test_single_node_owns_everything() -> None:
 def test_bad_rings_are_rejected(args: tuple[object, ...], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Ring(*args)  # type: ignore[arg-type]
+
+
+def test_md5_function_is_md5_whichever_module_gives_it() -> None:
+    """hash_md5 uses CPython's own `_md5` when there is one, hashlib's otherwise."""
+    from proxy.routing.ring import _md5_function
+
+    md5 = _md5_function()
+    for key in [b"", b"a", b"key:000000012345", bytes(range(256)) * 3]:
+        assert md5(key).digest() == hashlib.md5(key).digest()
