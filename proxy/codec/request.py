@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
 from proxy.codec.inline import parse_inline
-from proxy.codec.resp import COMPILED, ProtocolError, encode_request
+from proxy.codec.resp import COMPILED, ProtocolError, encode_request, read_digits
 
 if TYPE_CHECKING:  # only types: mypyc compiles i64 to a C int64_t, and nothing imports it
     from mypy_extensions import i64
@@ -417,14 +417,7 @@ def _scan_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int:
     while pos < n:
         if data[pos] != 42:  # not '*'
             return pos
-        i: i64 = pos + 1
-        count: i64 = 0
-        while i < n:
-            c: i64 = data[i]
-            if c < 48 or c > 57 or i - pos > 8:
-                break
-            count = count * 10 + c - 48
-            i += 1
+        count, i = read_digits(data, pos + 1, n, 8)
         digits = i - pos - 1
         if (
             digits == 0
@@ -441,14 +434,7 @@ def _scan_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int:
         while count:
             if i >= n or data[i] != 36:  # not '$'
                 return pos
-            j: i64 = i + 1
-            size: i64 = 0
-            while j < n:
-                c = data[j]
-                if c < 48 or c > 57 or j - i > 8:
-                    break
-                size = size * 10 + c - 48
-                j += 1
+            size, j = read_digits(data, i + 1, n, 8)
             digits = j - i - 1
             if (
                 digits == 0

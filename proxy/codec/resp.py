@@ -297,6 +297,20 @@ def _split_lines(data: bytes) -> tuple[list[bytes], int]:
     return out, pos
 
 
+def read_digits(data: bytes, start: i64, n: i64, most: i64) -> tuple[i64, i64]:
+    """The decimal digits at data[start:n], at most `most` of them: (their value, where they
+    stop). For the compiled build's scans (an unboxed pair there); 0 digits: (0, start)."""
+    value: i64 = 0
+    i = start
+    while i < n:
+        c: i64 = data[i]
+        if c < 48 or c > 57 or i - start >= most:
+            break
+        value = value * 10 + c - 48
+        i += 1
+    return value, i
+
+
 def _take_replies(data: bytes) -> tuple[list[bytes], int]:
     """_split_replies's fast path for the compiled build: the same replies, taken by reading
     bulk headers' digits byte by byte (C integer work there: i64) rather than by splitting, so
@@ -314,13 +328,7 @@ def _take_replies(data: bytes) -> tuple[list[bytes], int]:
                 if end > n or data[i + 1] != 49 or data[i + 2] != 13 or data[i + 3] != 10:
                     break
             else:
-                size: i64 = 0
-                while i < n:
-                    c: i64 = data[i]
-                    if c < 48 or c > 57 or i - pos > 6:
-                        break
-                    size = size * 10 + c - 48
-                    i += 1
+                size, i = read_digits(data, i, n, 6)
                 end = i + 4 + size
                 if i == pos + 1 or size >= _VIEW_MIN or end > n or data[i] != 13:
                     break
