@@ -222,7 +222,14 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                         self.flush()
                     return
         self._process(requests, reader.raws, 0, failure)
-        if reader.stream_args is not None and self._stream is None and not self.closed:
+        # A streamed value's request takes its place in the queue only after every request
+        # before it: while some wait as the backlog, it starts when they are dispatched.
+        if (
+            reader.stream_args is not None
+            and self._stream is None
+            and self._backlog is None
+            and not self.closed
+        ):
             self._start_stream()
         if reader.has_buffered():
             self._drain_buffered()

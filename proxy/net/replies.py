@@ -24,7 +24,10 @@ log = logging.getLogger("shardproxy.client")
 slow_log = logging.getLogger("shardproxy.slowlog")
 _clock: Final = perf_counter  # a static in the compiled build, not a lookup in the globals
 
-_FIRST_REPLY_EST: Final = 65536.0  # bytes: a new client's replies are taken to be big until seen
+# A new client's replies are taken to be big until seen (a slow start: at the default budget, 31
+# requests in flight; a first burst of 2 MB GETs must not put 1 GB on a shared connection) ...
+_FIRST_REPLY_EST: Final = 1024.0 * 1024
+_WARMUP_FLUSHES: Final = 16  # ... and its first flushes teach the estimate at once (halving it)
 _EST_DECAY: Final = 0.5  # how fast the reply size estimate forgets a big reply: halved ...
 _DECAY_EVERY: Final = 31  # ... every 32 flushes without a bigger one (a bigger one counts at once)
 
@@ -117,7 +120,8 @@ class ReplyQueue(ReplyOwner):
             out = [errors.reply_over_budget(len(r)) if len(r) > budget else r for r in out]
         transport.write(out[0] if len(out) == 1 else b"".join(out))
         self._flushes += 1
-        if biggest > self._reply_est or not self._flushes & _DECAY_EVERY:
+        flushes = self._flushes
+        if biggest > self._reply_est or not flushes & _DECAY_EVERY or flushes < _WARMUP_FLUSHES:
             self._learn_replies(biggest)
         # Over the budget means over the write buffer's high-water mark (a quarter of it) too.
         if self.write_paused and transport.get_write_buffer_size() > budget:
@@ -126,8 +130,10 @@ class ReplyQueue(ReplyOwner):
         self.after_flush(transport)
 
     def keep_view(self, slot: Slot, reply: bytearray) -> bool:
-        """A big reply is written out as it was read, not copied (see ReplyOwner)."""
-        self._views[slot] = reply
+        """A big reply is written out as it was read, not copied (see ReplyOwner); one owed to
+        a client already closed is dropped (its slots are gone: nothing would take it)."""
+        if not self.closed:
+            self._views[slot] = reply
         return True
 
     def drop_owed(self) -> None:

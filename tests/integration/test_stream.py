@@ -180,3 +180,28 @@ def test_many_streams_and_bystanders_at_once(proxy: ProxyThread) -> None:
     for t in threads:
         t.join(30)
     assert errors == []
+
+
+@pytest.mark.parametrize("before", [3, 30])
+def test_a_streamed_value_behind_a_backlog_keeps_its_place(
+    servers: list[RedisServer], before: int
+) -> None:
+    """Requests over the in-flight limit wait as the backlog; a streamed value read in the same
+    write goes after them, not ahead (it used to take an earlier request's reply, then hold the
+    backlog forever)."""
+    extra = "client:\n  max_pending_requests: 4\n"
+    config = simple_config([s.addr for s in servers], free_port(), free_port(), extra)
+    with running_proxy(config) as p, RespConn(p.port) as conn:
+        conn.send(encode(["SET", "behind", "x"]))
+        assert conn.read_reply()[1] == ("+", b"OK")
+        conn.send(
+            encode(["GET", "behind"]) * before
+            + encode(["SET", "behind:big", VALUE])
+            + encode(["PING"])
+            + encode(["STRLEN", "behind:big"])
+        )
+        for _ in range(before):
+            assert conn.read_reply()[1] == b"x"
+        assert conn.read_reply()[1] == ("+", b"OK")
+        assert conn.read_reply()[1] == ("+", b"PONG")
+        assert conn.read_reply()[1] == len(VALUE)
