@@ -223,3 +223,61 @@ def test_a_big_set_streams_through(servers: list[RedisServer], tmp_path: Path) -
         assert pinger.p99_ms() < 50, pinger.p99_ms()
     finally:
         proxy.stop()
+
+
+def test_a_first_burst_of_big_gets_does_not_stall_a_shared_backend(
+    servers: list[RedisServer], tmp_path: Path
+) -> None:
+    """Non-reading clients whose first burst asks for 2 MB values: what they may have in flight
+    is bounded before their first reply is seen (a slow start), so the shared backend
+    connections never carry a gigabyte for them and a bystander's INCRs on the same backends
+    keep being answered (they used to time out after command_timeout_ms)."""
+    value = b"v" * (2 * MIB)
+    for s in servers:
+        s.client().set("huge", value)  # whichever backend the proxy routes it to
+    proxy = Proxy(servers, tmp_path, "")
+    errors: list[bytes] = []
+    slowest = [0.0]
+    halt = threading.Event()
+
+    def bystander() -> None:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+            i = 0
+            while not halt.is_set():
+                start = time.perf_counter()
+                sock.sendall(encode(["INCR", f"bystander:{i % 16}"]))
+                got = sock.recv(256)
+                slowest[0] = max(slowest[0], time.perf_counter() - start)
+                if not got.startswith(b":"):
+                    errors.append(got)
+                i += 1
+
+    try:
+        idle = proxy.settled_rss()
+        watcher = threading.Thread(target=bystander, daemon=True)
+        watcher.start()
+        payload = encode(["GET", "huge"]) * 50
+        socks = []
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", proxy.port))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.setblocking(False)
+            socks.append(s)
+        peak = 0
+        deadline = time.monotonic() + ABUSE_S
+        while time.monotonic() < deadline:
+            for s in socks:
+                with contextlib.suppress(BlockingIOError, ConnectionError):
+                    s.send(payload)
+            peak = max(peak, rss(proxy.proc.pid))
+            time.sleep(0.01)
+        for s in socks:
+            s.close()
+        halt.set()
+        watcher.join(15)
+        assert errors == []
+        assert slowest[0] < 1.0, slowest[0]  # command_timeout_ms is 2000 by default
+        assert peak - idle <= 4 * 64 * MIB + 64 * MIB, (idle, peak)  # each within its budget
+        wait_until(lambda: rss(proxy.proc.pid) <= idle * 1.3, 10, "RSS back near idle")
+    finally:
+        proxy.stop()
