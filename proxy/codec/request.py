@@ -14,13 +14,11 @@ arrives over many reads is resumed where the last read stopped, never re-parsed.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 from proxy.codec.inline import parse_inline
-from proxy.codec.resp import COMPILED, ProtocolError, encode_request, read_digits
-
-if TYPE_CHECKING:  # only types: mypyc compiles i64 to a C int64_t, and nothing imports it
-    from mypy_extensions import i64
+from proxy.codec.resp import ProtocolError, encode_request
+from proxy.codec.scan import COMPILED, scan_requests
 
 MAX_INLINE_BYTES: Final = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
 MAX_MULTIBULK: Final = (
@@ -160,7 +158,11 @@ class RequestReader:
         if self._left == 0 and self.authed:
             # The same requests either way (tests/unit/codec): splitting is fastest in Python,
             # a byte scan in C, where it makes no object but the arguments.
-            pos = _scan_simple(data, out, raws) if COMPILED else _parse_simple(data, out, raws)
+            pos = (
+                scan_requests(data, out, raws, MAX_MULTIBULK, STREAM_MIN_BYTES)
+                if COMPILED
+                else _parse_simple(data, out, raws)
+            )
             if pos == len(data):  # the common case: whole requests only
                 return out
         try:
@@ -403,55 +405,4 @@ def _parse_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int
         append_raw(data[pos : pos + size])
         pos += size
         i = end
-    return pos
-
-
-def _scan_simple(data: bytes, out: list[list[bytes]], raws: list[bytes]) -> int:
-    """_parse_simple for the compiled build: the same requests, taken by reading the headers'
-    digits byte by byte (C integer work there: i64) rather than by splitting: no object is made
-    but the arguments, their list and, for a read holding more than one request, each one's
-    bytes. Stops, returning where, at anything but a whole canonical request whose values are
-    under STREAM_MIN_BYTES (the careful parser decides about those)."""
-    n: i64 = len(data)
-    pos: i64 = 0
-    while pos < n:
-        if data[pos] != 42:  # not '*'
-            return pos
-        count, i = read_digits(data, pos + 1, n, 8)
-        digits = i - pos - 1
-        if (
-            digits == 0
-            or digits > 7
-            or data[pos + 1] == 48  # *0 or a leading zero
-            or count > MAX_MULTIBULK
-            or i + 1 >= n
-            or data[i] != _CR
-            or data[i + 1] != _LF
-        ):
-            return pos
-        i += 2
-        args: list[bytes] = []
-        while count:
-            if i >= n or data[i] != 36:  # not '$'
-                return pos
-            size, j = read_digits(data, i + 1, n, 8)
-            digits = j - i - 1
-            if (
-                digits == 0
-                or (digits > 1 and data[i + 1] == 48)  # a leading zero
-                or size >= STREAM_MIN_BYTES
-                or j + 1 >= n
-                or data[j] != _CR
-                or data[j + 1] != _LF
-            ):
-                return pos
-            end = j + 2 + size
-            if end + 2 > n or data[end] != _CR or data[end + 1] != _LF:
-                return pos
-            args.append(data[j + 2 : end])
-            i = end + 2
-            count -= 1
-        out.append(args)
-        raws.append(data if pos == 0 and i == n else data[pos:i])
-        pos = i
     return pos

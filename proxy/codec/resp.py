@@ -9,13 +9,11 @@ used where a merge needs the values. Encoders build the proxy's own replies for 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from importlib.machinery import EXTENSION_SUFFIXES
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import hiredis
 
-if TYPE_CHECKING:  # only types: mypyc compiles i64 to a C int64_t, and nothing imports it
-    from mypy_extensions import i64
+from proxy.codec.scan import COMPILED, take_replies
 
 # Byte values of RESP type markers.
 _BULK: Final = 36  # $
@@ -180,9 +178,6 @@ class ReplyScanner:
 
 
 _COLLECT_MIN: Final = 1 << 14  # bulk strings at least this long, split over reads, go to _big
-# This module runs compiled (mypyc): some loops have a second form, faster in C (and slower in
-# Python); each pair is tested to give the same results (tests/unit/codec).
-COMPILED: Final = __file__.endswith(tuple(EXTENSION_SUFFIXES))
 # Compiled code (mypyc) checks at run time that a `bytes` is bytes: the compiled build copies big
 # replies out of the read (one copy), the pure build hands them on as views of it.
 _VIEWS: Final = not COMPILED
@@ -255,10 +250,10 @@ def _split_replies(data: bytes) -> tuple[list[bytes], int]:
 
     A fast path takes the common replies (bulk strings, nil, one-line replies): by splitting
     the chunk on CRLF once in Python (_split_lines), by reading headers byte by byte in the
-    compiled build (_take_replies), which is faster per GET reply than the scan (figures in
-    benchmarks/README.md). Anything else (an aggregate, RESP3 types, a partial reply) is left
-    to the scan."""
-    out, pos = _take_replies(data) if COMPILED else _split_lines(data)
+    compiled build (codec/scan.take_replies), which is faster per GET reply than the scan
+    (figures in benchmarks/README.md). Anything else (an aggregate, RESP3 types, a partial
+    reply) is left to the scan."""
+    out, pos = take_replies(data, _VIEW_MIN) if COMPILED else _split_lines(data)
     return (out, pos) if pos == len(data) else _scan_replies(data, pos, out)
 
 
@@ -293,54 +288,6 @@ def _split_lines(data: bytes) -> tuple[list[bytes], int]:
         else:
             break
         append(data[pos:end])
-        pos = end
-    return out, pos
-
-
-def read_digits(data: bytes, start: i64, n: i64, most: i64) -> tuple[i64, i64]:
-    """The decimal digits at data[start:n], at most `most` of them: (their value, where they
-    stop). For the compiled build's scans (an unboxed pair there); 0 digits: (0, start)."""
-    value: i64 = 0
-    i = start
-    while i < n:
-        c: i64 = data[i]
-        if c < 48 or c > 57 or i - start >= most:
-            break
-        value = value * 10 + c - 48
-        i += 1
-    return value, i
-
-
-def _take_replies(data: bytes) -> tuple[list[bytes], int]:
-    """_split_replies's fast path for the compiled build: the same replies, taken by reading
-    bulk headers' digits byte by byte (C integer work there: i64) rather than by splitting, so
-    no object is made but the replies (none when the read is one reply). Stops at anything but
-    a one-line reply or a bulk string under _VIEW_MIN, or at a partial one."""
-    n: i64 = len(data)
-    out: list[bytes] = []
-    pos: i64 = 0
-    while pos < n:
-        t: i64 = data[pos]
-        i: i64 = pos + 1
-        if t == _BULK:
-            if i < n and data[i] == 45:  # $-1: nil
-                end = pos + 5
-                if end > n or data[i + 1] != 49 or data[i + 2] != 13 or data[i + 3] != 10:
-                    break
-            else:
-                size, i = read_digits(data, i, n, 6)
-                end = i + 4 + size
-                if i == pos + 1 or size >= _VIEW_MIN or end > n or data[i] != 13:
-                    break
-        elif t == 43 or t == 58 or t == 45:  # + : -
-            while i < n and data[i] != 13:
-                i += 1
-            end = i + 2
-            if end > n:
-                break
-        else:
-            break
-        out.append(data if pos == 0 and end == n else data[pos:end])
         pos = end
     return out, pos
 

@@ -210,12 +210,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                     if self.keyed:
                         slot.key = args[key]
                     pending.append(slot)
-                    lookup = router.lookup
-                    target = args[key]
-                    node = (
-                        lookup.node_for(target) if lookup is not None else router.node_for(target)
-                    )
-                    backend = router.route_backends[node]
+                    backend = router.route_backends[router.node_for(args[key])]
                     raw = self.reader.raws[0] or encode_request(args)  # b"": not kept (see feed)
                     backend.send(self.session.lane, self.client_id, raw, slot)
                     if pending[0].reply is not None:  # a backend down answers at once
@@ -284,7 +279,6 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
         key_ok = session.user.key_ok
         route_backends = routes.route_backends
         node_for = routes.node_for
-        lookup = routes.lookup
         limit = self._limit
         tick = self._tick
         keyed = self.keyed
@@ -315,9 +309,7 @@ class ClientConnection(ReplyQueue, asyncio.Protocol):
                     slot.key = args[key]
                 pending.append(slot)
                 raw = raws[i] or encode_request(args)  # b"": not kept (see RequestReader.feed)
-                target = args[key]
-                node = lookup.node_for(target) if lookup is not None else node_for(target)
-                route_backends[node].send(lane, cid, raw, slot)
+                route_backends[node_for(args[key])].send(lane, cid, raw, slot)
                 continue
             dispatch(self, args)
             if session.closing:

@@ -14,7 +14,6 @@ from types import MappingProxyType
 
 from proxy.migration.phases import RULES, Phase
 from proxy.net.backend import Backend
-from proxy.routing.ring import KetamaLookup
 from proxy.routing.topology import Placement, PoolTopology, Topology
 
 
@@ -23,9 +22,6 @@ class RouteTable:
     topology: Topology
     route: PoolTopology  # the default pool (owns every key no prefix route claims)
     node_for: Callable[[bytes], int]  # the keyspace's lookup: the route ring's, or prefix routes'
-    # node_for's object when it is one ketama ring (no prefix routes): compiled callers call its
-    # method natively; None otherwise (call node_for).
-    lookup: KetamaLookup | None
     route_backends: tuple[Backend, ...]  # by keyspace node index (every pool a key is routed to)
     backends: Mapping[str, Backend]  # every backend of the topology, by address
     # Single-key requests may take the client's fast path (one ring, one backend) only when no
@@ -64,7 +60,6 @@ def build_route_table(topology: Topology, backends: Mapping[str, Backend]) -> Ro
         topology=topology,
         route=route,
         node_for=keyspace.node_for,
-        lookup=keyspace.ring.lookup if isinstance(keyspace, PoolTopology) else None,
         route_backends=tuple(backends[a] for a in keyspace.addrs),
         backends=MappingProxyType({a: backends[a] for a in topology.all_addrs()}),
         fast=topology.phase is Phase.NONE,

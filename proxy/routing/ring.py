@@ -194,53 +194,37 @@ def _ketama_locate(
     return locate
 
 
-class KetamaLookup:
-    """A ketama ring's key -> node, the per-request hot path: applies the hash tag, hashes, and
-    finds the owner (a direct table over the hash's top bits, a binary search where a point
-    falls inside a bucket). A class, not a closure: compiled, the client calls its method
-    natively (RouteTable.lookup); Ring.node_for is the same method, bound."""
+def _ketama_node_for(
+    points: list[int],
+    after: list[int],
+    table: list[int],
+    shift: int,
+    key_hash: Callable[[bytes], int],
+    tag: bytes,
+) -> Callable[[bytes], int]:
+    """key -> node, with _ketama_locate inlined: this is the per-request hot path."""
+    if not tag:
 
-    __slots__ = (
-        "after",
-        "key_hash",
-        "points",
-        "shift",
-        "table",
-        "tag_byte",
-        "tag_close",
-        "tag_open",
-    )
+        def node_for(key: bytes) -> int:
+            h = key_hash(key)
+            node = table[h >> shift]
+            return node if node >= 0 else after[bisect_left(points, h)]
 
-    def __init__(
-        self,
-        points: list[int],
-        after: list[int],
-        table: list[int],
-        shift: int,
-        key_hash: Callable[[bytes], int],
-        tag: bytes,
-    ) -> None:
-        self.points = points
-        self.after = after
-        self.table = table
-        self.shift = shift
-        self.key_hash = key_hash
-        self.tag_byte = tag[0] if tag else -1  # -1: no hash tag
-        self.tag_open = tag[:1]
-        self.tag_close = tag[1:]
+        return node_for
+    # hash_tag_key, inlined. `int in bytes` skips the TypeError that `bytes in bytes` raises and
+    # swallows inside CPython; partition beats find (a varargs method: a tuple per call) 2:1.
+    tag_byte, tag_open, tag_close = tag[0], tag[:1], tag[1:]
 
-    def node_for(self, key: bytes) -> int:
-        tag_byte = self.tag_byte
-        # hash_tag_key, inlined. `int in bytes` skips the TypeError that `bytes in bytes` raises
-        # and swallows inside CPython; partition beats find (a varargs method: a tuple per
-        # call) 2:1.
-        if tag_byte >= 0 and tag_byte in key:
-            content, found, _ = key.partition(self.tag_open)[2].partition(self.tag_close)
+    def node_for_tagged(key: bytes) -> int:
+        if tag_byte in key:
+            content, found, _ = key.partition(tag_open)[2].partition(tag_close)
             if found and content:
                 key = content
-        h = self.key_hash(key)
-        node = self.table[h >> self.shift]
-        return node if node >= 0 else self.after[bisect_left(self.points, h)]
+        h = key_hash(key)
+        node = table[h >> shift]
+        return node if node >= 0 else after[bisect_left(points, h)]
+
+    return node_for_tagged
 
 
 def _modula_locate(labels: Sequence[str], weights: Sequence[int]) -> Callable[[int], int]:
@@ -300,9 +284,8 @@ def _check(
 class Ring:
     """Which of a pool's nodes owns each key. Immutable after construction.
 
-    ``node_for`` is an attribute holding the lookup specialised for the ring's distribution and
-    hash tag, because it runs once per request: it applies the tag, hashes, and finds the owner
-    (ketama: the bound method of ``lookup``, which compiled callers call natively).
+    ``node_for`` is an attribute holding a closure specialised for the ring's distribution and hash
+    tag, because it runs once per request: it applies the tag, hashes, and finds the owner.
     """
 
     __slots__ = (
@@ -313,7 +296,6 @@ class Ring:
         "hash_name",
         "hash_tag",
         "labels",
-        "lookup",
         "node_for",
         "weights",
     )
@@ -324,7 +306,6 @@ class Ring:
     distribution: str
     hash_tag: bytes
     node_for: Callable[[bytes], int]  # key -> index into labels of its owner
-    lookup: KetamaLookup | None  # ketama: node_for's object, for native calls
     _locate: Callable[[int], int]  # key hash -> index into labels
     _points: list[int]  # ketama: sorted ring points (empty for modula)
     _owners: list[int]  # ketama: owner of each point, then the first owner again (wrap-around)
@@ -350,18 +331,16 @@ class Ring:
             points, owners = ketama_points(self.labels, self.weights)
             owners.append(owners[0])
             table, shift = ketama_table(points, owners)
-            lookup = KetamaLookup(points, owners, table, shift, key_hash, self.hash_tag)
+            node_for = _ketama_node_for(points, owners, table, shift, key_hash, self.hash_tag)
             super().__setattr__("_points", points)
             super().__setattr__("_owners", owners)
             super().__setattr__("_locate", _ketama_locate(points, owners, table, shift))
-            super().__setattr__("lookup", lookup)
-            super().__setattr__("node_for", lookup.node_for)
+            super().__setattr__("node_for", node_for)
         else:
             locate = _modula_locate(self.labels, self.weights)
             super().__setattr__("_points", [])
             super().__setattr__("_owners", [])
             super().__setattr__("_locate", locate)
-            super().__setattr__("lookup", None)
             super().__setattr__("node_for", _tagged_node_for(locate, key_hash, self.hash_tag))
 
     def __setattr__(self, name: str, value: Any) -> None:

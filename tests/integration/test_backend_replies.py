@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 
+import redis
 import uvloop
 
 from proxy.config.schema import BackendConfig
 from proxy.net.backend import Backend
 from tests.support.processes import RedisServer
+from tests.support.runner import proxy_for
 
 
 async def _calls(addr: str, requests: list[list[bytes]]) -> list[bytes]:
@@ -43,10 +45,6 @@ def test_big_replies_through_the_proxy_to_every_kind_of_owner(
     """Big bulk strings are read into buffers of their own: a client connection writes the
     buffer out as it is (ReplyOwner.keep_view), every other owner (a merge, a subscriber, a
     silenced reply) gets bytes or drops it; the replies must be exact and in order."""
-    import redis
-
-    from tests.support.runner import proxy_for
-
     with proxy_for([b.addr for b in backends3]) as p:
         client = redis.Redis(port=p.port)
         sizes = [0, 5, 16_383, 16_384, 70_000, 100_000, 300_000, 2_000_000]

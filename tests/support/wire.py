@@ -7,6 +7,7 @@ through a parser of its own. `read_reply` returns the raw bytes of one reply and
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import threading
 from collections.abc import Iterable, Sequence
@@ -211,3 +212,8 @@ def exchange(port: int, payload: bytes, timeout_s: float = 2.0) -> tuple[bytes, 
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(payload)
         return read_until_closed(sock)
+
+
+def random_prefixes(rng: random.Random, data: bytes, count: int = 8) -> list[bytes]:
+    """`data` cut at `count` random places, and whole: what a reader holds after a partial read."""
+    return [data[:cut] for cut in [*sorted(rng.sample(range(len(data) + 1), count)), len(data)]]

@@ -11,8 +11,15 @@ import random
 
 import pytest
 
-from proxy.codec.request import MAX_MULTIBULK, RequestReader, _parse_simple, _scan_simple
+from proxy.codec.request import (
+    MAX_MULTIBULK,
+    STREAM_MIN_BYTES,
+    RequestReader,
+    _parse_simple,
+)
 from proxy.codec.resp import ProtocolError, encode_request
+from proxy.codec.scan import scan_requests
+from tests.support.wire import random_prefixes
 
 # Values that look like protocol: CRLF inside, headers, a bare `*2`, lengths at table edges.
 TRICKY = [
@@ -296,7 +303,7 @@ def _both_fast_paths(data: bytes) -> tuple[list[list[bytes]], list[bytes], int]:
     split_pos = _parse_simple(data, split_out, split_raws)
     scan_out: list[list[bytes]] = []
     scan_raws: list[bytes] = []
-    scan_pos = _scan_simple(data, scan_out, scan_raws)
+    scan_pos = scan_requests(data, scan_out, scan_raws, MAX_MULTIBULK, STREAM_MIN_BYTES)
     # The split stops at a value holding CRLF, where the scan goes on; the scan stops at a value
     # of STREAM_MIN_BYTES, which the split takes: up to the first stop, both took the same.
     short = min(len(split_out), len(scan_out))
@@ -323,8 +330,8 @@ def _both_fast_paths(data: bytes) -> tuple[list[list[bytes]], list[bytes], int]:
 def test_split_and_scan_fast_paths_take_the_same_requests(seed: int) -> None:
     rng = random.Random(seed)
     data = b"".join(encode_request(random_args(rng)) for _ in range(rng.randrange(1, 30)))
-    for cut in [*sorted(rng.sample(range(len(data) + 1), 8)), len(data)]:
-        _both_fast_paths(data[:cut])
+    for prefix in random_prefixes(rng, data):
+        _both_fast_paths(prefix)
 
 
 @pytest.mark.parametrize(
