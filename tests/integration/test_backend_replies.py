@@ -14,7 +14,7 @@ import uvloop
 
 from proxy.config.schema import BackendConfig
 from proxy.net.backend import Backend
-from tests.support.processes import RedisServer
+from tests.support.processes import RedisServer, wait_until
 from tests.support.runner import proxy_for
 
 
@@ -73,7 +73,8 @@ def test_big_replies_through_the_proxy_to_every_kind_of_owner(
         # A big message to a subscriber.
         sub = redis.Redis(port=p.port).pubsub(ignore_subscribe_messages=True)
         sub.subscribe("big-channel")
-        assert client.publish("big-channel", values[keys[6]]) == 1
+        # Published until the subscription is in place (0 receivers before): delivered once.
+        wait_until(lambda: client.publish("big-channel", values[keys[6]]) == 1, 10, "subscribed")
         deadline = time.monotonic() + 10
         message = None
         while message is None and time.monotonic() < deadline:
